@@ -1,0 +1,288 @@
+"""Connection settings: the broker URL, the platform token and how to reach them."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from tesaiot_data.errors import ConfigError, TokenError
+
+__all__ = ["DEFAULT_BROKER_URL", "DEFAULT_TOPIC", "BrokerURL", "Settings", "mask_token"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BROKER_URL = "wss://mqtt.tesaiot.com:8085/mqtt"
+DEFAULT_TOPIC = "device/+/telemetry/#"
+TOKEN_PREFIX = "tesa_mqtt_"
+_TOKEN_SHAPE = re.compile(r"tesa_mqtt_[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*_[A-Za-z0-9]{32}")
+_TOKEN_HELP = (
+    "set MQTT_API_TOKEN (in .env or the environment) to a token from the TESAIoT Admin UI: "
+    "Organization Settings -> MQTT Tokens"
+)
+_URL_EXAMPLE = "for example wss://mqtt.tesaiot.com:8085/mqtt or mqtt://127.0.0.1:1883"
+_DEFAULT_PORTS = {"wss": 8085, "ws": 80, "mqtts": 8883, "mqtt": 1883}
+
+Transport = Literal["websockets", "tcp"]
+
+
+def mask_token(token: str | None) -> str:
+    """Return a token in a form that is safe to print or log.
+
+    Keeps the `tesa_mqtt_<org>_` prefix and the last four characters, for example
+    `tesa_mqtt_myorg_…o5p6`; anything else shows only its last two characters.
+
+    Args:
+        token: The secret, or None.
+
+    Returns:
+        The masked text.
+    """
+    if not token:
+        return "<none>"
+    if token.startswith(TOKEN_PREFIX) and len(token) > len(TOKEN_PREFIX) + 8:
+        head, _, _ = token[len(TOKEN_PREFIX) :].rpartition("_")
+        shown = f"{TOKEN_PREFIX}{head}_" if head and len(head) < 24 else TOKEN_PREFIX
+        return f"{shown}…{token[-4:]}"
+    return f"…{token[-2:]}" if len(token) > 8 else "…"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerURL:
+    """A parsed broker URL.
+
+    Args:
+        scheme: One of `wss`, `ws`, `mqtts`, `mqtt`.
+        host: Host name or IP address (IPv6 without brackets).
+        port: TCP port.
+        path: WebSocket path (`/mqtt` by default); empty for plain MQTT.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    path: str = ""
+
+    @property
+    def transport(self) -> Transport:
+        """`websockets` for ws/wss URLs, `tcp` for mqtt/mqtts."""
+        return "websockets" if self.scheme in ("ws", "wss") else "tcp"
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS."""
+        return self.scheme in ("wss", "mqtts")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+    @classmethod
+    def parse(cls, url: str, *, variable: str = "MQTT_BROKER_URL") -> BrokerURL:
+        """Parse and check a broker URL.
+
+        Args:
+            url: For example `wss://mqtt.tesaiot.com:8085/mqtt`.
+            variable: The setting's name, used in the error message.
+
+        Returns:
+            The parsed URL, with default port and path filled in.
+
+        Raises:
+            ConfigError: The scheme is not wss/ws/mqtts/mqtt, or the host or port is bad.
+        """
+        text = url.strip()
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{variable}={text!r} is not a valid URL: {exc}", hint=_URL_EXAMPLE)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise ConfigError(
+                f"{variable}={text!r} has scheme {scheme or '(none)'!r}; "
+                "use wss://, ws://, mqtts:// or mqtt://",
+                hint=_URL_EXAMPLE,
+            )
+        host = parts.hostname or ""
+        if not host:
+            raise ConfigError(f"{variable}={text!r} has no host", hint=_URL_EXAMPLE)
+        if ":" in host:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ConfigError(f"{variable}={text!r}: bad IPv6 address", hint=_URL_EXAMPLE)
+        if port == 0:
+            raise ConfigError(f"{variable}={text!r}: port 0 is not a port", hint=_URL_EXAMPLE)
+        path = ""
+        if scheme in ("ws", "wss"):
+            path = parts.path or "/mqtt"
+            if parts.query:
+                path = f"{path}?{parts.query}"
+        return cls(scheme=scheme, host=host, port=port or _DEFAULT_PORTS[scheme], path=path)
+
+
+def _clean_token(raw: str | None) -> str:
+    token = (raw or "").strip().strip("'\"").strip()
+    if not token:
+        raise TokenError("no MQTT token is set", hint=_TOKEN_HELP)
+    if not token.startswith(TOKEN_PREFIX):
+        raise TokenError(
+            f"the token {mask_token(token)} does not start with {TOKEN_PREFIX!r}", hint=_TOKEN_HELP
+        )
+    if not _TOKEN_SHAPE.fullmatch(token):
+        logger.warning(
+            "token %s is not of the documented shape tesa_mqtt_<org>_<32 letters or digits>; "
+            "trying it anyway",
+            mask_token(token),
+        )
+    return token
+
+
+def _new_client_id() -> str:
+    return f"tesaiot-data-{secrets.token_hex(4)}"
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean", hint=f"set {name}=true or {name}=false")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything needed to reach the broker. Validated when made.
+
+    Args:
+        token: The platform's MQTT token, `tesa_mqtt_<org>_<32 characters>`; it is both the
+            username and the password. Surrounding whitespace and quotes are removed.
+        broker_url: `wss://host:port/path` (the platform), `ws://`, `mqtts://` or `mqtt://`.
+        topic: The subscription filter.
+        client_id: The MQTT client id; a fixed one with `clean_session=False` keeps a
+            persistent session on the broker.
+        qos: Subscription QoS, 0, 1 or 2.
+        ca_certs: A PEM file of trusted CAs; None uses the system store.
+        insecure: Skip certificate verification (a warning is logged when used).
+        keepalive: Seconds between keepalive pings.
+        clean_session: Start with a fresh session on every connect.
+        connect_timeout: Seconds `connect()` waits for the broker to answer.
+        username: The MQTT username, by default the token (the platform's convention).
+    """
+
+    token: str = field(repr=False)
+    broker_url: str = DEFAULT_BROKER_URL
+    topic: str = DEFAULT_TOPIC
+    client_id: str = field(default_factory=_new_client_id)
+    qos: int = 1
+    ca_certs: str | Path | None = None
+    insecure: bool = False
+    keepalive: int = 60
+    clean_session: bool = True
+    connect_timeout: float = 10.0
+    username: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "token", _clean_token(self.token))
+        BrokerURL.parse(self.broker_url)  # fail here, where the value was made
+        if self.qos not in (0, 1, 2):
+            raise ConfigError(f"qos={self.qos!r} must be 0, 1 or 2", hint="set MQTT_QOS=1")
+        if not self.topic.strip():
+            raise ConfigError("the subscription topic is empty", hint=f"use {DEFAULT_TOPIC}")
+        if self.ca_certs is not None and not Path(self.ca_certs).is_file():
+            raise ConfigError(
+                f"ca_certs={str(self.ca_certs)!r} is not a file",
+                hint="set CA_CERT_PATH to a PEM file of trusted CA certificates",
+            )
+        if self.keepalive < 5 or self.connect_timeout <= 0:
+            raise ConfigError("keepalive must be >= 5 s and connect_timeout > 0")
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(token={mask_token(self.token)!r}, broker_url={self.broker_url!r}, "
+            f"topic={self.topic!r}, client_id={self.client_id!r}, qos={self.qos}, "
+            f"insecure={self.insecure})"
+        )
+
+    @property
+    def url(self) -> BrokerURL:
+        """The parsed broker URL."""
+        return BrokerURL.parse(self.broker_url)
+
+    @property
+    def masked_token(self) -> str:
+        """The token in a form safe to print."""
+        return mask_token(self.token)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls,
+        env_file: str | Path | None = ".env",
+        *,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from the platform's environment variables.
+
+        Reads `MQTT_API_TOKEN`, `MQTT_BROKER_URL`, `MQTT_SUBSCRIBE_TOPIC` (or its alias
+        `MQTT_TOPIC`), `MQTT_CLIENT_ID`, `CA_CERT_PATH`, `MQTT_INSECURE` and `MQTT_QOS`.
+        Real environment variables win over the file; keyword overrides win over both.
+
+        Args:
+            env_file: A dotenv file to read if it exists; None reads none.
+            environ: The environment to use instead of `os.environ` (for tests).
+            **overrides: Field values that take precedence, for example `broker_url=...`.
+
+        Returns:
+            The settings.
+
+        Raises:
+            TokenError: No token, or not a TESAIoT MQTT token.
+            ConfigError: Another variable has a bad value.
+        """
+        from dotenv import dotenv_values  # noqa: PLC0415  (keeps import of the package light)
+
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+
+        def get(*names: str) -> str | None:
+            for name in names:
+                value = values.get(name)
+                if value is not None and value.strip() != "":
+                    return value.strip()
+            return None
+
+        kwargs: dict[str, Any] = {"token": values.get("MQTT_API_TOKEN", "")}
+        if (url := get("MQTT_BROKER_URL")) is not None:
+            BrokerURL.parse(url, variable="MQTT_BROKER_URL")
+            kwargs["broker_url"] = url
+        if (topic := get("MQTT_SUBSCRIBE_TOPIC", "MQTT_TOPIC")) is not None:
+            kwargs["topic"] = topic
+        if (client_id := get("MQTT_CLIENT_ID")) is not None:
+            kwargs["client_id"] = client_id
+        if (ca := get("CA_CERT_PATH")) is not None:
+            kwargs["ca_certs"] = ca
+        if (insecure := get("MQTT_INSECURE")) is not None:
+            kwargs["insecure"] = _parse_bool("MQTT_INSECURE", insecure)
+        if (qos := get("MQTT_QOS")) is not None:
+            try:
+                kwargs["qos"] = int(qos)
+            except ValueError:
+                raise ConfigError(f"MQTT_QOS={qos!r} is not 0, 1 or 2", hint="set MQTT_QOS=1")
+        kwargs.update(overrides)
+        return cls(**kwargs)
