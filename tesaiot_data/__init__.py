@@ -1,37 +1,99 @@
-"""tesaiot-data: stream live TESAIoT telemetry into pandas, Parquet and Jupyter."""
+"""tesaiot-data: stream live TESAIoT telemetry into pandas, Parquet and Jupyter.
 
+The public names below are imported lazily, on first use, so that `import tesaiot_data`
+stays quick and reads nothing (no environment, no .env file).
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from tesaiot_data.errors import (
-    AuthError,
-    BrokerNotFoundError,
-    ConfigError,
-    ConnectError,
-    ConnectTimeoutError,
-    SubscribeError,
-    TesaiotError,
-    TLSError,
-    TokenError,
-)
-from tesaiot_data.settings import BrokerURL, Settings, mask_token
+if TYPE_CHECKING:
+    from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
+    from tesaiot_data.collector import Collector, CollectorStats, Recording
+    from tesaiot_data.errors import (
+        AuthError,
+        BrokerNotFoundError,
+        ConfigError,
+        ConnectError,
+        ConnectTimeoutError,
+        SubscribeError,
+        TesaiotError,
+        TLSError,
+        TokenError,
+    )
+    from tesaiot_data.parsing import RawMessage, Reject, RejectReason, Row, parse_message
+    from tesaiot_data.settings import BrokerURL, Settings, mask_token
+    from tesaiot_data.storage import load_recording, load_rejects, read_metadata
 
 try:
     __version__ = version("tesaiot-data")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
+_EXPORTS = {
+    "client": ("ClientStats", "TESAIoTMQTTClient"),
+    "collector": ("Collector", "CollectorStats", "Recording"),
+    "errors": (
+        "AuthError",
+        "BrokerNotFoundError",
+        "ConfigError",
+        "ConnectError",
+        "ConnectTimeoutError",
+        "SubscribeError",
+        "TLSError",
+        "TesaiotError",
+        "TokenError",
+    ),
+    "parsing": ("RawMessage", "Reject", "RejectReason", "Row", "parse_message"),
+    "settings": ("BrokerURL", "Settings", "mask_token"),
+    "storage": ("load_recording", "load_rejects", "read_metadata"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
 __all__ = [
     "AuthError",
     "BrokerNotFoundError",
     "BrokerURL",
+    "ClientStats",
+    "Collector",
+    "CollectorStats",
     "ConfigError",
     "ConnectError",
     "ConnectTimeoutError",
+    "RawMessage",
+    "Recording",
+    "Reject",
+    "RejectReason",
+    "Row",
     "Settings",
     "SubscribeError",
+    "TESAIoTMQTTClient",
     "TLSError",
     "TesaiotError",
     "TokenError",
     "__version__",
+    "demo",
+    "load_recording",
+    "load_rejects",
     "mask_token",
+    "parse_message",
+    "read_metadata",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "demo":
+        return importlib.import_module("tesaiot_data.demo")
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tesaiot_data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tesaiot_data.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -103,7 +103,9 @@ class BrokerURL:
             parts = urlsplit(text)
             port = parts.port
         except ValueError as exc:
-            raise ConfigError(f"{variable}={text!r} is not a valid URL: {exc}", hint=_URL_EXAMPLE)
+            raise ConfigError(
+                f"{variable}={text!r} is not a valid URL: {exc}", hint=_URL_EXAMPLE
+            ) from None
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS:
             raise ConfigError(
@@ -118,7 +120,9 @@ class BrokerURL:
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
-                raise ConfigError(f"{variable}={text!r}: bad IPv6 address", hint=_URL_EXAMPLE)
+                raise ConfigError(
+                    f"{variable}={text!r}: bad IPv6 address", hint=_URL_EXAMPLE
+                ) from None
         if port == 0:
             raise ConfigError(f"{variable}={text!r}: port 0 is not a port", hint=_URL_EXAMPLE)
         path = ""
@@ -283,6 +287,8 @@ class Settings:
             try:
                 kwargs["qos"] = int(qos)
             except ValueError:
-                raise ConfigError(f"MQTT_QOS={qos!r} is not 0, 1 or 2", hint="set MQTT_QOS=1")
+                raise ConfigError(
+                    f"MQTT_QOS={qos!r} is not 0, 1 or 2", hint="set MQTT_QOS=1"
+                ) from None
         kwargs.update(overrides)
         return cls(**kwargs)

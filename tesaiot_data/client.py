@@ -1,0 +1,597 @@
+"""The TESAIoT streaming client: one paho-mqtt client over WSS, made reliable and typed."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import FrameType, TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from tesaiot_data.errors import (
+    AuthError,
+    ConnectError,
+    ConnectTimeoutError,
+    SubscribeError,
+    TesaiotError,
+    TLSError,
+)
+from tesaiot_data.parsing import RawMessage, decode_payload, parse_topic
+from tesaiot_data.settings import BrokerURL, Settings
+
+__all__ = ["BatchHandler", "ClientStats", "TESAIoTMQTTClient"]
+
+logger = logging.getLogger(__name__)
+
+BatchHandler = Callable[[Sequence[RawMessage]], None]
+
+PAHO_V2 = hasattr(mqtt, "CallbackAPIVersion")
+# CONNACK codes meaning "your credentials were refused": MQTT 3.1.1 (4, 5) and the
+# MQTT 5 reason codes that paho 2.x reports for them (134, 135).
+_AUTH_REFUSED = frozenset({4, 5, 134, 135})
+_TOKEN_HINT = (
+    "check MQTT_API_TOKEN: copy it again from Admin UI -> Organization Settings -> MQTT Tokens"
+)
+_TLS_HINT = (
+    "pass ca_certs=... (or set CA_CERT_PATH) to the CA that signed the broker's certificate; "
+    "insecure=True skips verification (not for production)"
+)
+_WORKER_IDLE_WAIT = 0.02  # seconds the worker waits when its inbox is empty
+_LOOP_TIMEOUT = 0.5  # seconds one paho loop() call may block in select()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """Counters of a client, read at one moment.
+
+    Args:
+        received: Messages taken from the network.
+        processed: Messages handled without error.
+        failed: Messages whose handler raised (logged with traceback).
+        rejected: Messages on a topic outside `device/<id>/telemetry[/...]`.
+        dropped: Messages dropped because the internal queue was full.
+        reconnects: Successful reconnections after a lost connection.
+        connected: Whether the client is connected now.
+        connected_since: When the current connection was made (UTC), or None.
+        last_message_at: When the last message arrived (UTC), or None.
+    """
+
+    received: int
+    processed: int
+    failed: int
+    rejected: int
+    dropped: int
+    reconnects: int
+    connected: bool
+    connected_since: datetime | None
+    last_message_at: datetime | None
+
+
+class _Backoff:
+    """Exponential backoff with full jitter: 1 s, 2 s, 4 s ... up to a cap."""
+
+    def __init__(self, *, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _code(reason: Any) -> int:
+    """The integer of a paho 1.x rc or a paho 2.x ReasonCode."""
+    return int(getattr(reason, "value", reason))
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+class TESAIoTMQTTClient:
+    """Streams device telemetry from the TESAIoT broker (or any MQTT broker).
+
+    Subclass it and override `process_telemetry()`, or pass `on_batch` to take messages
+    in batches. Messages are handed from paho's network thread to a worker thread through
+    a bounded queue, so slow processing never starves the keepalive.
+
+    Example:
+        >>> class Printer(TESAIoTMQTTClient):
+        ...     def process_telemetry(self, device_id, sensor_type, data):
+        ...         print(device_id, sensor_type, data)
+        >>> with Printer(Settings.from_env()) as client:  # doctest: +SKIP
+        ...     client.run_forever()
+
+    Args:
+        settings: Connection settings; None reads them with `Settings.from_env()`.
+        on_batch: Called on the worker thread with each batch of raw messages instead of
+            the per-message `process_telemetry()` path.
+        queue_size: Most messages waiting for the worker; beyond it messages are dropped
+            and counted, never blocking the network thread.
+        reconnect_initial: First reconnect delay in seconds (doubles up to reconnect_max).
+        reconnect_max: Longest reconnect delay in seconds.
+        **overrides: Settings fields to change, for example `topic="device/abc/telemetry/#"`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        on_batch: BatchHandler | None = None,
+        queue_size: int = 200_000,
+        reconnect_initial: float = 1.0,
+        reconnect_max: float = 60.0,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.settings = settings
+        self._url: BrokerURL = settings.url
+        self._on_batch = on_batch
+        self._queue_size = queue_size
+        self._backoff = _Backoff(initial=reconnect_initial, maximum=reconnect_max)
+
+        self._inbox: deque[RawMessage] = deque()
+        self._received = 0
+        self._processed = 0
+        self._failed = 0
+        self._rejected = 0
+        self._dropped = 0
+        self._reconnects = 0
+        self._connected_at: float | None = None
+        self._last_message_at: float | None = None
+        self._ever_connected = False
+
+        self._ready = threading.Event()  # first CONNACK+SUBACK, or a failure
+        self._stopping = threading.Event()
+        self._batch_done = threading.Event()  # the worker finished a batch
+        self._network_done = threading.Event()
+        self._busy = False  # the worker holds messages taken from the inbox
+        self._error: TesaiotError | None = None
+        self._subscribe_mid: int | None = None
+        self._needs_reconnect = False
+        self._network_thread: threading.Thread | None = None
+        self._worker_thread: threading.Thread | None = None
+        self._mqtt = self._make_paho_client()
+
+    # ----------------------------------------------------------------- set-up
+
+    def _make_paho_client(self) -> mqtt.Client:
+        s, url = self.settings, self._url
+        kwargs: dict[str, Any] = {
+            "client_id": s.client_id,
+            "clean_session": s.clean_session,
+            "transport": url.transport,
+            "protocol": mqtt.MQTTv311,
+        }
+        if PAHO_V2:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        else:
+            client = mqtt.Client(**kwargs)
+        client.username_pw_set(s.username or s.token, s.token)
+        if url.transport == "websockets":
+            client.ws_set_options(path=url.path)
+        if url.tls:
+            client.tls_set_context(self._ssl_context())
+            if s.insecure:
+                client.tls_insecure_set(True)
+        elif s.insecure:
+            logger.warning("insecure=True has no effect on %s (no TLS)", url)
+        if PAHO_V2:
+            client.connect_timeout = s.connect_timeout
+        else:
+            client._connect_timeout = s.connect_timeout  # no setter in paho 1.6
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        s = self.settings
+        context = ssl.create_default_context(cafile=str(s.ca_certs) if s.ca_certs else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if s.insecure:
+            logger.warning(
+                "TLS certificate verification is OFF for %s (insecure=True): the connection "
+                "is encrypted but the broker's identity is not checked",
+                self._url,
+            )
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    # ------------------------------------------------------------- public API
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client has a live, subscribed connection now."""
+        return self._connected_at is not None
+
+    @property
+    def error(self) -> TesaiotError | None:
+        """The error that stopped the client (for example an AuthError on reconnect), if any."""
+        return self._error
+
+    @property
+    def stats(self) -> ClientStats:
+        """The client's counters, read now."""
+        return ClientStats(
+            received=self._received,
+            processed=self._processed,
+            failed=self._failed,
+            rejected=self._rejected,
+            dropped=self._dropped,
+            reconnects=self._reconnects,
+            connected=self.connected,
+            connected_since=_utc(self._connected_at) if self._connected_at else None,
+            last_message_at=_utc(self._last_message_at) if self._last_message_at else None,
+        )
+
+    def connect(self, *, timeout: float | None = None) -> None:
+        """Connect, subscribe, and start the network and worker threads.
+
+        Returns once the broker has accepted the token and the subscription.
+
+        Args:
+            timeout: Seconds to wait for the broker; default `settings.connect_timeout`.
+
+        Raises:
+            AuthError: The broker refused the token.
+            SubscribeError: The broker refused the subscription (ACL).
+            TLSError: The TLS handshake failed (usually certificate verification).
+            ConnectError: The broker could not be reached or the WebSocket upgrade failed.
+            ConnectTimeoutError: Nothing answered in time.
+        """
+        if self._network_thread is not None:
+            return
+        timeout = self.settings.connect_timeout if timeout is None else timeout
+        s, url = self.settings, self._url
+        logger.info("connecting to %s as %s (client id %s)", url, s.masked_token, s.client_id)
+        self._stopping.clear()
+        self._network_done.clear()
+        self._ready.clear()
+        self._error = None
+        try:
+            self._mqtt.connect(url.host, url.port, keepalive=s.keepalive)
+        except Exception as exc:
+            raise self._translate(exc) from None
+        self._start_threads()
+        if not self._ready.wait(timeout):
+            self._shutdown()
+            raise ConnectTimeoutError(
+                f"{url} did not accept the connection within {timeout:g} s",
+                hint="check MQTT_BROKER_URL (host, port, path) and your network",
+            )
+        if self._error is not None:
+            error = self._error
+            self._shutdown()
+            raise error
+        logger.info("connected to %s, subscribed to %s", url, s.topic)
+
+    def start(self) -> None:
+        """Connect (if needed) and keep streaming on background threads; see `connect()`."""
+        self.connect()
+
+    def stop(self) -> None:
+        """Stop streaming; an alias of `disconnect()`."""
+        self.disconnect()
+
+    def disconnect(self) -> None:
+        """Disconnect and stop the threads after handling what was received. Idempotent."""
+        if self._network_thread is None:
+            return
+        logger.info("disconnecting from %s", self._url)
+        self._shutdown()
+
+    def run_forever(self) -> None:
+        """Connect if needed and block until `disconnect()`, SIGINT or SIGTERM.
+
+        Raises:
+            TesaiotError: The connection failed, or a reconnect was refused (for example
+                the token was revoked).
+        """
+        self.connect()
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, _frame: FrameType | None) -> None:
+                logger.info("received %s, disconnecting", signal.Signals(signum).name)
+                self._stopping.set()
+
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, on_signal)
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.disconnect()
+        if self._error is not None:
+            raise self._error
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every message received so far has been handled.
+
+        Args:
+            timeout: Seconds to wait at most.
+
+        Returns:
+            True if the worker caught up, False on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while self._inbox or self._busy:
+            if time.monotonic() >= deadline:
+                return False
+            self._batch_done.clear()
+            if self._inbox or self._busy:
+                self._batch_done.wait(0.05)
+        return True
+
+    def process_telemetry(self, device_id: str, sensor_type: str, data: Any) -> None:
+        """Handle one telemetry message; override this. The default logs it at INFO level.
+
+        Runs on the worker thread. An exception is logged and counted, and the stream
+        goes on.
+
+        Args:
+            device_id: The device, from the topic `device/<device_id>/telemetry/...`.
+            sensor_type: The rest of the topic (`temperature`, `env/air`), or `default`.
+            data: The decoded payload: JSON value, else text, else the raw bytes.
+        """
+        logger.info("%s %s %s", device_id, sensor_type, data)
+
+    def __enter__(self) -> TESAIoTMQTTClient:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        return f"<{type(self).__name__} {self._url} {self.settings.masked_token} {state}>"
+
+    # ---------------------------------------------------------------- threads
+
+    def _start_threads(self) -> None:
+        name = self.settings.client_id
+        self._worker_thread = threading.Thread(
+            target=self._run_worker, name=f"{name}-worker", daemon=True
+        )
+        self._network_thread = threading.Thread(
+            target=self._run_network, name=f"{name}-network", daemon=True
+        )
+        self._worker_thread.start()
+        self._network_thread.start()
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        for thread in (self._network_thread, self._worker_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=10)
+        self._network_thread = self._worker_thread = None
+        self._connected_at = None
+
+    def _run_network(self) -> None:
+        client = self._mqtt
+        try:
+            while not self._stopping.is_set():
+                if self._needs_reconnect and not self._reconnect():
+                    continue
+                rc = client.loop(timeout=_LOOP_TIMEOUT)
+                if rc != mqtt.MQTT_ERR_SUCCESS and not self._stopping.is_set():
+                    if self._ever_connected:
+                        self._needs_reconnect = True
+                    else:  # closed before the first CONNACK: let connect() report it
+                        self._fail(ConnectError(f"{self._url} closed the connection ({rc})"))
+            # Send DISCONNECT from this thread, which owns the socket, and let paho close it.
+            with contextlib.suppress(Exception):
+                if client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
+                    deadline = time.monotonic() + 2.0
+                    while client.loop(timeout=0.1) == mqtt.MQTT_ERR_SUCCESS:
+                        if time.monotonic() > deadline:
+                            break
+        finally:
+            self._connected_at = None
+            self._network_done.set()
+
+    def _reconnect(self) -> bool:
+        delay = self._backoff.next_delay()
+        logger.warning(
+            "connection to %s lost; reconnecting in %.1f s (attempt %d)",
+            self._url,
+            delay,
+            self._backoff.attempt,
+        )
+        if self._stopping.wait(delay):
+            return False
+        try:
+            self._mqtt.reconnect()
+        except Exception as exc:  # every failure here is retried; the cause is logged
+            logger.warning("reconnect to %s failed: %s", self._url, self._translate(exc))
+            return False
+        self._needs_reconnect = False
+        return True
+
+    def _run_worker(self) -> None:
+        inbox = self._inbox
+        while True:
+            if not inbox:
+                self._batch_done.set()
+                if self._network_done.is_set():
+                    return
+                self._network_done.wait(_WORKER_IDLE_WAIT)
+                continue
+            self._busy = True
+            batch = [inbox.popleft() for _ in range(len(inbox))]
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(batch)
+                    self._processed += len(batch)
+                except Exception:
+                    self._failed += len(batch)
+                    logger.exception("batch handler failed on %d messages", len(batch))
+            else:
+                self._process_each(batch)
+            self._busy = False
+            self._batch_done.set()
+
+    def _process_each(self, batch: Sequence[RawMessage]) -> None:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        for message in batch:
+            where = parse_topic(message.topic)
+            if where is None:
+                self._rejected += 1
+                logger.warning("ignored a message on unexpected topic %r", message.topic)
+                continue
+            data = decode_payload(message.payload)
+            if debug:
+                logger.debug("%s %s %r", where[0], where[1], data)
+            try:
+                self.process_telemetry(where[0], where[1], data)
+            except Exception:
+                self._failed += 1
+                logger.exception(
+                    "process_telemetry failed for device %s, sensor %s", where[0], where[1]
+                )
+            else:
+                self._processed += 1
+
+    # -------------------------------------------------------- paho callbacks
+
+    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Runs on the network thread: keep it to an append.
+        now = time.time()
+        self._last_message_at = now
+        self._received += 1
+        if len(self._inbox) >= self._queue_size:
+            self._dropped += 1
+            return
+        self._inbox.append(RawMessage(message.topic, message.payload, now))
+
+    def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, *_: Any) -> None:
+        code = _code(reason)
+        if code != 0:
+            text = str(reason) if PAHO_V2 else mqtt.connack_string(code)
+            if code in _AUTH_REFUSED:
+                error: TesaiotError = AuthError(
+                    f"{self._url} refused token {self.settings.masked_token}: {text}",
+                    hint=_TOKEN_HINT,
+                )
+            else:
+                error = ConnectError(f"{self._url} refused the connection: {text}")
+            self._fail(error)
+            return
+        self._backoff.reset()
+        result, mid = self._mqtt.subscribe(self.settings.topic, qos=self.settings.qos)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            logger.warning("could not send SUBSCRIBE (%s); will retry on reconnect", result)
+            return
+        self._subscribe_mid = mid
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, granted: Any, *_: Any) -> None:
+        if mid != self._subscribe_mid:
+            return
+        codes = [_code(item) for item in granted]
+        if any(code >= 0x80 for code in codes):
+            self._fail(
+                SubscribeError(
+                    f"{self._url} refused the subscription to {self.settings.topic!r} "
+                    f"for token {self.settings.masked_token}",
+                    hint="the token may only read device/+/telemetry/#; check MQTT_SUBSCRIBE_TOPIC",
+                )
+            )
+            return
+        if self._ever_connected:
+            self._reconnects += 1
+            logger.info("reconnected to %s and resubscribed to %s", self._url, self.settings.topic)
+        self._ever_connected = True
+        self._connected_at = time.time()
+        self._ready.set()
+
+    def _on_disconnect(self, _client: Any, _userdata: Any, *args: Any) -> None:
+        was_connected = self._connected_at is not None
+        self._connected_at = None
+        if was_connected and not self._stopping.is_set():
+            reason = args[1] if PAHO_V2 and len(args) > 1 else args[0] if args else "?"
+            logger.warning("disconnected from %s: %s", self._url, reason)
+
+    def _fail(self, error: TesaiotError) -> None:
+        """Record an error no retry can fix and stop the network loop."""
+        if self._ever_connected:
+            logger.error("stopping: %s", error)
+        self._error = error
+        self._stopping.set()
+        self._ready.set()
+
+    # --------------------------------------------------------------- errors
+
+    def _translate(self, exc: BaseException) -> TesaiotError:
+        url = self._url
+        if isinstance(exc, TesaiotError):
+            return exc
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return TLSError(
+                f"the certificate of {url.host} could not be verified: "
+                f"{getattr(exc, 'verify_message', None) or exc}",
+                hint=_TLS_HINT,
+            )
+        if isinstance(exc, ssl.SSLError):
+            return TLSError(
+                f"TLS handshake with {url.host}:{url.port} failed: {exc}",
+                hint=f"is {url.port} a TLS port? use {'ws' if url.scheme == 'wss' else 'mqtt'}:// "
+                "for a plain one",
+            )
+        if isinstance(exc, socket.gaierror):
+            return ConnectError(
+                f"cannot resolve {url.host!r}: {exc.strerror}",
+                hint="check the host in MQTT_BROKER_URL",
+            )
+        if isinstance(exc, TimeoutError | socket.timeout):
+            return ConnectTimeoutError(
+                f"{url.host}:{url.port} did not answer in time",
+                hint="check MQTT_BROKER_URL and that a firewall does not block the port",
+            )
+        if isinstance(exc, ConnectionRefusedError):
+            return ConnectError(
+                f"{url.host}:{url.port} refused the connection",
+                hint="check the port in MQTT_BROKER_URL (the platform uses 8085 for wss)",
+            )
+        if type(exc).__name__ == "WebsocketConnectionError":
+            return ConnectError(
+                f"{url} did not accept the WebSocket upgrade: {exc}",
+                hint="check the path in MQTT_BROKER_URL (the platform uses /mqtt) "
+                "and that the port serves MQTT over WebSocket",
+            )
+        if isinstance(exc, OSError | ValueError):
+            return ConnectError(
+                f"cannot connect to {url}: {exc}",
+                hint="is the port right for the scheme (wss:// for WebSocket, mqtt:// for TCP)?",
+            )
+        return ConnectError(f"cannot connect to {url}: {exc!r}")

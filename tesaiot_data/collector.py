@@ -1,0 +1,506 @@
+"""The collector: live telemetry into a rolling DataFrame, Parquet snapshots and recordings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tesaiot_data.client import TESAIoTMQTTClient
+from tesaiot_data.parsing import RawMessage, Reject, parse_batch
+from tesaiot_data.schema import empty_frame
+from tesaiot_data.settings import Settings
+from tesaiot_data.storage import DatasetWriter, Recorder, write_frame
+from tesaiot_data.store import RollingStore
+
+if TYPE_CHECKING:
+    from tesaiot_data.dashboard import Dashboard
+
+__all__ = ["Collector", "CollectorStats", "Recording"]
+
+logger = logging.getLogger(__name__)
+
+_HOUSEKEEPING_PERIOD = 0.25  # seconds between evictions, flush checks and rate samples
+_RATE_WINDOW = 5.0  # seconds over which the current rate is measured
+_MAX_REJECTS_KEPT = 1_000
+_EMPTY_FRAME = empty_frame()
+
+TimeLike = str | pd.Timedelta | pd.Timestamp | datetime
+
+
+def _seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
+    seconds = pd.Timedelta(value).total_seconds() if not isinstance(value, int | float) else value
+    if seconds <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive duration")
+    return float(seconds)
+
+
+def _utc_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorStats:
+    """The collector's counters, read at one moment.
+
+    `received == messages + rejected + dropped + pending` at every moment.
+
+    Args:
+        received: Messages taken from the network.
+        messages: Messages that became one or more rows.
+        rejected: Messages rejected by the parser (see `rejects_by_reason`, `rejects()`).
+        dropped: Messages dropped because the internal queue was full.
+        pending: Messages received but not yet parsed.
+        rows: Rows held in the window now.
+        rows_total: Rows produced since the start.
+        rows_evicted: Rows dropped by the window's age or size limit.
+        rejects_by_reason: Rejected messages by reason.
+        timestamp_fallbacks: Rows whose timestamp was missing or unreadable (receive time used).
+        rate: Messages per second over the last few seconds.
+        mean_rate: Messages per second since the start.
+        connected: Whether the client is connected now.
+        reconnects: Reconnections after a lost connection.
+        last_message_at: When the last message arrived (UTC), or None.
+        error: The error that stopped the stream, if any (for example a revoked token).
+    """
+
+    received: int
+    messages: int
+    rejected: int
+    dropped: int
+    pending: int
+    rows: int
+    rows_total: int
+    rows_evicted: int
+    rejects_by_reason: Mapping[str, int]
+    timestamp_fallbacks: int
+    rate: float
+    mean_rate: float
+    connected: bool
+    reconnects: int
+    last_message_at: datetime | None
+    error: str | None
+
+
+class Recording:
+    """A session capture started by `Collector.record()`; stop it to get the Parquet file."""
+
+    def __init__(self, collector: Collector, recorder: Recorder) -> None:
+        self._collector = collector
+        self._recorder = recorder
+        self._started = time.monotonic()
+        self._elapsed: float | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the recording's file is (complete once stopped)."""
+        return self._recorder.path
+
+    @property
+    def rows(self) -> int:
+        """Rows recorded so far."""
+        return self._recorder.rows
+
+    @property
+    def rejects(self) -> int:
+        """Rejected messages recorded so far (kept in the sidecar file)."""
+        return self._recorder.rejects
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the recording started (until it stopped)."""
+        return self._elapsed if self._elapsed is not None else time.monotonic() - self._started
+
+    @property
+    def active(self) -> bool:
+        """Whether the recording is still taking rows."""
+        return self._elapsed is None
+
+    def stop(self) -> Path:
+        """Stop recording and write the single Parquet file. Idempotent.
+
+        Returns:
+            The path of the recording.
+        """
+        if self._elapsed is None:
+            self._elapsed = time.monotonic() - self._started
+            self._collector._detach(self._recorder)
+        return self._recorder.stop()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "recording" if self.active else "stopped"
+        return f"<Recording {self.path} {state}, {self.rows} rows, {self.elapsed:.1f} s>"
+
+
+class Collector:
+    """Collects live telemetry on background threads into a rolling DataFrame.
+
+    Example:
+        >>> with Collector(window="15min") as collector:  # doctest: +SKIP
+        ...     df = collector.frame(metrics=["temperature"])
+
+    Args:
+        settings: Connection settings; None reads them with `Settings.from_env()`.
+        window: Keep rows received within this duration (`"15min"`); None keeps any age.
+        max_rows: Keep at most this many rows; the oldest go first.
+        snapshot_dir: If set, every `snapshot_every` the rows that arrived since the last
+            time are written as a new part of a hive-style Parquet dataset there.
+        snapshot_every: How often to write those parts.
+        queue_size: Messages that may wait for parsing before new ones are dropped (counted).
+        **overrides: Settings fields to change, for example `topic=...`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        window: str | pd.Timedelta | None = "15min",
+        max_rows: int = 1_000_000,
+        snapshot_dir: str | Path | None = None,
+        snapshot_every: str | float | pd.Timedelta = "60s",
+        queue_size: int = 200_000,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.settings = settings
+        window_ns = None if window is None else int(_seconds(window, name="window") * 1e9)
+        self._store = RollingStore(window_ns=window_ns, max_rows=max_rows)
+        self._snapshot_every = _seconds(snapshot_every, name="snapshot_every")
+        self._queue_size = queue_size
+        self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
+
+        self._client: TESAIoTMQTTClient | None = None
+        self._dataset: DatasetWriter | None = None
+        self._recorders: tuple[Recorder, ...] = ()
+        self._rejects: deque[Reject] = deque(maxlen=_MAX_REJECTS_KEPT)
+        self._rejects_by_reason: Counter[str] = Counter()
+        self._messages = 0
+        self._rejected = 0
+        self._fallbacks = 0
+        self._started_at: float | None = None
+        self._rate_samples: deque[tuple[float, int]] = deque()
+        self._stopping = threading.Event()
+        self._housekeeper: threading.Thread | None = None
+        self._next_snapshot = 0.0
+        self._lock = threading.Lock()  # guards the consumer tuple against concurrent attach/detach
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self) -> Collector:
+        """Connect and start collecting on background threads.
+
+        Returns:
+            The collector, once connected and subscribed.
+
+        Raises:
+            AuthError: The broker refused the token.
+            TLSError: The broker's certificate could not be verified.
+            ConnectError: The broker could not be reached.
+            ConnectTimeoutError: Nothing answered in time.
+        """
+        if self._client is not None:
+            return self
+        client = TESAIoTMQTTClient(
+            self.settings, on_batch=self._ingest, queue_size=self._queue_size
+        )
+        self._stopping.clear()
+        client.connect()
+        self._client = client
+        self._started_at = time.time()
+        self._rate_samples.clear()
+        if self._snapshot_dir is not None:
+            self._dataset = DatasetWriter(self._snapshot_dir, metadata=self._metadata())
+            self._next_snapshot = time.monotonic() + self._snapshot_every
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, name="tesaiot-collector-housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+        return self
+
+    def stop(self) -> None:
+        """Disconnect, parse what was received, and close recordings and snapshots. Idempotent."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()  # returns after the worker handled every received message
+        self._stopping.set()
+        if self._housekeeper is not None:
+            self._housekeeper.join(timeout=10)
+            self._housekeeper = None
+        for recorder in self._recorders:
+            recorder.stop()
+        self._recorders = ()
+        if self._dataset is not None:
+            self._dataset.flush()
+            self._dataset = None
+        self._last_client_stats = client.stats
+        logger.info("collector stopped: %s rows held", self._store.rows)
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._client is not None else "stopped"
+        return f"<Collector {self.settings.url} {state}, {self._store.rows} rows>"
+
+    @property
+    def running(self) -> bool:
+        """Whether the collector has been started and not stopped."""
+        return self._client is not None
+
+    @property
+    def client(self) -> TESAIoTMQTTClient | None:
+        """The streaming client while running."""
+        return self._client
+
+    # ----------------------------------------------------------------- reads
+
+    def frame(
+        self,
+        *,
+        since: TimeLike | None = None,
+        devices: Iterable[str] | str | None = None,
+        metrics: Iterable[str] | str | None = None,
+    ) -> pd.DataFrame:
+        """Return the rows in the window as a new DataFrame the caller owns.
+
+        Args:
+            since: Only rows received since this time: a duration back from now (`"5min"`)
+                or a point in time (naive means UTC).
+            devices: Only these device ids.
+            metrics: Only these metrics.
+
+        Returns:
+            Rows in arrival order with the columns timestamp, received_at, device_id,
+            sensor_type, metric, value, unit, value_text.
+        """
+        if isinstance(devices, str):
+            devices = [devices]
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        return self._store.frame(since_ns=_since_ns(since), devices=devices, metrics=metrics)
+
+    def latest(self) -> pd.DataFrame:
+        """Return the newest row of each (device_id, metric), with its age in seconds."""
+        frame = self.frame()
+        latest = frame.drop_duplicates(subset=["device_id", "metric"], keep="last")
+        latest = latest.sort_values(["device_id", "metric"]).reset_index(drop=True)
+        now = pd.Timestamp.now(tz="UTC")
+        return latest.assign(age_s=(now - latest["received_at"]).dt.total_seconds())
+
+    def rejects(self) -> pd.DataFrame:
+        """Return the most recent rejected messages (up to 1,000) with their raw payloads."""
+        rejects = list(self._rejects)
+        return pd.DataFrame(
+            {
+                "received_at": pd.to_datetime([r.received_at for r in rejects], unit="s", utc=True),
+                "topic": [r.topic for r in rejects],
+                "reason": pd.Categorical([r.reason.value for r in rejects]),
+                "detail": [r.detail for r in rejects],
+                "payload": [r.payload for r in rejects],
+                "payload_size": pd.array([r.payload_size for r in rejects], dtype="int64"),
+            }
+        )
+
+    @property
+    def stats(self) -> CollectorStats:
+        """The collector's counters, read now."""
+        client = self._client
+        client_stats = (
+            client.stats if client is not None else getattr(self, "_last_client_stats", None)
+        )
+        received = client_stats.received if client_stats else 0
+        dropped = client_stats.dropped if client_stats else 0
+        pending = max(0, received - dropped - self._messages - self._rejected)
+        elapsed = time.time() - self._started_at if self._started_at else 0.0
+        error = client.error if client is not None else None
+        return CollectorStats(
+            received=received,
+            messages=self._messages,
+            rejected=self._rejected,
+            dropped=dropped,
+            pending=pending,
+            rows=self._store.rows,
+            rows_total=self._store.appended,
+            rows_evicted=self._store.evicted,
+            rejects_by_reason=MappingProxyType(dict(self._rejects_by_reason)),
+            timestamp_fallbacks=self._fallbacks,
+            rate=self._current_rate(),
+            mean_rate=received / elapsed if elapsed > 0 else 0.0,
+            connected=bool(client is not None and client.connected),
+            reconnects=client_stats.reconnects if client_stats else 0,
+            last_message_at=client_stats.last_message_at if client_stats else None,
+            error=str(error) if error is not None else None,
+        )
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the window's row arrays."""
+        return self._store.nbytes()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every message received so far is in the frame (or rejected).
+
+        Args:
+            timeout: Seconds to wait at most.
+
+        Returns:
+            True if caught up, False on timeout (or when not running).
+        """
+        client = self._client
+        return client.wait_idle(timeout) if client is not None else False
+
+    # ---------------------------------------------------------------- writes
+
+    def snapshot(self, path: str | Path | None = None) -> Path:
+        """Write the current window to one Parquet file now.
+
+        Args:
+            path: The file; default `snapshot-<UTC time>.parquet` in `snapshot_dir` or here.
+
+        Returns:
+            The path written.
+        """
+        if path is None:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            path = (self._snapshot_dir or Path.cwd()) / f"snapshot-{stamp}.parquet"
+        return write_frame(self.frame(), path, metadata=self._metadata())
+
+    def record(self, path: str | Path, *, flush_every: float = 5.0) -> Recording:
+        """Record every row from now until the recording is stopped.
+
+        Parts are flushed to `<path>.parts/` at least every `flush_every` seconds, so a
+        crash loses at most that much; `stop()` writes the single file at `path`, and the
+        session's rejected messages to `<stem>.rejects.parquet` beside it.
+
+        Args:
+            path: The Parquet file to produce.
+            flush_every: Seconds between flushes of parts.
+
+        Returns:
+            The recording; call `stop()` on it (or use it as a context manager).
+        """
+        recorder = Recorder(path, flush_every=flush_every, metadata=self._metadata())
+        with self._lock:
+            self._recorders = (*self._recorders, recorder)
+        logger.info("recording to %s", recorder.path)
+        return Recording(self, recorder)
+
+    def dashboard(self, **options: Any) -> Dashboard:
+        """Return a live ipywidgets dashboard of this collector; see `tesaiot_data.dashboard`."""
+        from tesaiot_data.dashboard import Dashboard  # noqa: PLC0415  (ipywidgets is heavy)
+
+        return Dashboard(self, **options)
+
+    # -------------------------------------------------------------- internals
+
+    def _detach(self, recorder: Recorder) -> None:
+        with self._lock:
+            self._recorders = tuple(r for r in self._recorders if r is not recorder)
+
+    def _metadata(self) -> dict[str, str]:
+        url = self.settings.url
+        return {
+            "topic": self.settings.topic,
+            "broker": f"{url.scheme}://{url.host}:{url.port}",
+            "client_id": self.settings.client_id,
+        }
+
+    def _ingest(self, batch: Sequence[RawMessage]) -> None:
+        """Runs on the client's worker thread with every batch of raw messages."""
+        parsed = parse_batch(batch)
+        chunk = self._store.append(parsed, now_ns=time.time_ns())
+        self._messages += parsed.parsed_messages
+        self._fallbacks += parsed.timestamp_fallbacks
+        if parsed.rejects:
+            self._rejected += len(parsed.rejects)
+            self._rejects.extend(parsed.rejects)
+            self._rejects_by_reason.update(r.reason.value for r in parsed.rejects)
+        recorders, dataset = self._recorders, self._dataset
+        if not (recorders or dataset):
+            return
+        frame = self._store.batch_frame(chunk) if chunk is not None else _EMPTY_FRAME
+        for recorder in recorders:
+            recorder.add(frame, parsed.rejects)
+        if dataset is not None and chunk is not None:
+            dataset.add(frame)
+
+    def _housekeep(self) -> None:
+        while not self._stopping.wait(_HOUSEKEEPING_PERIOD):
+            try:
+                self._store.evict(time.time_ns())
+                self._sample_rate()
+                for recorder in self._recorders:
+                    if recorder.flush_due():
+                        recorder.flush()
+                if self._dataset is not None and time.monotonic() >= self._next_snapshot:
+                    self._next_snapshot = time.monotonic() + self._snapshot_every
+                    self._dataset.flush()
+            except Exception:  # a full disk must not stop collection; it is logged
+                logger.exception("housekeeping failed")
+
+    def _sample_rate(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        now = time.monotonic()
+        self._rate_samples.append((now, client.stats.received))
+        while self._rate_samples and now - self._rate_samples[0][0] > _RATE_WINDOW:
+            self._rate_samples.popleft()
+
+    def _current_rate(self) -> float:
+        if len(self._rate_samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._rate_samples[0], self._rate_samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _since_ns(since: TimeLike | None) -> int | None:
+    if since is None:
+        return None
+    if isinstance(since, str | pd.Timedelta) and not _looks_like_time(since):
+        return time.time_ns() - int(pd.Timedelta(since).total_seconds() * 1e9)
+    stamp = pd.Timestamp(since)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.value)
+
+
+def _looks_like_time(value: str | pd.Timedelta) -> bool:
+    if isinstance(value, pd.Timedelta):
+        return False
+    try:
+        pd.Timedelta(value)
+    except ValueError:
+        return True
+    return False

@@ -1,0 +1,848 @@
+"""Turn TESAIoT telemetry messages into rows: one row per metric, in columns ready for pandas.
+
+A message arrives on `device/<device_id>/telemetry[/<sensor>/...]`; the topic gives the row's
+`device_id` and `sensor_type` ("default" when there is no sensor part). The payload is JSON in
+one of the shapes the platform's devices send:
+
+- standard: `{"value": 25.5, "unit": "celsius", "timestamp": "..."}` gives one row whose
+  metric is the sensor type;
+- flat: `{"timestamp": ..., "temperature": 25.1, "humidity": 60}` gives a row per field;
+- nested: `{"timestamp": ..., "sensor_type": "DPS368", "data": {"pressure": 1013.2}}` gives a
+  row per field of `data`; deeper objects give dotted metrics (`accel.x`);
+- a bare number or string gives one row; an array is parsed element by element, each element
+  as a payload of its own (with its own timestamp).
+
+Rules that hold in every shape:
+
+- Numbers become float values; booleans 1.0 and 0.0; strings a text row (value NaN, the string
+  in `value_text`); nulls are skipped; a list gives `name.0`, `name.1`, ...; NaN and Infinity
+  are kept. Strings are not converted to numbers.
+- The keys `timestamp`, `ts`, `time`, `device_id`, `sensor_type` and `unit` are never metrics.
+- An object's `value` is the row named after the object (after the sensor type at the top);
+  a `value` that is an object is flattened in place. A string `unit` is the unit of the
+  object's `value`, or, when the object has no `value`, of all its fields; nested objects
+  inherit it unless they have their own.
+- `device_id` always comes from the topic. A payload's string `sensor_type` replaces the
+  sensor type only when the topic has no sensor part.
+- The timestamp is the first non-null of `timestamp`, `ts`, `time`: ISO 8601 (naive means UTC)
+  or epoch seconds, milliseconds, microseconds or nanoseconds, as a number or a numeric
+  string, the unit chosen by magnitude (below 1e11 seconds, 1e14 milliseconds, 1e17
+  microseconds, else nanoseconds). ISO and numeric strings convert exactly (digits past the
+  nanosecond are dropped); JSON floats are rounded to the microsecond. A missing or unreadable
+  timestamp, or one outside what `datetime64[ns]` holds, falls back to the receive time, and
+  the row is counted in `timestamp_fallbacks`.
+- Containers nested deeper than `MAX_DEPTH` are dropped, and a message stops at
+  `MAX_ROWS_PER_MESSAGE` rows, keeping the first ones in payload order; such messages are
+  counted in `ColumnBatch.truncated_messages`.
+
+A message that yields no row becomes one `Reject` instead, so every message fed in is either
+parsed (one or more rows) or rejected, never both and never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_REJECT_PAYLOAD",
+    "MAX_ROWS_PER_MESSAGE",
+    "ColumnBatch",
+    "ParseResult",
+    "RawMessage",
+    "Reject",
+    "RejectReason",
+    "Row",
+    "decode_payload",
+    "parse_batch",
+    "parse_message",
+    "parse_topic",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_REJECT_PAYLOAD = 4096
+"""Bytes of the raw payload kept in a `Reject`."""
+MAX_DEPTH = 8
+"""Containers (objects, arrays) nested deeper than this are dropped."""
+MAX_ROWS_PER_MESSAGE = 1000
+"""A message yields at most this many rows; the first ones in payload order are kept."""
+
+_MAX_DETAIL = 200
+_TOPIC_CACHE_MAX_LENGTH = 512  # longer topics are parsed every time rather than pinned in memory
+_NAN = float("nan")
+_INF = float("inf")
+_NS_MIN = -(2**63) + 1  # pd.Timestamp.min; -2**63 itself is NaT
+_NS_MAX = 2**63 - 1
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+_RESERVED = frozenset(("timestamp", "ts", "time", "device_id", "sensor_type", "unit"))
+_CACHE_SIZE = 4096
+_ISO = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[Tt ](\d{2}:\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
+    r"( ?(?:[Zz]|[+-]\d{2}(?::?\d{2})?))?",
+    re.ASCII,
+)
+_DECIMAL = re.compile(r"([+-]?)(\d{1,20})(?:\.(\d*))?", re.ASCII)
+_SCIENTIFIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d{1,3}", re.ASCII)
+# (magnitude limit, ns per unit, fraction digits kept) for seconds, ms, us; beyond them ns
+_EPOCH_UNITS = ((10**11, 10**9, 9), (10**14, 10**6, 6), (10**17, 10**3, 3))
+_JSON_NAMES = {dict: "object", list: "array", type(None): "null"}
+_TOPIC_HELP = "expected device/<device_id>/telemetry[/<sensor>...]"
+
+
+class RejectReason(str, Enum):
+    """Why a message produced no row."""
+
+    BAD_TOPIC = "bad_topic"
+    """The topic is not `device/<id>/telemetry[/<sensor>...]`."""
+    EMPTY = "empty"
+    """The payload is empty or only whitespace."""
+    INVALID_UTF8 = "invalid_utf8"
+    """The payload is not UTF-8 text."""
+    NOT_JSON = "not_json"
+    """The payload is text but not JSON (or JSON nested too deeply for the decoder)."""
+    NO_FIELDS = "no_usable_field"
+    """The payload is JSON but nothing in it gives a row (`{}`, `null`, only a timestamp)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A message as it came off the wire.
+
+    Args:
+        topic: The MQTT topic.
+        payload: The raw payload.
+        received_at: When it arrived, in epoch seconds (`time.time()`).
+    """
+
+    topic: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One metric of one message.
+
+    Args:
+        timestamp: The device's timestamp, or the receive time when it had none (UTC).
+        received_at: When the message arrived (UTC).
+        device_id: From the topic.
+        sensor_type: From the topic, or the payload's when the topic has no sensor part.
+        metric: The sensor type for a single value, else the field name, dotted when nested.
+        value: The number; NaN for text rows.
+        unit: The unit, when the payload gives one.
+        value_text: The text of a text row.
+    """
+
+    timestamp: pd.Timestamp
+    received_at: pd.Timestamp
+    device_id: str
+    sensor_type: str
+    metric: str
+    value: float
+    unit: str | None = None
+    value_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message that produced no row, kept so that it can be counted and looked at.
+
+    Args:
+        topic: The MQTT topic.
+        payload: The raw payload, cut to `MAX_REJECT_PAYLOAD` bytes.
+        payload_size: The payload's original length in bytes.
+        reason: Why it was rejected.
+        detail: A short explanation, for example the JSON decoder's message.
+        received_at: When it arrived, in epoch seconds.
+    """
+
+    topic: str
+    payload: bytes
+    payload_size: int
+    reason: RejectReason
+    detail: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ParseResult:
+    """What one message became.
+
+    Args:
+        rows: The rows, in payload order; empty when the message was rejected.
+        reject: The reject, or None when the message gave rows.
+        timestamp_fallbacks: How many rows got the receive time as their timestamp.
+    """
+
+    rows: tuple[Row, ...]
+    reject: Reject | None
+    timestamp_fallbacks: int
+
+
+class ColumnBatch:
+    """Rows of many messages, column by column, ready to become a DataFrame.
+
+    `parse_batch` appends to it. All row columns always have the same length, and
+    `messages == parsed_messages + len(rejects)`.
+
+    Attributes:
+        timestamp_ns: Row timestamps, epoch nanoseconds UTC.
+        received_ns: Receive times, epoch nanoseconds UTC.
+        device_id: Device ids.
+        sensor_type: Sensor types.
+        metric: Metric names.
+        value: Values; NaN for text rows.
+        unit: Units, or None.
+        value_text: Texts of text rows, else None.
+        rejects: Messages that gave no row.
+        messages: Messages fed in.
+        parsed_messages: Messages that gave at least one row.
+        timestamp_fallbacks: Rows whose timestamp is the receive time.
+        truncated_messages: Parsed messages that lost rows to `MAX_DEPTH` or
+            `MAX_ROWS_PER_MESSAGE`.
+    """
+
+    __slots__ = (
+        "device_id",
+        "messages",
+        "metric",
+        "parsed_messages",
+        "received_ns",
+        "rejects",
+        "sensor_type",
+        "timestamp_fallbacks",
+        "timestamp_ns",
+        "truncated_messages",
+        "unit",
+        "value",
+        "value_text",
+    )
+
+    def __init__(self) -> None:
+        self.timestamp_ns: list[int] = []
+        self.received_ns: list[int] = []
+        self.device_id: list[str] = []
+        self.sensor_type: list[str] = []
+        self.metric: list[str] = []
+        self.value: list[float] = []
+        self.unit: list[str | None] = []
+        self.value_text: list[str | None] = []
+        self.rejects: list[Reject] = []
+        self.messages = 0
+        self.parsed_messages = 0
+        self.timestamp_fallbacks = 0
+        self.truncated_messages = 0
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __repr__(self) -> str:
+        return (
+            f"ColumnBatch(rows={len(self)}, messages={self.messages}, "
+            f"rejects={len(self.rejects)}, timestamp_fallbacks={self.timestamp_fallbacks})"
+        )
+
+
+# --- topics -------------------------------------------------------------------------------
+
+# topic -> (device_id, sensor_type, topic has a sensor part), or None for a bad topic
+_topic_cache: dict[str, tuple[str, str, bool] | None] = {}
+
+
+def _split_topic(topic: str) -> tuple[str, str, bool] | None:
+    levels = topic.split("/")
+    if len(levels) < 3 or levels[0] != "device" or levels[2] != "telemetry":
+        return None
+    if "" in levels or "+" in topic or "#" in topic or "\x00" in topic:
+        return None
+    try:
+        topic.encode("utf-8")  # lone surrogates would break Parquet later
+    except UnicodeEncodeError:
+        return None
+    if len(levels) == 3:
+        return levels[1], "default", False
+    return levels[1], "/".join(levels[3:]), True
+
+
+def _topic_info(topic: str) -> tuple[str, str, bool] | None:
+    try:
+        return _topic_cache[topic]
+    except KeyError:
+        pass
+    except TypeError:  # not a string: unhashable
+        return None
+    if type(topic) is not str:
+        return None
+    info = _split_topic(topic)
+    if len(topic) <= _TOPIC_CACHE_MAX_LENGTH:
+        if len(_topic_cache) >= _CACHE_SIZE:
+            _topic_cache.clear()  # atomic, so safe to share between threads; refills in a blink
+        _topic_cache[topic] = info
+    return info
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """Split a telemetry topic into device id and sensor type.
+
+    Results are cached (a bounded cache), so calling this per message is cheap.
+
+    Args:
+        topic: For example `device/abc/telemetry/bme280` or `device/abc/telemetry`.
+
+    Returns:
+        `(device_id, sensor_type)`, where the sensor type is the levels after `telemetry`
+        joined with `/`, or `"default"` when there are none; None when the topic is not
+        `device/<id>/telemetry[/<sensor>...]`, has an empty level or contains a wildcard.
+    """
+    info = _topic_info(topic)
+    return None if info is None else (info[0], info[1])
+
+
+# --- timestamps ---------------------------------------------------------------------------
+
+
+def _in_range(ns: int) -> int | None:
+    return ns if _NS_MIN <= ns <= _NS_MAX else None
+
+
+def _minute_seconds(text: str) -> int | None:
+    """Epoch seconds of `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM`; None when no such time."""
+    try:
+        days = date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal()
+    except ValueError:
+        return None
+    hour, minute = (int(text[11:13]), int(text[14:16])) if len(text) > 10 else (0, 0)
+    if hour > 23 or minute > 59:
+        return None
+    return (days - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60
+
+
+def _zone_seconds(zone: str) -> int | None:
+    """Seconds east of UTC of `Z`, `+07:00`, `+0700` or `+07`; None when out of range."""
+    zone = zone.strip()
+    if zone in ("Z", "z"):
+        return 0
+    hours, minutes = int(zone[1:3]), int(zone[-2:]) if len(zone) > 3 else 0
+    if hours > 23 or minutes > 59:
+        return None
+    offset = hours * 3600 + minutes * 60
+    return -offset if zone[0] == "-" else offset
+
+
+# The date-and-minute and the zone of ISO timestamps repeat from message to message, so their
+# (slow) conversions are cached; both caches are bounded.
+_minute_cache: dict[str, int | None] = {}
+_zone_cache: dict[str, int | None] = {}
+
+
+def _cached(
+    cache: dict[str, int | None], key: str, convert: Callable[[str], int | None]
+) -> int | None:
+    try:
+        return cache[key]
+    except KeyError:
+        value = convert(key)
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()  # atomic, so safe to share between threads
+        cache[key] = value
+        return value
+
+
+def _iso_ns(text: str, match: re.Match[str]) -> int | None:
+    clock, second, fraction, zone = match.groups()
+    base = _cached(_minute_cache, text[:16] if clock else text[:10], _minute_seconds)
+    if base is None:
+        return None
+    if second:
+        seconds = int(second)
+        if seconds > 59:  # leap seconds are not representable either
+            return None
+        base += seconds
+    if zone:
+        offset = _cached(_zone_cache, zone, _zone_seconds)
+        if offset is None:
+            return None
+        base -= offset
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return _in_range(base * 1_000_000_000 + nanos)
+
+
+def _epoch_int_ns(number: int) -> int | None:
+    magnitude = -number if number < 0 else number
+    for limit, scale, _ in _EPOCH_UNITS:
+        if magnitude < limit:
+            return _in_range(number * scale)
+    return _in_range(number)
+
+
+def _epoch_float_ns(number: float) -> int | None:
+    if not math.isfinite(number):
+        return None
+    magnitude = abs(number)
+    # Rounded to the microsecond: a float holds no more for today's epoch seconds.
+    if magnitude < 1e11:
+        return _in_range(round(number * 1e6) * 1000)
+    if magnitude < 1e14:
+        return _in_range(round(number * 1e3) * 1000)
+    if magnitude < 1e17:
+        return _in_range(round(number) * 1000)
+    return _in_range(round(number))
+
+
+def _epoch_text_ns(match: re.Match[str]) -> int | None:
+    sign, whole, fraction = match.groups()
+    number = int(whole)
+    for limit, scale, digits in _EPOCH_UNITS:
+        if number < limit:
+            nanos = number * scale
+            if fraction:
+                nanos += int(fraction[:digits].ljust(digits, "0"))
+            break
+    else:
+        nanos = number
+    return _in_range(-nanos if sign == "-" else nanos)
+
+
+def _text_ns(text: str) -> int | None:
+    if (match := _ISO.fullmatch(text)) is not None:
+        return _iso_ns(text, match)
+    if (match := _DECIMAL.fullmatch(text)) is not None:
+        return _epoch_text_ns(match)
+    if _SCIENTIFIC.fullmatch(text) is not None:
+        return _epoch_float_ns(float(text))
+    stripped = text.strip()
+    return _text_ns(stripped) if stripped and stripped != text else None
+
+
+def _timestamp_ns(raw: object) -> int | None:
+    if isinstance(raw, str):
+        return _text_ns(raw)
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return _epoch_int_ns(raw)
+    if isinstance(raw, float):
+        return _epoch_float_ns(raw)
+    return None  # an object or array: not a timestamp
+
+
+def _seconds_ns(seconds: float) -> int | None:
+    try:
+        return _in_range(round(seconds * 1_000_000) * 1000)
+    except (TypeError, ValueError, OverflowError):  # not a number, NaN, infinite
+        return None
+
+
+# --- payloads -----------------------------------------------------------------------------
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
+
+
+def _as_bytes(payload: object) -> bytes:
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass")
+    if payload is None:
+        return b""
+    return str(payload).encode("utf-8", "surrogatepass")
+
+
+def _loads(payload: bytes) -> tuple[Any, RejectReason | None, str]:
+    """Decode a payload: (value, None, "") or (the text or bytes, reason, detail)."""
+    if not payload:
+        return payload, RejectReason.EMPTY, "the payload is empty"
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return payload, RejectReason.INVALID_UTF8, _short(str(exc))
+    try:
+        return json.loads(text), None, ""
+    except RecursionError:
+        return text, RejectReason.NOT_JSON, "JSON nested too deeply to decode"
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        error = exc
+    if not text.strip():
+        return text, RejectReason.EMPTY, "the payload is only whitespace"
+    if text[0] == "\ufeff":  # some devices prefix a byte order mark
+        try:
+            return json.loads(text[1:]), None, ""
+        except (ValueError, RecursionError):
+            pass
+    return text, RejectReason.NOT_JSON, _short(str(error))
+
+
+def decode_payload(payload: bytes) -> Any:
+    """Decode a payload for per-message use, keeping whatever cannot be decoded.
+
+    Args:
+        payload: The raw payload.
+
+    Returns:
+        The JSON value; the text (str) when the payload is UTF-8 but not JSON (an empty
+        payload gives `""`); the bytes themselves when it is not UTF-8.
+    """
+    if type(payload) is not bytes:
+        payload = _as_bytes(payload)
+    value, reason, _ = _loads(payload)
+    return "" if reason is RejectReason.EMPTY and not payload else value
+
+
+def _clean_text(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _float(number: int) -> float:
+    try:
+        return float(number)
+    except OverflowError:  # an integer beyond float range, like 1e400 becomes inf
+        return _INF if number > 0 else -_INF
+
+
+# --- the one code path for batch and single messages --------------------------------------
+
+
+class _Writer:
+    """Appends messages to a ColumnBatch; holds its lists to spare attribute lookups."""
+
+    __slots__ = (
+        "batch",
+        "clipped",
+        "device",
+        "full",
+        "limit",
+        "metric",
+        "received",
+        "sensor",
+        "text",
+        "timestamp",
+        "unit",
+        "value",
+    )
+
+    def __init__(self, batch: ColumnBatch) -> None:
+        self.batch = batch
+        self.timestamp = batch.timestamp_ns
+        self.received = batch.received_ns
+        self.device = batch.device_id
+        self.sensor = batch.sensor_type
+        self.metric = batch.metric
+        self.value = batch.value
+        self.unit = batch.unit
+        self.text = batch.value_text
+        self.limit = 0
+        self.full = False
+        self.clipped = False
+
+    def feed(self, topic: str, payload: bytes, received_s: float, received_ns: int) -> None:
+        batch = self.batch
+        batch.messages += 1
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
+        info = _topic_info(topic)
+        if info is None:
+            self._reject(topic, payload, RejectReason.BAD_TOPIC, _TOPIC_HELP, received_s)
+            return
+        obj, reason, detail = _loads(payload)
+        if reason is not None:
+            self._reject(topic, payload, reason, detail, received_s)
+            return
+        start = len(self.metric)
+        fallbacks = batch.timestamp_fallbacks
+        self.limit = start + MAX_ROWS_PER_MESSAGE
+        self.full = self.clipped = False
+        try:
+            self._payload(obj, info[1], info[2], received_ns, 1)
+            rows = len(self.metric) - start
+            if rows and (b"\\ud" in payload or b"\\uD" in payload):
+                self._clean(start)
+        except Exception as exc:  # a bug, not bad input: keep the batch whole and go on
+            logger.exception("could not turn a message on %r into rows", topic)
+            for column in (self.timestamp, self.sensor, self.metric, self.value, self.unit):
+                del column[start:]
+            del self.text[start:]
+            batch.timestamp_fallbacks = fallbacks
+            detail = _short(f"internal error: {exc!r}")
+            self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_s)
+            return
+        if not rows:
+            detail = f"no number, boolean or text in the JSON {_JSON_NAMES.get(type(obj), 'value')}"
+            if self.clipped:
+                detail += f" within {MAX_DEPTH} levels of nesting"
+            self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_s)
+            return
+        if rows == 1:
+            self.received.append(received_ns)
+            self.device.append(info[0])
+        else:
+            self.received.extend([received_ns] * rows)
+            self.device.extend([info[0]] * rows)
+        batch.parsed_messages += 1
+        if self.clipped:
+            batch.truncated_messages += 1
+
+    def _reject(
+        self, topic: object, payload: bytes, reason: RejectReason, detail: str, received_s: float
+    ) -> None:
+        self.batch.rejects.append(
+            Reject(
+                topic=topic if isinstance(topic, str) else repr(topic),
+                payload=payload[:MAX_REJECT_PAYLOAD],
+                payload_size=len(payload),
+                reason=reason,
+                detail=detail,
+                received_at=received_s,
+            )
+        )
+
+    def _clean(self, start: int) -> None:
+        # JSON escapes can make lone surrogates, which no UTF-8 writer (Parquet) accepts.
+        for column in (self.sensor, self.metric, self.unit, self.text):
+            column[start:] = [_clean_text(text) for text in column[start:]]
+
+    def _payload(
+        self, obj: Any, sensor: str, has_sensor: bool, received_ns: int, depth: int
+    ) -> None:
+        """Rows of one top-level payload (a message, or one element of an array message)."""
+        start = len(self.metric)
+        kind = type(obj)
+        stamp = None
+        if kind is dict:
+            if not has_sensor:
+                named = obj.get("sensor_type")
+                if type(named) is str and named:
+                    sensor = named
+            raw = obj.get("timestamp")
+            if raw is None and (raw := obj.get("ts")) is None:
+                raw = obj.get("time")
+            value = obj.get("value")
+            if (
+                (type(value) is float or type(value) is int)
+                and len(obj) == 1 + ("unit" in obj) + (raw is not None)
+                and start < self.limit
+            ):
+                # The standard shape, most of the traffic: {"value", "unit", "timestamp"}
+                # and nothing else. One row without the general walk.
+                unit = obj.get("unit")
+                self.metric.append(sensor)
+                self.value.append(value if type(value) is float else _float(value))
+                self.unit.append(unit if type(unit) is str else None)
+                self.text.append(None)
+            else:
+                self._object(obj, "", sensor, None, depth, top=True)
+            if raw is not None and len(self.metric) > start:
+                stamp = _timestamp_ns(raw)
+        elif kind is list:
+            if depth > MAX_DEPTH:
+                self.clipped = True
+                return
+            for item in obj:
+                self._payload(item, sensor, has_sensor, received_ns, depth + 1)
+                if self.full:
+                    return
+            return
+        else:
+            self._leaf(sensor, obj, None, depth)
+        rows = len(self.metric) - start
+        if not rows:
+            return
+        if stamp is None:
+            stamp = received_ns
+            self.batch.timestamp_fallbacks += rows
+        if rows == 1:
+            self.timestamp.append(stamp)
+            self.sensor.append(sensor)
+        else:
+            self.timestamp.extend([stamp] * rows)
+            self.sensor.extend([sensor] * rows)
+
+    def _object(
+        self,
+        obj: dict[str, Any],
+        prefix: str,
+        value_name: str,
+        unit: str | None,
+        depth: int,
+        *,
+        top: bool = False,
+    ) -> None:
+        if depth > MAX_DEPTH:
+            self.clipped = True
+            return
+        own = obj.get("unit")
+        has_value = "value" in obj
+        if type(own) is not str:
+            value_unit = field_unit = unit
+        elif has_value:
+            value_unit, field_unit = own, unit
+        else:
+            value_unit = field_unit = own
+        for key, item in obj.items():
+            if key in _RESERVED:
+                continue
+            if key == "value":
+                if type(item) is dict:
+                    self._object(item, prefix, value_name, value_unit, depth + 1)
+                else:
+                    self._leaf(value_name, item, value_unit, depth)
+            elif top and key == "data" and type(item) is dict:
+                self._object(item, prefix, value_name, field_unit, depth + 1)
+            else:
+                self._leaf(prefix + key, item, field_unit, depth)
+            if self.full:
+                return
+
+    def _leaf(self, name: str, item: Any, unit: str | None, depth: int) -> None:
+        """Rows of one field; `depth` is the nesting level of the container holding it."""
+        kind = type(item)
+        if kind is float:
+            self._add(name, item, unit, None)
+        elif kind is int:
+            self._add(name, _float(item), unit, None)
+        elif kind is str:
+            self._add(name, _NAN, unit, item)
+        elif kind is bool:
+            self._add(name, 1.0 if item else 0.0, unit, None)
+        elif kind is dict:
+            self._object(item, name + ".", name, unit, depth + 1)
+        elif kind is list:
+            if depth + 1 > MAX_DEPTH:
+                self.clipped = True
+                return
+            for index, element in enumerate(item):
+                self._leaf(f"{name}.{index}", element, unit, depth + 1)
+                if self.full:
+                    return
+        # None (and anything JSON cannot hold) gives no row
+
+    def _add(self, name: str, value: float, unit: str | None, text: str | None) -> None:
+        if len(self.metric) >= self.limit:
+            self.full = self.clipped = True
+            return
+        self.metric.append(name)
+        self.value.append(value)
+        self.unit.append(unit)
+        self.text.append(text)
+
+
+def parse_batch(messages: Iterable[RawMessage], into: ColumnBatch | None = None) -> ColumnBatch:
+    """Parse many messages into columns; the collector's hot path.
+
+    Never raises for any topic or payload: each message becomes one or more rows or exactly
+    one reject. A `received_at` that is not a usable number (NaN, infinite) is replaced by
+    the current time.
+
+    Args:
+        messages: The messages, in arrival order.
+        into: A batch to append to; a new one by default.
+
+    Returns:
+        The batch appended to.
+    """
+    batch = ColumnBatch() if into is None else into
+    writer = _Writer(batch)
+    feed = writer.feed
+    for message in messages:
+        received_s = message.received_at
+        received_ns = _seconds_ns(received_s)
+        if received_ns is None:
+            received_ns = time.time_ns()
+            received_s = received_ns / 1e9
+        feed(message.topic, message.payload, received_s, received_ns)
+    return batch
+
+
+def _received(received_at: float | datetime | pd.Timestamp) -> tuple[float, int]:
+    import pandas as pd  # noqa: PLC0415  (parse_batch, the hot path, needs no pandas)
+
+    ns: int | None
+    if isinstance(received_at, pd.Timestamp):
+        stamp = received_at if received_at.tz is not None else received_at.tz_localize("UTC")
+        ns = stamp.value
+    elif isinstance(received_at, datetime):
+        if received_at is pd.NaT:  # a datetime subclass, but no time at all
+            ns = None
+        else:
+            aware = received_at
+            if aware.tzinfo is None or aware.utcoffset() is None:
+                aware = aware.replace(tzinfo=timezone.utc)
+            ns = _in_range((aware - _EPOCH) // _ONE_MICROSECOND * 1000)
+    elif isinstance(received_at, (int, float)) and not isinstance(received_at, bool):
+        ns = _seconds_ns(received_at)
+        if ns is not None:
+            return float(received_at), ns
+    else:
+        raise TypeError(
+            f"received_at must be epoch seconds, a datetime or a pandas Timestamp, "
+            f"not {type(received_at).__name__}"
+        )
+    if ns is None:
+        ns = time.time_ns()
+    return ns / 1e9, ns
+
+
+def parse_message(
+    topic: str, payload: bytes, received_at: float | datetime | pd.Timestamp
+) -> ParseResult:
+    """Parse one message into rows, on the same code path as `parse_batch`.
+
+    Args:
+        topic: The MQTT topic.
+        payload: The raw payload.
+        received_at: When it arrived: epoch seconds, a datetime or a pandas Timestamp; naive
+            ones are UTC. NaN, infinite or out-of-range values are replaced by the current
+            time.
+
+    Returns:
+        The rows, or the reject.
+
+    Raises:
+        TypeError: `received_at` is not a number, datetime or Timestamp.
+    """
+    import pandas as pd  # noqa: PLC0415  (parse_batch, the hot path, needs no pandas)
+
+    received_s, received_ns = _received(received_at)
+    batch = ColumnBatch()
+    _Writer(batch).feed(topic, payload, received_s, received_ns)
+    if batch.rejects:
+        return ParseResult(rows=(), reject=batch.rejects[0], timestamp_fallbacks=0)
+    received = pd.Timestamp(received_ns, unit="ns", tz="UTC")
+    stamps: dict[int, pd.Timestamp] = {received_ns: received}
+    rows = []
+    for i, ns in enumerate(batch.timestamp_ns):
+        stamp = stamps.get(ns)
+        if stamp is None:
+            stamp = stamps[ns] = pd.Timestamp(ns, unit="ns", tz="UTC")
+        rows.append(
+            Row(
+                timestamp=stamp,
+                received_at=received,
+                device_id=batch.device_id[i],
+                sensor_type=batch.sensor_type[i],
+                metric=batch.metric[i],
+                value=batch.value[i],
+                unit=batch.unit[i],
+                value_text=batch.value_text[i],
+            )
+        )
+    return ParseResult(rows=tuple(rows), reject=None, timestamp_fallbacks=batch.timestamp_fallbacks)

@@ -1,0 +1,847 @@
+"""Parquet files of telemetry: single files, session recordings and a hive-style dataset.
+
+Every file is written under a hidden temporary name in its final folder, fsynced and then
+`os.replace`d into place, so a reader sees a whole file or none. Temporary names start with a
+dot and end in `.tmp`; the readers only pick up `part-*.parquet` (and `rejects-*.parquet`),
+so leftovers of a crash are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame, to_canonical
+
+if TYPE_CHECKING:
+    from tesaiot_data.parsing import Reject
+
+__all__ = [
+    "PARQUET_COMPRESSION",
+    "REJECTS_SCHEMA",
+    "DatasetWriter",
+    "Recorder",
+    "load_recording",
+    "load_rejects",
+    "read_metadata",
+    "write_frame",
+    "write_rejects",
+]
+
+logger = logging.getLogger(__name__)
+
+PARQUET_COMPRESSION = "zstd"
+
+#: The schema of a recording's rejects sidecar (`<stem>.rejects.parquet`).
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("received_at", pa.timestamp("ns", tz="UTC"), nullable=False),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("reason", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("payload", pa.binary()),
+        pa.field("payload_size", pa.int64(), nullable=False),
+    ]
+)
+
+_PREFIX = "tesaiot."
+# Computed from the data when a file is written; a caller's value for them is ignored.
+_RESERVED_KEYS = frozenset({"rows", "start", "end", "version"})
+# Small enough for row-group statistics to skip most of a file on a time filter.
+_ROW_GROUP_ROWS = 128 * 1024
+_PART_GLOB = "part-*.parquet"
+_REJECTS_PART_GLOB = "rejects-*.parquet"
+_PARTS_SUFFIX = ".parts"
+_REJECTS_SUFFIX = ".rejects.parquet"
+_NS_PER_DAY = 86_400 * 10**9
+_DEDUPE_COLUMNS = ["device_id", "metric", "timestamp", "value"]
+
+try:
+    _VERSION = version("tesaiot-data")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    _VERSION = "0.0.0"
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def write_frame(
+    frame: pd.DataFrame, path: str | Path, *, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write a telemetry frame to one Parquet file, atomically.
+
+    The file has `ARROW_SCHEMA`, zstd compression and dictionary-encoded strings. Its
+    key-value metadata holds `tesaiot.rows`, `tesaiot.start` and `tesaiot.end` (ISO UTC of the
+    first and last `received_at`; absent when there are no rows), `tesaiot.version` and the
+    caller's `metadata`, each key prefixed with `tesaiot.` unless it already is.
+
+    Args:
+        frame: Rows in the canonical columns (other dtypes are converted when they can be).
+        path: The file to write; missing parent folders are created, an old file is replaced.
+        metadata: Extra string key-value pairs to store in the file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: A metadata key or value is not a string.
+        ValueError: The frame cannot be converted to the canonical schema.
+    """
+    caller = _check_metadata(metadata)
+    table = _frame_to_table(frame)
+    return _write_table(table, Path(path), _file_metadata(table, caller))
+
+
+def write_rejects(
+    rejects: Sequence[Reject], path: str | Path, *, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write rejected messages to a Parquet sidecar file, atomically.
+
+    Columns: `received_at` (UTC), `topic`, `reason` (dictionary), `detail`, `payload` (the
+    already truncated bytes) and `payload_size` (the size of the whole payload).
+
+    Args:
+        rejects: `tesaiot_data.parsing.Reject` objects.
+        path: The file to write; missing parent folders are created.
+        metadata: Extra string key-value pairs to store in the file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: A metadata key or value is not a string.
+    """
+    caller = _check_metadata(metadata)
+    table = _rejects_to_table(rejects)
+    return _write_table(table, Path(path), _file_metadata(table, caller, time_column=None))
+
+
+class Recorder:
+    """Session capture: every row from now until stop(), not limited by any window.
+
+    `add` is called on the ingest thread and only converts the batch to Arrow; `flush`,
+    called from a housekeeping thread, writes what is pending as a new part file in
+    `<path>.parts/`; `stop` merges the parts into the one file at `path` (and the rejects
+    into `<stem>.rejects.parquet` beside it) and removes the parts folder. If the process
+    dies, `load_recording(path)` still reads every flushed part.
+
+    Args:
+        path: The recording's final Parquet file.
+        flush_every: Seconds between flushes that `flush_due` asks for.
+        metadata: Extra string key-value pairs stored in every file of the recording.
+
+    Raises:
+        FileExistsError: `<path>.parts` already exists (an unfinished earlier recording).
+        TypeError: A metadata key or value is not a string.
+        ValueError: `flush_every` is negative.
+
+    Attributes:
+        path: The recording's final Parquet file.
+        parts_dir: The folder of part files, `<path>.parts`.
+        started_at: When the recorder was made (UTC).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        flush_every: float = 5.0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if not flush_every >= 0:
+            raise ValueError(f"flush_every={flush_every!r} must be >= 0 seconds")
+        self.path = Path(path)
+        self.parts_dir = _parts_dir(self.path)
+        if self.parts_dir.exists():
+            raise FileExistsError(
+                f"{self.parts_dir} already exists: an earlier recording to {self.path} did not "
+                "finish (hint: read it with load_recording() and delete the folder, or record "
+                "to another path)"
+            )
+        if self.path.exists():
+            logger.warning("%s exists and will be replaced when the recording stops", self.path)
+        self.started_at = datetime.now(timezone.utc)
+        self._flush_every = float(flush_every)
+        self._metadata = _check_metadata(metadata)
+        self._lock = threading.Lock()  # guards the pending lists and counters
+        self._write_lock = threading.Lock()  # one writer at a time, so parts stay in order
+        self._pending: list[pa.Table] = []
+        self._pending_rejects: list[Reject] = []
+        self._last_flush = time.monotonic()
+        self._rows = 0
+        self._rejects = 0
+        self._closed = False
+        self._stopped = False
+        self._parts: list[Path] = []
+        self._reject_parts: list[Path] = []
+        self._first_ns: int | None = None
+        self._last_ns: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows added so far."""
+        return self._rows
+
+    @property
+    def rejects(self) -> int:
+        """Rejected messages added so far."""
+        return self._rejects
+
+    @property
+    def stopped(self) -> bool:
+        """Whether `stop` has finished."""
+        return self._stopped
+
+    def add(self, frame: pd.DataFrame, rejects: Sequence[Reject] = ()) -> None:
+        """Queue a batch of rows (and rejected messages) for the next flush. Thread-safe.
+
+        Once `stop` has begun, batches are dropped (they arrived after the session ended):
+        an ingest thread that still holds the recorder must not fail because of a race.
+
+        Args:
+            frame: A batch in the canonical columns; may be empty.
+            rejects: The batch's rejected messages.
+
+        Raises:
+            ValueError: The frame cannot be converted to the canonical schema.
+        """
+        table = _frame_to_table(frame) if len(frame) else None
+        with self._lock:
+            if self._closed:
+                logger.debug("%s is stopped; dropped a batch of %d rows", self.path, len(frame))
+                return
+            if table is not None:
+                self._pending.append(table)
+                self._rows += table.num_rows
+            if rejects:
+                self._pending_rejects.extend(rejects)
+                self._rejects += len(rejects)
+
+    def flush_due(self) -> bool:
+        """Whether `flush_every` seconds passed since the last flush and anything is pending.
+
+        Returns:
+            True when the housekeeping thread should call `flush`.
+        """
+        with self._lock:
+            pending = bool(self._pending or self._pending_rejects)
+            return pending and time.monotonic() - self._last_flush >= self._flush_every
+
+    def flush(self) -> Path | None:
+        """Write the pending rows as a new part file and the pending rejects as a rejects part.
+
+        Rows are written as `<path>.parts/part-NNNNNN.parquet`, rejects as
+        `<path>.parts/rejects-NNNNNN.parquet`, each atomically. If writing fails, the rows
+        stay pending for the next try.
+
+        Returns:
+            The new part file, or None when no rows were pending.
+        """
+        with self._write_lock:
+            return self._flush_locked()
+
+    def stop(self) -> Path:
+        """Flush, merge all parts into the file at `path` and remove the parts folder.
+
+        The parts are streamed into the final file a few at a time, never all in memory. Its
+        metadata has `tesaiot.start`/`tesaiot.end` (first and last `received_at`, or the
+        recording's start and stop times when there are no rows), `tesaiot.rows`,
+        `tesaiot.rejects` and the caller's metadata. Rejects, when any, go to
+        `<stem>.rejects.parquet` beside it. Calling `stop` again returns the same path.
+
+        Returns:
+            The recording's path.
+        """
+        with self._write_lock:
+            if self._stopped:
+                return self.path
+            with self._lock:
+                self._closed = True
+            self._flush_locked()
+            stopped_at = datetime.now(timezone.utc)
+            meta = dict(self._metadata)
+            meta["rows"] = str(self._rows)
+            meta["rejects"] = str(self._rejects)
+            if self._first_ns is not None and self._last_ns is not None:
+                meta["start"], meta["end"] = _iso(self._first_ns), _iso(self._last_ns)
+            else:
+                meta["start"], meta["end"] = _iso_dt(self.started_at), _iso_dt(stopped_at)
+            meta["version"] = _VERSION
+            _merge_files(self._parts, self.path, ARROW_SCHEMA, _prefixed(meta))
+            sidecar = _sidecar(self.path)
+            if self._reject_parts:
+                reject_meta = {**self._metadata, "rows": str(self._rejects), "version": _VERSION}
+                _merge_files(self._reject_parts, sidecar, REJECTS_SCHEMA, _prefixed(reject_meta))
+            elif sidecar.exists():
+                logger.info("removing %s, the rejects of an earlier recording", sidecar)
+                sidecar.unlink()
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            self._stopped = True
+            logger.info(
+                "recorded %d rows and %d rejects to %s", self._rows, self._rejects, self.path
+            )
+            return self.path
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "recording"
+        return f"Recorder({str(self.path)!r}, rows={self._rows}, {state})"
+
+    def _flush_locked(self) -> Path | None:
+        with self._lock:
+            tables, self._pending = self._pending, []
+            rejects, self._pending_rejects = self._pending_rejects, []
+            self._last_flush = time.monotonic()
+        part = None
+        try:
+            if tables:
+                part = self._write_rows(tables)
+        except BaseException:
+            with self._lock:
+                self._pending[:0] = tables
+                self._pending_rejects[:0] = rejects
+            raise
+        try:
+            if rejects:
+                self._write_rejects(rejects)
+        except BaseException:
+            with self._lock:
+                self._pending_rejects[:0] = rejects
+            raise
+        return part
+
+    def _write_rows(self, tables: list[pa.Table]) -> Path:
+        table = pa.concat_tables(tables).unify_dictionaries()
+        path = self.parts_dir / f"part-{len(self._parts) + 1:06d}.parquet"
+        _write_table(table, path, _file_metadata(table, self._metadata))
+        low, high = _min_max_ns(table)
+        self._first_ns = low if self._first_ns is None else min(self._first_ns, low)
+        self._last_ns = high if self._last_ns is None else max(self._last_ns, high)
+        self._parts.append(path)
+        logger.debug("flushed %d rows to %s", table.num_rows, path)
+        return path
+
+    def _write_rejects(self, rejects: list[Reject]) -> None:
+        path = self.parts_dir / f"rejects-{len(self._reject_parts) + 1:06d}.parquet"
+        write_rejects(rejects, path, metadata=self._metadata)
+        self._reject_parts.append(path)
+
+
+class DatasetWriter:
+    """Auto-persist: a hive-style dataset folder that holds every row exactly once.
+
+    Each `flush` writes the rows added since the last one as new files
+    `root/date=YYYY-MM-DD/part-<YYYYmmddTHHMMSSffffff>-<8 hex>.parquet`, split by the UTC
+    date of `received_at`. Read it back with `load_recording(root)` or
+    `pyarrow.dataset.dataset(root, partitioning="hive")`.
+
+    Args:
+        root: The dataset folder; created when missing, appended to when it exists.
+        metadata: Extra string key-value pairs stored in every file.
+
+    Raises:
+        TypeError: A metadata key or value is not a string.
+
+    Attributes:
+        root: The dataset folder.
+    """
+
+    def __init__(self, root: str | Path, *, metadata: Mapping[str, str] | None = None) -> None:
+        self.root = Path(root)
+        self._metadata = _check_metadata(metadata)
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._pending: list[pa.Table] = []
+        self._rows_written = 0
+        self._last_stamp = ""
+
+    @property
+    def rows_written(self) -> int:
+        """Rows written to the dataset so far."""
+        return self._rows_written
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Queue a batch of rows for the next flush. Thread-safe.
+
+        Args:
+            frame: A batch in the canonical columns; may be empty.
+
+        Raises:
+            ValueError: The frame cannot be converted to the canonical schema.
+        """
+        if not len(frame):
+            return
+        table = _frame_to_table(frame)
+        with self._lock:
+            self._pending.append(table)
+
+    def flush(self) -> list[Path]:
+        """Write the rows pending since the last flush, one new file per UTC date.
+
+        If writing one date's file fails, its rows (and those of the dates not yet written)
+        stay pending for the next try, so no row is written twice or lost.
+
+        Returns:
+            The files written, in date order; empty when nothing was pending.
+        """
+        with self._write_lock:
+            with self._lock:
+                tables, self._pending = self._pending, []
+            if not tables:
+                return []
+            by_day = _split_by_day(pa.concat_tables(tables).unify_dictionaries())
+            stamp = self._next_stamp()
+            written: list[Path] = []
+            for index, (day, table) in enumerate(by_day):
+                name = f"part-{stamp}-{secrets.token_hex(4)}.parquet"
+                path = self.root / f"date={day}" / name
+                try:
+                    _write_table(table, path, _file_metadata(table, self._metadata))
+                except BaseException:
+                    with self._lock:
+                        self._pending[:0] = [t for _, t in by_day[index:]]
+                    raise
+                self._rows_written += table.num_rows
+                written.append(path)
+            logger.debug("flushed %d files to %s", len(written), self.root)
+            return written
+
+    def __repr__(self) -> str:
+        return f"DatasetWriter({str(self.root)!r}, rows_written={self._rows_written})"
+
+    def _next_stamp(self) -> str:
+        # Names sort in flush order even if two flushes share a microsecond or the clock steps.
+        now = datetime.now(timezone.utc)
+        stamp = now.strftime("%Y%m%dT%H%M%S%f")
+        while stamp <= self._last_stamp:
+            now += timedelta(microseconds=1)
+            stamp = now.strftime("%Y%m%dT%H%M%S%f")
+        self._last_stamp = stamp
+        return stamp
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def load_recording(
+    path: str | Path,
+    *,
+    start: Any = None,
+    end: Any = None,
+    devices: Iterable[str] | None = None,
+    metrics: Iterable[str] | None = None,
+    dedupe: bool = False,
+) -> pd.DataFrame:
+    """Read a recording, an unfinished recording or a dataset folder into a canonical frame.
+
+    `path` may be one Parquet file; a `<file>.parts` folder left by a crash, or the `<file>`
+    itself when only its parts folder exists (every flushed part is read); or a dataset
+    folder of hive partitions `date=YYYY-MM-DD/part-*.parquet` (the partition column is not
+    returned). Filters are pushed down to pyarrow, so skipped row groups are never read.
+
+    Args:
+        path: Where the recording is.
+        start: Keep rows with `timestamp >= start` (str, datetime or Timestamp; naive is UTC).
+        end: Keep rows with `timestamp < end`.
+        devices: Keep only these device ids (one string is one device).
+        metrics: Keep only these metrics (one string is one metric).
+        dedupe: Drop exact repeats of (device_id, metric, timestamp, value), as delivered
+            twice by MQTT QoS 1, keeping the first.
+
+    Returns:
+        The rows in file order, canonical dtypes and a fresh RangeIndex.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+        ValueError: `start` or `end` is not a time.
+    """
+    files = _recording_files(Path(path))
+    expression = _filter_expression(start=start, end=end, devices=devices, metrics=metrics)
+    if not files:
+        return empty_frame()
+    # A dataset made from a list of files returns rows in that order.
+    dataset = ds.dataset([str(f) for f in files], schema=ARROW_SCHEMA, format="parquet")
+    table = dataset.to_table(filter=expression)
+    if table.num_rows == 0:
+        return empty_frame()
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    if not _is_canonical(frame):
+        frame = to_canonical(frame)
+    if dedupe:
+        frame = frame.loc[~frame.duplicated(subset=_DEDUPE_COLUMNS, keep="first")]
+    return frame.reset_index(drop=True)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Return the `tesaiot.*` key-value metadata of a recording, keys without the prefix.
+
+    For a folder (an unfinished recording or a dataset) the parts' metadata is combined:
+    `rows` is their sum, `start`/`end` the earliest and latest, other keys as in the first.
+
+    Args:
+        path: A Parquet file, a recording whose parts folder is left, or a dataset folder.
+
+    Returns:
+        The metadata; empty for a file written by another tool.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+    """
+    files = _recording_files(Path(path))
+    combined: dict[str, str] = {}
+    for file in files:
+        meta = _file_key_values(file)
+        if not combined:
+            combined = meta
+            continue
+        if "rows" in meta:
+            combined["rows"] = str(int(combined.get("rows", "0")) + int(meta["rows"]))
+        if "start" in meta:
+            combined["start"] = min(combined.get("start", meta["start"]), meta["start"])
+        if "end" in meta:
+            combined["end"] = max(combined.get("end", meta["end"]), meta["end"])
+    return combined
+
+
+def load_rejects(path: str | Path) -> pd.DataFrame:
+    """Read the rejected messages of a recording.
+
+    Args:
+        path: The recording (its `<stem>.rejects.parquet` sidecar is read, or the rejects
+            parts of an unfinished recording) or the sidecar itself.
+
+    Returns:
+        One row per rejected message, in arrival order; an empty frame with the same columns
+        when the recording has none.
+
+    Raises:
+        FileNotFoundError: Neither the recording nor its sidecar exists.
+    """
+    path = Path(path)
+    if path.name.endswith(_REJECTS_SUFFIX):
+        if not path.is_file():
+            raise FileNotFoundError(f"no rejects file at {path}")
+        files = [path]
+    elif path.is_dir() and path.name.endswith(_PARTS_SUFFIX):
+        files = _sorted_parts(path.glob(_REJECTS_PART_GLOB))
+    elif _sidecar(path).is_file():
+        files = [_sidecar(path)]
+    elif _parts_dir(path).is_dir():
+        files = _sorted_parts(_parts_dir(path).glob(_REJECTS_PART_GLOB))
+    elif path.exists():
+        files = []
+    else:
+        raise FileNotFoundError(f"no recording at {path} and no {_sidecar(path).name} beside it")
+    if not files:
+        return REJECTS_SCHEMA.empty_table().to_pandas()
+    dataset = ds.dataset([str(f) for f in files], schema=REJECTS_SCHEMA, format="parquet")
+    return dataset.to_table().to_pandas()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"metadata {key!r}: {value!r} is not str: str (hint: convert values with str())"
+            )
+        bare = key.removeprefix(_PREFIX)
+        if bare in _RESERVED_KEYS:
+            logger.warning(
+                "metadata key %r is computed when writing; the given value is ignored", key
+            )
+            continue
+        out[bare] = value
+    return out
+
+
+def _prefixed(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {f"{_PREFIX}{key}": value for key, value in metadata.items()}
+
+
+def _file_metadata(
+    table: pa.Table, caller: Mapping[str, str], *, time_column: str | None = "received_at"
+) -> dict[str, str]:
+    meta = dict(caller)
+    meta["rows"] = str(table.num_rows)
+    if time_column is not None and table.num_rows:
+        low, high = _min_max_ns(table, time_column)
+        meta["start"], meta["end"] = _iso(low), _iso(high)
+    meta["version"] = _VERSION
+    return _prefixed(meta)
+
+
+def _min_max_ns(table: pa.Table, column: str = "received_at") -> tuple[int, int]:
+    result = pc.min_max(table.column(column).cast(pa.int64()))
+    return result["min"].as_py(), result["max"].as_py()
+
+
+def _iso(ns: int) -> str:
+    # Microseconds, so that datetime.fromisoformat() of Python 3.10 can read it back.
+    return pd.Timestamp(ns, tz="UTC").isoformat(timespec="microseconds")
+
+
+def _iso_dt(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _frame_to_table(frame: pd.DataFrame) -> pa.Table:
+    if not _is_canonical(frame, exact_columns=False):
+        frame = to_canonical(frame)
+    # Column by column from codes and categories: a few times faster than Table.from_pandas,
+    # which matters on the ingest thread.
+    arrays = []
+    for field in ARROW_SCHEMA:
+        column = frame[field.name]
+        if isinstance(field.type, pa.DictionaryType):
+            categorical = column.array
+            codes = categorical.codes
+            categories = pa.array(categorical.categories.to_numpy(dtype=object), type=pa.string())
+            indices = pa.array(codes, mask=codes < 0, type=field.type.index_type)
+            array = pa.DictionaryArray.from_arrays(indices, categories)
+        else:
+            array = pa.array(column, type=field.type, from_pandas=True)
+        if not field.nullable and array.null_count:
+            raise ValueError(
+                f"column {field.name!r} has {array.null_count} missing values; it must have none"
+            )
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def _rejects_to_table(rejects: Sequence[Reject]) -> pa.Table:
+    seconds = np.array([r.received_at for r in rejects], dtype="float64")
+    # Whole seconds and the fraction apart: float64 nanoseconds since 1970 would lose ~100 ns.
+    whole = np.floor(seconds)
+    ns = whole.astype("int64") * 10**9 + np.round((seconds - whole) * 1e9).astype("int64")
+    reasons = [getattr(r.reason, "value", r.reason) for r in rejects]
+    return pa.table(
+        [
+            pa.array(ns, type=pa.int64()).cast(REJECTS_SCHEMA.field("received_at").type),
+            pa.array([r.topic for r in rejects], type=pa.string()),
+            pa.array([str(reason) for reason in reasons], type=pa.string()).dictionary_encode(),
+            pa.array([r.detail for r in rejects], type=pa.string()),
+            pa.array([bytes(r.payload) for r in rejects], type=pa.binary()),
+            pa.array([r.payload_size for r in rejects], type=pa.int64()),
+        ],
+        schema=REJECTS_SCHEMA,
+    )
+
+
+def _write_table(table: pa.Table, path: Path, metadata: Mapping[str, str]) -> Path:
+    table = table.replace_schema_metadata(metadata)
+
+    def write(sink: IO[bytes]) -> None:
+        pq.write_table(
+            table,
+            sink,
+            compression=PARQUET_COMPRESSION,
+            row_group_size=_ROW_GROUP_ROWS,
+        )
+
+    return _atomic_write(path, write)
+
+
+def _merge_files(
+    files: Sequence[Path], path: Path, schema: pa.Schema, metadata: Mapping[str, str]
+) -> Path:
+    """Stream `files` into one file at `path`, at most about a row group in memory."""
+
+    def write(sink: IO[bytes]) -> None:
+        with pq.ParquetWriter(
+            sink, schema.with_metadata(metadata), compression=PARQUET_COMPRESSION
+        ) as writer:
+            buffered: list[pa.Table] = []
+            rows = 0
+            for file in files:
+                table = pq.read_table(file, schema=schema).replace_schema_metadata(None)
+                buffered.append(table)
+                rows += table.num_rows
+                if rows >= _ROW_GROUP_ROWS:
+                    writer.write_table(
+                        pa.concat_tables(buffered).unify_dictionaries(),
+                        row_group_size=_ROW_GROUP_ROWS,
+                    )
+                    buffered, rows = [], 0
+            if rows or not files:
+                table = pa.concat_tables(buffered) if buffered else schema.empty_table()
+                writer.write_table(table.unify_dictionaries(), row_group_size=_ROW_GROUP_ROWS)
+
+    return _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A hidden name ending in .tmp: never matched by the readers' part-*.parquet globs and
+    # skipped by pyarrow.dataset discovery, which ignores names starting with "." or "_".
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "wb") as sink:
+            write(sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; Windows cannot open a folder for fsync.
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _split_by_day(table: pa.Table) -> list[tuple[str, pa.Table]]:
+    days = table.column("received_at").cast(pa.int64()).to_numpy() // _NS_PER_DAY
+    unique = np.unique(days)
+    out = []
+    for day in unique:
+        label = (np.datetime64(0, "D") + day).astype(str)
+        part = table if len(unique) == 1 else table.filter(pa.array(days == day))
+        out.append((label, part))
+    return out
+
+
+def _parts_dir(path: Path) -> Path:
+    return path.with_name(path.name + _PARTS_SUFFIX)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.stem + _REJECTS_SUFFIX)
+
+
+def _sorted_parts(paths: Iterable[Path]) -> list[Path]:
+    # part-1000000 sorts after part-999999: shorter numbered names first.
+    return sorted(paths, key=lambda p: (str(p.parent), len(p.name), p.name))
+
+
+def _recording_files(path: Path) -> list[Path]:
+    if path.is_file():
+        if _parts_dir(path).is_dir():
+            logger.warning(
+                "%s has a leftover %s folder of an unfinished recording; reading the file",
+                path,
+                _parts_dir(path).name,
+            )
+        return [path]
+    if path.is_dir():
+        if path.name.endswith(_PARTS_SUFFIX):
+            return _sorted_parts(path.glob(_PART_GLOB))
+        return _sorted_parts(p for p in path.rglob(_PART_GLOB) if p.is_file())
+    parts = _parts_dir(path)
+    if parts.is_dir():
+        files = _sorted_parts(parts.glob(_PART_GLOB))
+        logger.warning(
+            "%s does not exist; reading the %d flushed parts of its unfinished recording",
+            path,
+            len(files),
+        )
+        return files
+    raise FileNotFoundError(
+        f"no recording at {path}: not a Parquet file, a dataset folder or a recording with a "
+        f"{parts.name} folder"
+    )
+
+
+def _utc_scalar(value: Any, name: str) -> pa.Scalar:
+    try:
+        moment = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}={value!r} is not a time: {exc}") from exc
+    if moment is pd.NaT:
+        raise ValueError(f"{name}={value!r} is not a time")
+    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    return pa.scalar(moment.value, type=ARROW_SCHEMA.field("timestamp").type)
+
+
+def _names(values: Iterable[str]) -> pa.Array:
+    names = [values] if isinstance(values, str) else [str(v) for v in values]
+    return pa.array(names, type=pa.string())
+
+
+def _filter_expression(
+    *,
+    start: Any,
+    end: Any,
+    devices: Iterable[str] | None,
+    metrics: Iterable[str] | None,
+) -> ds.Expression | None:
+    conditions = []
+    if start is not None:
+        conditions.append(pc.field("timestamp") >= _utc_scalar(start, "start"))
+    if end is not None:
+        conditions.append(pc.field("timestamp") < _utc_scalar(end, "end"))
+    if devices is not None:
+        conditions.append(pc.field("device_id").isin(_names(devices)))
+    if metrics is not None:
+        conditions.append(pc.field("metric").isin(_names(metrics)))
+    if not conditions:
+        return None
+    expression = conditions[0]
+    for condition in conditions[1:]:
+        expression = expression & condition
+    return expression
+
+
+def _is_canonical(frame: pd.DataFrame, *, exact_columns: bool = True) -> bool:
+    if exact_columns and tuple(frame.columns) != COLUMNS:
+        return False
+    dtypes = frame.dtypes
+    utc = pd.DatetimeTZDtype(unit="ns", tz="UTC")
+    return (
+        frame.columns.is_unique
+        and all(name in dtypes for name in COLUMNS)
+        and dtypes["timestamp"] == utc
+        and dtypes["received_at"] == utc
+        and dtypes["value"] == "float64"
+        and all(isinstance(dtypes[c], pd.CategoricalDtype) for c in CATEGORY_COLUMNS)
+    )
+
+
+def _file_key_values(path: Path) -> dict[str, str]:
+    raw = pq.read_metadata(path).metadata or {}
+    out = {}
+    for key, value in raw.items():
+        text = key.decode("utf-8", "replace")
+        if text.startswith(_PREFIX):
+            out[text.removeprefix(_PREFIX)] = value.decode("utf-8", "replace")
+    return out

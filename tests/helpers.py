@@ -1,0 +1,174 @@
+"""Test helpers: poll instead of sleeping, find a free port, collect MQTT messages.
+
+Everything here works with paho-mqtt 1.6 and 2.x, because the client tests also run under 1.6.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import paho.mqtt.client as mqtt
+
+from tesaiot_data.localbroker import LocalBroker, PublisherConfig
+
+T = TypeVar("T")
+
+SUBACK_FAILURE = 0x80
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    period: float = 0.02,
+    message: str = "the condition did not become true",
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that.
+
+    Raises:
+        AssertionError: `timeout` seconds passed first; carries `message`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{message} (waited {timeout:g} s)")
+        time.sleep(period)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def new_paho_client(client_id: str, *, clean_session: bool = True, transport: str = "tcp") -> Any:
+    """A paho MQTT 3.1.1 client on either paho major version."""
+    options: dict[str, Any] = {
+        "client_id": client_id,
+        "clean_session": clean_session,
+        "protocol": mqtt.MQTTv311,
+        "transport": transport,
+    }
+    if hasattr(mqtt, "CallbackAPIVersion"):  # paho 2.x
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **options)
+    return mqtt.Client(**options)
+
+
+def reason_value(code: Any) -> int:
+    """The number of a paho 2.x ReasonCode or a paho 1.6 int."""
+    return int(getattr(code, "value", code))
+
+
+class Subscriber:
+    """A subscriber that keeps every message it receives, for assertions.
+
+    Reconnects on its own within a fraction of a second (for broker restarts) and subscribes
+    again on every connect, unless `topic` is None (to test a persistent session). `topic`
+    may be a list, subscribed in one SUBSCRIBE; `granted` then has one code per filter.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        topic: str | list[str] | None = "device/#",
+        qos: int = 1,
+        client_id: str | None = None,
+        clean_session: bool = True,
+        websockets: bool = False,
+        ca_certs: Path | None = None,
+    ) -> None:
+        self.topic = topic
+        self.qos = qos
+        self.client_id = client_id or f"collector-{time.monotonic_ns()}"
+        self.messages: list[tuple[str, bytes]] = []
+        self.granted: list[int] = []  # SUBACK return codes of the latest subscription
+        self.connects: list[int] = []  # CONNACK codes, one per connect
+        self._subscribed = threading.Event()
+        self._host, self._port = host, port
+        client = new_paho_client(
+            self.client_id,
+            clean_session=clean_session,
+            transport="websockets" if websockets else "tcp",
+        )
+        if websockets:
+            client.ws_set_options(path="/mqtt")
+        if ca_certs is not None:
+            client.tls_set(ca_certs=str(ca_certs))
+        client.username_pw_set(username, password)
+        client.reconnect_delay_set(min_delay=0.1, max_delay=1)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self.client = client
+
+    @classmethod
+    def as_publisher(cls, config: PublisherConfig, **options: Any) -> Subscriber:
+        """A subscriber that logs in with the publisher account over plain MQTT."""
+        return cls(
+            host=config.host,
+            port=config.port,
+            username=config.username,
+            password=config.password,
+            **options,
+        )
+
+    @classmethod
+    def as_token(cls, broker: LocalBroker, **options: Any) -> Subscriber:
+        """A subscriber that logs in with the broker's token over WSS, as users do."""
+        options.setdefault("topic", "device/+/telemetry/#")
+        return cls(
+            host=broker.host,
+            port=broker.wss_port,
+            username=broker.token,
+            password=broker.token,
+            websockets=True,
+            ca_certs=broker.ca_file,
+            **options,
+        )
+
+    def start(self, *, timeout: float = 10.0) -> Subscriber:
+        """Connect and, when subscribing, wait for the SUBACK (else for the CONNACK)."""
+        self.client.connect(self._host, self._port, keepalive=30)
+        self.client.loop_start()
+        if self.topic is None:
+            wait_for(lambda: self.connects, timeout=timeout, message="no CONNACK")
+        else:
+            wait_for(self._subscribed.is_set, timeout=timeout, message="no SUBACK")
+        return self
+
+    def stop(self) -> None:
+        """Disconnect (a persistent session stays on the broker)."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """The payloads received so far, in order."""
+        return [payload for _, payload in self.messages]
+
+    def _on_connect(self, _client: Any, _userdata: Any, *args: Any) -> None:
+        self.connects.append(reason_value(args[1]))
+        if self.topic is None or reason_value(args[1]) != 0:
+            return
+        topics = [self.topic] if isinstance(self.topic, str) else self.topic
+        self.client.subscribe([(topic, self.qos) for topic in topics])
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, _mid: int, codes: Any, *_: Any) -> None:
+        self.granted = [reason_value(code) for code in codes]
+        self._subscribed.set()
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        self.messages.append((message.topic, message.payload))

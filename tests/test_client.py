@@ -1,0 +1,403 @@
+"""TESAIoTMQTTClient against a real Mosquitto: WSS, TLS, token auth, ACL, reconnects.
+
+These tests run twice in CI: under paho-mqtt 2.x and again under 1.6.1
+(`TESAIOT_EXPECT_PAHO=1` checks that the second run really uses 1.6).
+"""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import paho.mqtt
+import pytest
+
+from tesaiot_data import (
+    AuthError,
+    ConnectError,
+    ConnectTimeoutError,
+    Settings,
+    SubscribeError,
+    TESAIoTMQTTClient,
+    TLSError,
+)
+from tesaiot_data.localbroker import LocalBroker
+from tests.helpers import free_port, new_paho_client, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+class Recorder(TESAIoTMQTTClient):
+    """Keeps what process_telemetry() is given."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        super().__init__(settings, **options)
+        self.seen: list[tuple[str, str, Any]] = []
+
+    def process_telemetry(self, device_id: str, sensor_type: str, data: Any) -> None:
+        self.seen.append((device_id, sensor_type, data))
+
+
+class Publisher:
+    """A plain paho publisher on the broker's TCP listener (works on paho 1.6 and 2.x)."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        config = broker.publisher()
+        self.client = new_paho_client(f"pub-{os.getpid()}-{id(self)}")
+        self.client.username_pw_set(config.username, config.password)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=1)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(config.host, config.port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: bytes | str, *, qos: int = 1, wait: bool = True) -> None:
+        info = self.client.publish(topic, payload, qos=qos)
+        if wait:
+            info.wait_for_publish(timeout=10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher_factory() -> Iterator[Callable[[LocalBroker], Publisher]]:
+    made: list[Publisher] = []
+
+    def make(broker: LocalBroker) -> Publisher:
+        made.append(Publisher(broker))
+        return made[-1]
+
+    yield make
+    for publisher in made:
+        publisher.close()
+
+
+@pytest.fixture
+def publisher(
+    broker: LocalBroker, publisher_factory: Callable[[LocalBroker], Publisher]
+) -> Publisher:
+    return publisher_factory(broker)
+
+
+@pytest.fixture
+def clients() -> Iterator[list[TESAIoTMQTTClient]]:
+    """Clients a test made; each is disconnected at teardown."""
+    made: list[TESAIoTMQTTClient] = []
+    yield made
+    for client in made:
+        client.disconnect()
+
+
+def client_threads(client: TESAIoTMQTTClient) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(client.settings.client_id)]
+
+
+def test_runs_on_the_expected_paho_version() -> None:
+    major = int(paho.mqtt.__version__.split(".")[0])
+    assert major == (1 if os.environ.get("TESAIOT_EXPECT_PAHO") == "1" else 2)
+
+
+def test_connects_over_wss_verifying_the_broker_ca_and_parses_topics(
+    settings: Settings, publisher: Publisher, clients: list[TESAIoTMQTTClient]
+) -> None:
+    assert settings.url.scheme == "wss"
+    assert settings.ca_certs is not None
+    client = Recorder(settings)
+    clients.append(client)
+    client.connect()
+    assert client.connected
+    publisher.send("device/dev-1/telemetry/temperature", b'{"value": 25.5, "unit": "celsius"}')
+    publisher.send("device/dev-2/telemetry", b'{"data": {"pressure": 1013.2}}')
+    publisher.send("device/dev-3/telemetry/env/air", b"21.5")
+    publisher.send("device/dev-4/telemetry/status", b"online")
+    publisher.send("device/dev-5/telemetry/raw", b"\xff\xfe")
+    wait_for(lambda: len(client.seen) == 5, message=f"got {client.seen}")
+    assert client.seen == [
+        ("dev-1", "temperature", {"value": 25.5, "unit": "celsius"}),
+        ("dev-2", "default", {"data": {"pressure": 1013.2}}),
+        ("dev-3", "env/air", 21.5),
+        ("dev-4", "status", "online"),
+        ("dev-5", "raw", b"\xff\xfe"),
+    ]
+    stats = client.stats
+    assert (stats.received, stats.processed, stats.failed, stats.dropped) == (5, 5, 0, 0)
+    assert stats.connected_since is not None
+    assert stats.last_message_at is not None
+
+
+@pytest.mark.parametrize("scheme", ["ws", "mqtt"])
+def test_plain_websocket_and_tcp_urls_work_too(
+    broker: LocalBroker, publisher: Publisher, clients: list[TESAIoTMQTTClient], scheme: str
+) -> None:
+    port = broker.ws_port if scheme == "ws" else broker.tcp_port
+    settings = broker.settings(broker_url=f"{scheme}://127.0.0.1:{port}", ca_certs=None)
+    client = Recorder(settings)
+    clients.append(client)
+    client.connect()
+    publisher.send("device/plain/telemetry/temperature", b"1")
+    wait_for(lambda: client.seen, message="no message over " + scheme)
+    assert client.seen == [("plain", "temperature", 1)]
+
+
+def test_wrong_token_raises_auth_error_once_and_leaves_nothing_running(broker: LocalBroker) -> None:
+    wrong = "tesa_mqtt_demo_" + "W" * 32
+    client = Recorder(broker.settings(token=wrong))
+    with pytest.raises(AuthError) as info:
+        client.connect(timeout=5)
+    message = str(info.value)
+    assert "Not authorized" in message or "not authorised" in message.lower()
+    assert "MQTT_API_TOKEN" in message
+    assert wrong not in message
+    assert client_threads(client) == []
+    assert client.stats.reconnects == 0
+    assert not client.connected
+
+
+def test_untrusted_certificate_raises_tls_error_with_a_hint(broker: LocalBroker) -> None:
+    client = Recorder(broker.settings(ca_certs=None))  # the system store does not know our CA
+    with pytest.raises(TLSError) as info:
+        client.connect(timeout=5)
+    assert "ca_certs" in str(info.value)
+    assert "CA_CERT_PATH" in str(info.value)
+    assert client_threads(client) == []
+
+
+def test_insecure_connects_without_verification_and_says_so(
+    broker: LocalBroker,
+    publisher: Publisher,
+    clients: list[TESAIoTMQTTClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data"):
+        client = Recorder(broker.settings(ca_certs=None, insecure=True))
+    clients.append(client)
+    assert "verification is OFF" in caplog.text
+    client.connect()
+    publisher.send("device/x/telemetry/t", b"2")
+    wait_for(lambda: client.seen, message="no message with insecure=True")
+
+
+def test_refused_port_raises_connect_error(broker: LocalBroker) -> None:
+    client = Recorder(broker.settings(broker_url=f"wss://127.0.0.1:{free_port()}/mqtt"))
+    with pytest.raises(ConnectError, match="refused the connection") as info:
+        client.connect(timeout=5)
+    assert not isinstance(info.value, AuthError)
+
+
+def test_a_silent_server_raises_connect_timeout() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()  # accepts TCP in the backlog but never answers the TLS handshake
+        port = server.getsockname()[1]
+        settings = Settings(
+            token="tesa_mqtt_demo_" + "T" * 32,
+            broker_url=f"wss://127.0.0.1:{port}/mqtt",
+            connect_timeout=1.0,
+            keepalive=5,  # paho 1.6 times the TLS handshake out after keepalive, not the timeout
+        )
+        with pytest.raises(ConnectTimeoutError) as info:
+            Recorder(settings).connect()
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_wrong_websocket_path_is_named_in_the_error() -> None:
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = Settings(
+            token="tesa_mqtt_demo_" + "P" * 32,
+            broker_url=f"ws://127.0.0.1:{server.server_address[1]}/wrong",
+            connect_timeout=3,
+        )
+        with pytest.raises(ConnectError, match="path") as info:
+            Recorder(settings).connect()
+        assert "/mqtt" in str(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_wss_to_a_plain_mqtt_port_says_it_is_not_tls(broker: LocalBroker) -> None:
+    client = Recorder(broker.settings(broker_url=f"wss://127.0.0.1:{broker.tcp_port}/mqtt"))
+    with pytest.raises(ConnectError) as info:
+        client.connect(timeout=5)
+    assert "TLS" in str(info.value) or "WebSocket" in str(info.value)
+
+
+def test_refused_subscription_is_reported(broker: LocalBroker) -> None:
+    client = Recorder(broker.settings(topic="#"))
+    with pytest.raises(SubscribeError) as info:
+        client.connect(timeout=5)
+    assert "'#'" in str(info.value)
+    assert broker.token not in str(info.value)
+    assert client_threads(client) == []
+
+
+def test_an_exception_in_process_telemetry_is_logged_counted_and_survived(
+    settings: Settings,
+    publisher: Publisher,
+    clients: list[TESAIoTMQTTClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Fragile(Recorder):
+        def process_telemetry(self, device_id: str, sensor_type: str, data: Any) -> None:
+            if data == 13:
+                raise ValueError("unlucky number")
+            super().process_telemetry(device_id, sensor_type, data)
+
+    client = Fragile(settings)
+    clients.append(client)
+    client.connect()
+    with caplog.at_level(logging.ERROR, logger="tesaiot_data"):
+        for value in (12, 13, 14):
+            publisher.send("device/d/telemetry/n", str(value))
+        wait_for(lambda: len(client.seen) == 2, message="the message after the failure was lost")
+    assert [data for _, _, data in client.seen] == [12, 14]
+    assert client.stats.failed == 1
+    assert client.stats.processed == 2
+    assert "unlucky number" in caplog.text  # the traceback is in the log
+    assert "Traceback" in caplog.text or caplog.records[-1].exc_info is not None
+    assert client.connected
+
+
+def test_a_slow_handler_never_blocks_the_network_thread(
+    settings: Settings, publisher: Publisher, clients: list[TESAIoTMQTTClient]
+) -> None:
+    release = threading.Event()
+
+    class Slow(Recorder):
+        def process_telemetry(self, device_id: str, sensor_type: str, data: Any) -> None:
+            release.wait(30)
+            super().process_telemetry(device_id, sensor_type, data)
+
+    client = Slow(settings, queue_size=10)
+    clients.append(client)
+    client.connect()
+    for value in range(50):
+        publisher.send("device/d/telemetry/n", str(value), qos=0, wait=False)
+    # The network thread keeps taking messages while the handler is stuck; overflow is counted.
+    wait_for(lambda: client.stats.received == 50, message="the network thread stalled")
+    assert client.stats.dropped >= 50 - 10 - 1
+    assert client.connected
+    release.set()
+    assert client.wait_idle(10)
+    stats = client.stats
+    assert stats.processed + stats.dropped == stats.received == 50
+    assert len(client.seen) == stats.processed
+
+
+def test_restarting_the_broker_reconnects_and_resubscribes(
+    fresh_broker: LocalBroker,
+    publisher_factory: Callable[[LocalBroker], Publisher],
+    clients: list[TESAIoTMQTTClient],
+) -> None:
+    client = Recorder(fresh_broker.settings(), reconnect_initial=0.2)
+    clients.append(client)
+    client.connect()
+    publisher = publisher_factory(fresh_broker)
+    publisher.send("device/a/telemetry/t", b"1")
+    wait_for(lambda: len(client.seen) == 1)
+    fresh_broker.restart()
+    wait_for(lambda: client.stats.reconnects == 1, timeout=15, message="did not reconnect")
+    wait_for(publisher.client.is_connected, timeout=15)
+    publisher.send("device/a/telemetry/t", b"2")
+    wait_for(lambda: len(client.seen) == 2, message="no message after the reconnect")
+    assert [data for _, _, data in client.seen] == [1, 2]
+    assert client.connected
+
+
+def test_persistent_session_at_qos1_loses_nothing_across_a_broker_restart(
+    fresh_broker: LocalBroker,
+    publisher_factory: Callable[[LocalBroker], Publisher],
+    clients: list[TESAIoTMQTTClient],
+) -> None:
+    settings = fresh_broker.settings(client_id="persistent-notebook", clean_session=False, qos=1)
+    client = Recorder(settings, reconnect_initial=0.5)
+    clients.append(client)
+    client.connect()
+    publisher = publisher_factory(fresh_broker)
+    for n in range(20):
+        publisher.send("device/p/telemetry/n", str(n))
+    wait_for(lambda: len(client.seen) >= 20)
+    fresh_broker.stop()
+    wait_for(lambda: not client.connected, message="the client did not notice the outage")
+    # Published while the broker is down: paho queues them and sends them once it is back,
+    # perhaps before our client has reconnected; the broker keeps them for its session.
+    for n in range(20, 50):
+        publisher.send("device/p/telemetry/n", str(n), wait=False)
+    fresh_broker.start()
+
+    def received() -> set[int]:
+        return {data for _, _, data in client.seen}
+
+    wait_for(lambda: received() == set(range(50)), timeout=20, message="messages were lost")
+    # QoS 1 is at-least-once: a redelivery may repeat a message, but none is missing.
+    assert len(client.seen) >= 50
+    assert client.stats.reconnects == 1
+
+
+def test_the_token_never_appears_in_logs_or_reprs(
+    broker: LocalBroker, publisher: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = broker.token
+    with caplog.at_level(logging.DEBUG):
+        client = Recorder(broker.settings(), reconnect_initial=0.2)
+        client.connect()
+        publisher.send("device/log/telemetry/t", b"1")
+        wait_for(lambda: client.seen)
+        text = repr(client) + repr(client.settings) + str(client.stats)
+        client.disconnect()
+        with pytest.raises(AuthError) as info:
+            Recorder(broker.settings(token=token[:-1] + "X")).connect(timeout=5)
+    assert caplog.records, "nothing was logged: the test would prove nothing"
+    for needle in (token, token[:-1] + "X"):
+        assert needle not in caplog.text
+        assert needle not in text
+        assert needle not in str(info.value)
+    assert "…" in caplog.text  # the masked form is what shows
+
+
+def test_disconnect_is_idempotent_and_the_client_is_a_context_manager(settings: Settings) -> None:
+    with Recorder(settings) as client:
+        assert client.connected
+        assert client_threads(client)
+    assert not client.connected
+    client.disconnect()
+    client.disconnect()
+    wait_for(lambda: client_threads(client) == [], message="threads left behind")
+
+
+def test_run_forever_returns_when_disconnected_from_another_thread(settings: Settings) -> None:
+    client = Recorder(settings)
+    client.connect()
+    timer = threading.Timer(0.2, client.disconnect)
+    timer.start()
+    client.run_forever()
+    timer.join()
+    assert not client.connected
+
+
+def test_error_translation_of_socket_failures() -> None:
+    settings = Settings(token="tesa_mqtt_demo_" + "D" * 32, broker_url="wss://nowhere.invalid/mqtt")
+    client = TESAIoTMQTTClient(settings)
+    dns = client._translate(socket.gaierror(-2, "Name or service not known"))
+    assert isinstance(dns, ConnectError)
+    assert "nowhere.invalid" in str(dns)
+    assert isinstance(client._translate(TimeoutError()), ConnectTimeoutError)
+    cert = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    assert isinstance(client._translate(cert), TLSError)

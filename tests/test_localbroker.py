@@ -1,0 +1,275 @@
+"""The local broker: a real Mosquitto with WSS, token auth, the platform's ACL and persistence."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tesaiot_data import localbroker
+from tesaiot_data.errors import BrokerNotFoundError, TesaiotError, TokenError
+from tesaiot_data.localbroker import LocalBroker, PublisherConfig
+from tesaiot_data.settings import BrokerURL
+from tests.helpers import SUBACK_FAILURE, Subscriber, new_paho_client, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wss_client(broker: LocalBroker, password: str, *, ca_certs: Path | None) -> Any:
+    """A paho client as a user would make it for the platform."""
+    client = new_paho_client("wss-test", transport="websockets")
+    client.ws_set_options(path="/mqtt")
+    client.tls_set(ca_certs=None if ca_certs is None else str(ca_certs))
+    client.username_pw_set(broker.token, password)
+    client.reconnect_delay_set(min_delay=0.1, max_delay=1)  # loop_stop() waits out the delay
+    return client
+
+
+def _connack(client: Any, broker: LocalBroker) -> Any:
+    answers: list[Any] = []
+    client.on_connect = lambda _c, _u, _flags, reason, _props: answers.append(reason)
+    client.connect(broker.host, broker.wss_port)
+    client.loop_start()
+    try:
+        return wait_for(lambda: answers, message="no CONNACK")[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_token_connects_over_wss_verifying_the_ca(broker: LocalBroker) -> None:
+    reason = _connack(_wss_client(broker, broker.token, ca_certs=broker.ca_file), broker)
+    assert not reason.is_failure
+    assert str(reason) == "Success"
+
+
+# paho does not close the socket of a failed TLS handshake.
+@pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning")
+def test_the_certificate_is_not_trusted_without_the_ca(broker: LocalBroker) -> None:
+    client = _wss_client(broker, broker.token, ca_certs=None)  # the system store
+    with pytest.raises(ssl.SSLCertVerificationError):
+        client.connect(broker.host, broker.wss_port)
+
+
+def test_wrong_password_is_not_authorized(broker: LocalBroker) -> None:
+    reason = _connack(_wss_client(broker, "tesa_mqtt_demo_wrong", ca_certs=broker.ca_file), broker)
+    assert reason.is_failure
+    assert str(reason) == "Not authorized"
+
+
+def test_plain_websocket_listener(broker: LocalBroker) -> None:
+    assert broker.ws_port is not None
+    assert broker.ws_url == f"ws://127.0.0.1:{broker.ws_port}/mqtt"
+    collector = Subscriber(
+        host=broker.host,
+        port=broker.ws_port,
+        username=broker.token,
+        password=broker.token,
+        topic="device/+/telemetry/#",
+        websockets=True,
+    ).start()
+    collector.stop()
+    assert collector.connects == [0]
+
+
+def test_token_receives_the_publishers_telemetry(
+    broker: LocalBroker, subscriber_factory: Any
+) -> None:
+    reader = subscriber_factory(broker, as_token=True, qos=1)
+    assert reader.granted == [1]
+    writer = subscriber_factory(broker, topic=None)
+    writer.client.publish("device/d1/telemetry/temperature", b'{"value": 21.5}', qos=1)
+    wait_for(lambda: reader.messages, message="the token got nothing")
+    assert reader.messages == [("device/d1/telemetry/temperature", b'{"value": 21.5}')]
+
+
+def test_subscription_outside_the_acl_is_refused(
+    broker: LocalBroker, subscriber_factory: Any
+) -> None:
+    assert broker.refuses_subscriptions, "Mosquitto's dynamic-security plugin is needed"
+    topics = ["#", "admin/x", "device/#", "device/d1/status", "device/d1/telemetry/battery"]
+    reader = subscriber_factory(broker, as_token=True, topic=topics, qos=1)
+    assert reader.granted == [SUBACK_FAILURE] * 4 + [1]
+
+
+def test_token_may_not_publish(broker: LocalBroker, subscriber_factory: Any) -> None:
+    watcher = subscriber_factory(broker)  # the publisher account sees all of device/#
+    reader = subscriber_factory(broker, as_token=True)
+    reader.client.publish("device/d1/telemetry/temperature", b"from the token", qos=1)
+    # The broker acknowledges and drops it; a later message proves it is not just late.
+    watcher.client.publish("device/d1/telemetry/temperature", b"marker", qos=1)
+    wait_for(lambda: b"marker" in watcher.payloads, message="the marker did not arrive")
+    assert b"from the token" not in watcher.payloads
+
+
+def test_settings_point_at_the_broker(broker: LocalBroker) -> None:
+    settings = broker.settings(qos=0)
+    assert settings.token == broker.token
+    assert settings.url == BrokerURL("wss", "127.0.0.1", broker.wss_port, "/mqtt")
+    assert Path(settings.ca_certs or "") == broker.ca_file
+    assert settings.qos == 0
+    assert broker.settings().client_id != broker.settings().client_id
+
+
+def test_repr_hides_secrets(broker: LocalBroker) -> None:
+    publisher = broker.publisher()
+    assert broker.token not in repr(broker)
+    assert broker.token[-4:] in repr(broker)
+    assert publisher.password not in repr(publisher)
+    assert broker.token not in repr(broker.settings())
+
+
+def test_publisher_config_validates() -> None:
+    with pytest.raises(ValueError, match="port"):
+        PublisherConfig(host="127.0.0.1", port=0, username="publisher", password="x")
+
+
+def test_given_token_is_used_and_checked(tmp_path: Path) -> None:
+    token = "tesa_mqtt_myorg_" + "a1B2" * 8
+    with LocalBroker(token=token, workdir=tmp_path / "b") as broker:
+        assert broker.token == token
+        reader = Subscriber.as_token(broker).start()
+        reader.stop()
+        assert reader.connects == [0]
+    assert (tmp_path / "b").is_dir(), "a given workdir is kept"
+    with pytest.raises(TokenError):
+        LocalBroker(token="not-a-token")
+
+
+def test_stop_start_restart_keep_ports_and_accounts(fresh_broker: LocalBroker) -> None:
+    ports = (fresh_broker.wss_port, fresh_broker.tcp_port, fresh_broker.ws_port)
+    token, publisher = fresh_broker.token, fresh_broker.publisher()
+    first_pid = fresh_broker.pid
+    assert first_pid is not None
+    assert fresh_broker.running
+
+    fresh_broker.stop()
+    assert not fresh_broker.running
+    assert fresh_broker.pid is None
+    assert not _process_exists(first_pid)
+    fresh_broker.stop()  # idempotent
+
+    fresh_broker.start()
+    second_pid = fresh_broker.pid
+    fresh_broker.restart()
+    assert fresh_broker.pid not in (None, first_pid, second_pid)
+    assert (fresh_broker.wss_port, fresh_broker.tcp_port, fresh_broker.ws_port) == ports
+    assert (fresh_broker.token, fresh_broker.publisher()) == (token, publisher)
+    Subscriber.as_token(fresh_broker).start().stop()
+    Subscriber.as_publisher(publisher).start().stop()
+
+
+def test_kill_then_start(fresh_broker: LocalBroker) -> None:
+    pid = fresh_broker.pid
+    assert pid is not None
+    fresh_broker.kill()
+    assert not fresh_broker.running
+    assert not _process_exists(pid)
+    fresh_broker.start()
+    Subscriber.as_token(fresh_broker).start().stop()
+
+
+def test_close_removes_the_temporary_directory() -> None:
+    broker = LocalBroker().start()
+    workdir, pid = broker.workdir, broker.pid
+    assert pid is not None
+    assert (workdir / "mosquitto.conf").is_file()
+    broker.close()
+    broker.close()  # idempotent
+    assert not workdir.exists()
+    assert not _process_exists(pid)
+    with pytest.raises(TesaiotError, match="closed"):
+        broker.start()
+
+
+def test_persistent_session_survives_a_restart(fresh_broker: LocalBroker) -> None:
+    client_id = "persistent-reader"
+    reader = Subscriber.as_token(fresh_broker, client_id=client_id, clean_session=False, qos=1)
+    reader.start()
+    reader.stop()  # offline, but the broker keeps the session and queues QoS 1 messages
+
+    writer = Subscriber.as_publisher(fresh_broker.publisher(), topic=None).start()
+    writer.client.publish("device/d1/telemetry/motion", b"while away", qos=1).wait_for_publish(5)
+    writer.stop()
+    fresh_broker.restart()
+
+    again = Subscriber.as_token(fresh_broker, client_id=client_id, clean_session=False, topic=None)
+    again.start()
+    try:
+        wait_for(lambda: again.messages, message="the queued message was lost in the restart")
+        assert again.messages == [("device/d1/telemetry/motion", b"while away")]
+    finally:
+        again.stop()
+
+
+def test_start_reports_a_taken_port() -> None:
+    broker = LocalBroker()
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", broker.tcp_port))
+            squatter.listen()
+            with pytest.raises(TesaiotError, match=f"{broker.tcp_port}.*used by another program"):
+                broker.start()
+    finally:
+        broker.close()
+
+
+def test_start_shows_the_log_when_mosquitto_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = LocalBroker()
+    # Let the taken port slip past the check, as in a race with another program.
+    monkeypatch.setattr(localbroker, "_port_is_free", lambda _port, _host: True)
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", broker.tcp_port))
+            squatter.listen()
+            with pytest.raises(TesaiotError, match="exited") as caught:
+                broker.start()
+        assert "Address already in use" in str(caught.value)
+        assert not broker.running
+    finally:
+        broker.close()
+
+
+def test_missing_mosquitto_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TESAIOT_MOSQUITTO", raising=False)
+    with pytest.raises(BrokerNotFoundError, match="apt-get install mosquitto") as caught:
+        LocalBroker(mosquitto="/nonexistent/mosquitto")
+    assert "brew install mosquitto" in str(caught.value)
+    assert "conda install -c conda-forge mosquitto" in str(caught.value)
+
+
+def test_acl_file_mode_filters_what_it_delivers(subscriber_factory: Any) -> None:
+    # Without the dynsec plugin: the password file (written in Python, $7$ format) and the
+    # ACL file. Mosquitto 2.0 grants any subscription there but delivers only what the ACL
+    # lets the token read.
+    with LocalBroker(dynsec=False) as broker:
+        assert not broker.refuses_subscriptions
+        assert "$7$101$" in (broker.workdir / "passwd").read_text()
+        reader = subscriber_factory(broker, as_token=True, topic="#", qos=1)
+        assert reader.granted == [1]
+        writer = subscriber_factory(broker, topic=None)
+        writer.client.publish("device/d1/status", b"not telemetry", qos=1)
+        writer.client.publish("device/d1/telemetry/battery", b"telemetry", qos=1)
+        wait_for(lambda: reader.messages, message="the token got nothing")
+        assert reader.payloads == [b"telemetry"]
+
+
+def test_the_finalizer_stops_a_forgotten_broker() -> None:
+    broker = LocalBroker().start()
+    pid, workdir = broker.pid, broker.workdir
+    assert pid is not None
+    del broker  # the weakref finalizer runs when the object is collected
+    wait_for(lambda: not _process_exists(pid), message="the forgotten broker still runs")
+    wait_for(lambda: not workdir.exists(), message="its directory is still there")

@@ -1,0 +1,174 @@
+"""Property tests of tesaiot_data.parsing: any topic and any bytes, and the invariants hold."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tesaiot_data.parsing import (
+    MAX_REJECT_PAYLOAD,
+    MAX_ROWS_PER_MESSAGE,
+    ColumnBatch,
+    RawMessage,
+    decode_payload,
+    parse_batch,
+    parse_message,
+)
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NS_MAX = 2**63 - 1
+
+levels = st.text(st.characters(blacklist_characters="/"), max_size=8)
+topics = st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda device: f"device/{device}/telemetry", levels),
+    st.builds(lambda d, s: f"device/{d}/telemetry/{s}", levels, levels),
+    st.sampled_from(["device/dev-1/telemetry", "device/dev-1/telemetry/bme280/t"]),
+)
+keys = st.one_of(
+    st.sampled_from(["value", "unit", "data", "timestamp", "ts", "time", "sensor_type", "x"]),
+    st.text(max_size=6),
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(),  # NaN and infinities too: json.dumps writes them as NaN/Infinity
+    st.text(max_size=12),
+    st.sampled_from(["2025-12-09T10:30:45Z", "1765276245123", "2025-12-09T17:30:45.1+07:00"]),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(keys, inner, max_size=5)),
+    max_leaves=40,
+)
+payloads = st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda value: json.dumps(value).encode(), json_values),
+    st.builds(lambda text: text.encode("utf-8", "surrogatepass"), st.text(max_size=60)),
+    st.builds(lambda size: b"[" * size, st.integers(0, 3000)),
+    st.builds(lambda size: b'"' + b"x" * size + b'"', st.integers(0, 9000)),
+)
+received = st.one_of(
+    st.floats(min_value=0, max_value=4e9),
+    st.floats(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+)
+messages = st.builds(RawMessage, topics, payloads, received)
+
+
+def check_invariants(batch: ColumnBatch, fed: list[RawMessage]) -> None:
+    rows = len(batch)
+    assert len(batch.timestamp_ns) == len(batch.received_ns) == len(batch.device_id) == rows
+    assert len(batch.sensor_type) == len(batch.metric) == len(batch.value) == rows
+    assert len(batch.unit) == len(batch.value_text) == rows
+    assert batch.messages == len(fed) == batch.parsed_messages + len(batch.rejects)
+    assert rows >= batch.parsed_messages
+    assert rows <= batch.parsed_messages * MAX_ROWS_PER_MESSAGE
+    assert 0 <= batch.timestamp_fallbacks <= rows
+    assert 0 <= batch.truncated_messages <= batch.parsed_messages
+    for ns in (*batch.timestamp_ns, *batch.received_ns):
+        assert type(ns) is int
+        assert -NS_MAX <= ns <= NS_MAX
+    for value, text in zip(batch.value, batch.value_text, strict=True):
+        assert type(value) is float
+        assert text is None or (type(text) is str and math.isnan(value))
+    for column in (batch.device_id, batch.sensor_type, batch.metric, batch.unit, batch.value_text):
+        for text in column:
+            if text is not None:
+                assert type(text) is str
+                text.encode("utf-8")  # strict: no lone surrogates reach Parquet
+    kept = {(message.payload[:MAX_REJECT_PAYLOAD], len(message.payload)) for message in fed}
+    for reject in batch.rejects:
+        assert len(reject.payload) <= MAX_REJECT_PAYLOAD
+        assert (reject.payload, reject.payload_size) in kept
+        assert isinstance(reject.detail, str)
+        assert reject.detail
+
+
+@FAST
+@given(st.lists(messages, max_size=8))
+def test_parse_batch_never_raises_and_keeps_its_invariants(fed: list[RawMessage]) -> None:
+    check_invariants(parse_batch(fed), fed)
+
+
+@FAST
+@given(messages)
+def test_parse_message_agrees_with_parse_batch(message: RawMessage) -> None:
+    if not math.isfinite(message.received_at) or abs(message.received_at) > 9e9:
+        return  # an unusable receive time becomes "now", which differs between two calls
+    result = parse_message(message.topic, message.payload, message.received_at)
+    batch = parse_batch([message])
+    check_invariants(batch, [message])
+    assert result.reject == (batch.rejects[0] if batch.rejects else None)
+    assert result.timestamp_fallbacks == batch.timestamp_fallbacks
+    assert [row.timestamp.value for row in result.rows] == batch.timestamp_ns
+    assert [row.received_at.value for row in result.rows] == batch.received_ns
+    assert [row.metric for row in result.rows] == batch.metric
+    assert repr([row.value for row in result.rows]) == repr(batch.value)
+    assert [row.value_text for row in result.rows] == batch.value_text
+
+
+@FAST
+@given(json_values)
+def test_decode_payload_returns_the_json_value(value: Any) -> None:
+    decoded = decode_payload(json.dumps(value).encode())
+    assert repr(decoded) == repr(json.loads(json.dumps(value)))
+
+
+@FAST
+@given(payloads)
+def test_decode_payload_never_raises(payload: bytes) -> None:
+    decoded = decode_payload(payload)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        assert decoded == payload
+    else:
+        assert not isinstance(decoded, bytes)
+        if isinstance(decoded, str) and decoded == text:
+            return  # not JSON, or the JSON string equal to its own text
+        assert repr(decoded) == repr(json.loads(text.lstrip("\ufeff")))
+
+
+zones = st.integers(min_value=-(23 * 60 + 59), max_value=23 * 60 + 59).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+moments = st.datetimes(min_value=datetime(1700, 1, 1), max_value=datetime(2260, 1, 1))
+
+
+@FAST
+@given(moments, zones, st.integers(0, 999), st.floats(-1e6, 1e6, allow_nan=False))
+def test_iso_timestamps_convert_exactly(
+    moment: datetime, zone: timezone, nanos: int, value: float
+) -> None:
+    aware = moment.replace(tzinfo=zone)
+    text = aware.isoformat(timespec="microseconds")
+    # put three more digits after the microseconds: nanosecond resolution
+    text = text[:26] + f"{nanos:03d}" + text[26:]
+    expected = (aware - EPOCH) // timedelta(microseconds=1) * 1000 + nanos
+    payload = json.dumps({"value": value, "unit": "u", "timestamp": text}).encode()
+    batch = parse_batch([RawMessage("device/d/telemetry/s", payload, 1.0)])
+    assert batch.timestamp_ns == [expected]
+    assert batch.value == [value]
+    assert batch.timestamp_fallbacks == 0
+
+
+epoch_ns = st.integers(min_value=10**17, max_value=NS_MAX - 10**9)  # 1973 .. 2262
+
+
+@FAST
+@given(epoch_ns, st.sampled_from([10**9, 10**6, 10**3, 1]), st.booleans())
+def test_epoch_numbers_pick_their_unit_by_magnitude(ns: int, per_unit: int, as_text: bool) -> None:
+    number = ns // per_unit
+    raw: Any = str(number) if as_text else number
+    payload = json.dumps({"timestamp": raw, "v": 1}).encode()
+    batch = parse_batch([RawMessage("device/d/telemetry", payload, 1.0)])
+    assert batch.timestamp_ns == [number * per_unit]
+    assert batch.timestamp_fallbacks == 0

@@ -1,0 +1,251 @@
+"""Settings, broker URLs, tokens and the environment: pure functions, no broker."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import pytest
+
+import tesaiot_data
+from tesaiot_data import BrokerURL, ConfigError, Settings, TokenError, mask_token
+
+TOKEN = "tesa_mqtt_acme_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("wss://mqtt.tesaiot.com:8085/mqtt", ("wss", "mqtt.tesaiot.com", 8085, "/mqtt")),
+        ("wss://mqtt.tesaiot.com/mqtt", ("wss", "mqtt.tesaiot.com", 8085, "/mqtt")),
+        ("wss://mqtt.tesaiot.com", ("wss", "mqtt.tesaiot.com", 8085, "/mqtt")),
+        ("ws://localhost", ("ws", "localhost", 80, "/mqtt")),
+        ("ws://localhost:9001/custom/path", ("ws", "localhost", 9001, "/custom/path")),
+        ("WSS://Host.Example:443/mqtt", ("wss", "host.example", 443, "/mqtt")),
+        ("mqtts://broker.local", ("mqtts", "broker.local", 8883, "")),
+        ("mqtt://127.0.0.1", ("mqtt", "127.0.0.1", 1883, "")),
+        ("mqtt://[::1]:1884", ("mqtt", "::1", 1884, "")),
+        ("wss://[2001:db8::1]/mqtt", ("wss", "2001:db8::1", 8085, "/mqtt")),
+        ("  wss://h:1/mqtt  ", ("wss", "h", 1, "/mqtt")),
+    ],
+)
+def test_broker_url_parses(url: str, expected: tuple[str, str, int, str]) -> None:
+    parsed = BrokerURL.parse(url)
+    assert (parsed.scheme, parsed.host, parsed.port, parsed.path) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://mqtt.tesaiot.com:8085/mqtt", "scheme 'http'"),
+        ("mqtt.tesaiot.com:8085", "scheme"),
+        ("wss://:8085/mqtt", "no host"),
+        ("wss://host:99999/mqtt", "not a valid URL"),
+        ("wss://host:abc/mqtt", "not a valid URL"),
+        ("wss://host:0/mqtt", "port 0"),
+        ("wss://[::zz]/mqtt", "not a valid URL"),
+        ("", "scheme"),
+    ],
+)
+def test_broker_url_rejects_bad_values_naming_the_variable(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        BrokerURL.parse(url)
+    message = str(info.value)
+    assert fragment in message
+    assert "MQTT_BROKER_URL" in message
+    assert "wss://" in message  # the example of a good value
+
+
+def test_transport_and_tls_follow_the_scheme() -> None:
+    assert BrokerURL.parse("wss://h/mqtt").transport == "websockets"
+    assert BrokerURL.parse("wss://h/mqtt").tls
+    assert not BrokerURL.parse("ws://h/mqtt").tls
+    assert BrokerURL.parse("mqtts://h").transport == "tcp"
+    assert str(BrokerURL.parse("mqtt://[::1]")) == "mqtt://[::1]:1883"
+
+
+@pytest.mark.parametrize(
+    "raw", [TOKEN, f"  {TOKEN}\n", f'"{TOKEN}"', f"'{TOKEN}'", f' " {TOKEN} " ']
+)
+def test_token_is_stripped_of_whitespace_and_quotes(raw: str) -> None:
+    assert Settings(token=raw).token == TOKEN
+
+
+@pytest.mark.parametrize("raw", ["", "   ", '""', None])
+def test_missing_token_says_which_variable_and_where_tokens_come_from(raw: str | None) -> None:
+    with pytest.raises(TokenError) as info:
+        Settings(token=raw)  # type: ignore[arg-type]
+    assert "MQTT_API_TOKEN" in str(info.value)
+    assert "Organization Settings" in str(info.value)
+
+
+def test_token_with_wrong_prefix_is_refused_without_showing_it() -> None:
+    secret = "mqtt_acme_" + "z" * 32
+    with pytest.raises(TokenError) as info:
+        Settings(token=secret)
+    assert secret not in str(info.value)
+    assert "tesa_mqtt_" in str(info.value)
+
+
+def test_token_of_unusual_shape_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    odd = "tesa_mqtt_acme_short"
+    with caplog.at_level(logging.WARNING):
+        settings = Settings(token=odd)
+    assert settings.token == odd
+    assert "documented shape" in caplog.text
+    assert odd not in caplog.text
+
+
+def test_documented_token_shape_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        Settings(token=TOKEN)
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    ("token", "masked"),
+    [
+        (TOKEN, "tesa_mqtt_acme_…o5P6"),
+        ("tesa_mqtt_my_org_" + "x" * 28 + "wxyz", "tesa_mqtt_my_org_…wxyz"),
+        ("secretvalue123", "…23"),
+        ("short", "…"),
+        ("", "<none>"),
+    ],
+)
+def test_mask_token(token: str, masked: str) -> None:
+    assert mask_token(token) == masked
+
+
+def test_repr_and_str_never_show_the_token() -> None:
+    settings = Settings(token=TOKEN)
+    assert TOKEN not in repr(settings)
+    assert TOKEN not in str(settings)
+    assert "…o5P6" in repr(settings)
+
+
+def test_defaults() -> None:
+    settings = Settings(token=TOKEN)
+    assert settings.broker_url == "wss://mqtt.tesaiot.com:8085/mqtt"
+    assert settings.topic == "device/+/telemetry/#"
+    assert settings.qos == 1
+    assert settings.clean_session is True
+    assert settings.insecure is False
+    assert settings.keepalive == 60
+    assert settings.connect_timeout == 10.0
+    assert settings.client_id.startswith("tesaiot-data-")
+    assert Settings(token=TOKEN).client_id != settings.client_id
+
+
+def test_settings_are_frozen_and_keyword_only() -> None:
+    settings = Settings(token=TOKEN)
+    with pytest.raises(AttributeError):
+        settings.qos = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Settings(TOKEN)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"qos": 3}, "qos"),
+        ({"topic": " "}, "topic"),
+        ({"ca_certs": "/no/such/ca.pem"}, "CA_CERT_PATH"),
+        ({"broker_url": "ftp://x"}, "scheme"),
+        ({"keepalive": 1}, "keepalive"),
+    ],
+)
+def test_bad_values_fail_where_they_are_made(changes: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings(token=TOKEN, **changes)  # type: ignore[arg-type]
+
+
+def test_from_env_reads_the_platform_variables(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not parsed here")
+    environ = {
+        "MQTT_API_TOKEN": TOKEN,
+        "MQTT_BROKER_URL": "wss://broker.example:9443/mqtt",
+        "MQTT_SUBSCRIBE_TOPIC": "device/abc/telemetry/#",
+        "MQTT_CLIENT_ID": "notebook-1",
+        "CA_CERT_PATH": str(ca),
+        "MQTT_INSECURE": "true",
+        "MQTT_QOS": "0",
+    }
+    settings = Settings.from_env(None, environ=environ)
+    assert settings.token == TOKEN
+    assert settings.url == BrokerURL("wss", "broker.example", 9443, "/mqtt")
+    assert settings.topic == "device/abc/telemetry/#"
+    assert settings.client_id == "notebook-1"
+    assert Path(settings.ca_certs or "") == ca
+    assert settings.insecure is True
+    assert settings.qos == 0
+
+
+def test_mqtt_topic_is_an_alias_and_subscribe_topic_wins() -> None:
+    base = {"MQTT_API_TOKEN": TOKEN}
+    alias = Settings.from_env(None, environ={**base, "MQTT_TOPIC": "device/x/telemetry/#"})
+    assert alias.topic == "device/x/telemetry/#"
+    both = Settings.from_env(
+        None,
+        environ={
+            **base,
+            "MQTT_TOPIC": "device/x/telemetry/#",
+            "MQTT_SUBSCRIBE_TOPIC": "device/y/telemetry/#",
+        },
+    )
+    assert both.topic == "device/y/telemetry/#"
+
+
+def test_environment_wins_over_the_file_and_overrides_win_over_both(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f'MQTT_API_TOKEN="{TOKEN}"\nMQTT_BROKER_URL=wss://from-file:1/mqtt\nMQTT_QOS=2\n'
+    )
+    from_file = Settings.from_env(env_file, environ={})
+    assert from_file.token == TOKEN
+    assert from_file.url.host == "from-file"
+    assert from_file.qos == 2
+    env_wins = Settings.from_env(env_file, environ={"MQTT_BROKER_URL": "wss://from-env:2/mqtt"})
+    assert env_wins.url.host == "from-env"
+    assert env_wins.qos == 2
+    override = Settings.from_env(env_file, environ={}, broker_url="mqtt://override")
+    assert override.url.host == "override"
+
+
+def test_from_env_reads_nothing_when_the_file_is_absent(tmp_path: Path) -> None:
+    with pytest.raises(TokenError):
+        Settings.from_env(tmp_path / "missing.env", environ={})
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"MQTT_BROKER_URL": "http://x"}, "MQTT_BROKER_URL"),
+        ({"MQTT_QOS": "high"}, "MQTT_QOS"),
+        ({"MQTT_INSECURE": "maybe"}, "MQTT_INSECURE"),
+    ],
+)
+def test_from_env_names_the_bad_variable(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(None, environ={"MQTT_API_TOKEN": TOKEN, **environ})
+
+
+def test_importing_the_package_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MQTT_API_TOKEN", raising=False)
+    importlib.reload(tesaiot_data)  # would raise TokenError if it read settings at import
+
+
+def test_env_example_documents_every_variable() -> None:
+    text = (Path(__file__).parents[1] / ".env.example").read_text()
+    for name in (
+        "MQTT_API_TOKEN",
+        "MQTT_BROKER_URL",
+        "MQTT_SUBSCRIBE_TOPIC",
+        "MQTT_TOPIC",
+        "MQTT_CLIENT_ID",
+        "CA_CERT_PATH",
+        "MQTT_INSECURE",
+        "MQTT_QOS",
+    ):
+        assert name in text

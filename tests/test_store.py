@@ -1,0 +1,170 @@
+"""RollingStore: the collector's bounded columnar window, tested without a broker."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tesaiot_data.parsing import RawMessage, parse_batch
+from tesaiot_data.schema import COLUMNS
+from tesaiot_data.store import RollingStore
+
+T0 = 1_765_276_245.0  # 2025-12-09T10:30:45Z
+SECOND = 1_000_000_000
+
+
+def batch(count: int, *, start: int = 0, at: float = T0, devices: int = 3, step: float = 0.001):
+    """`count` standard-shape messages numbered from `start`, received from `at` on."""
+    messages = [
+        RawMessage(
+            f"device/dev-{i % devices}/telemetry/temperature",
+            b'{"value": %d, "unit": "celsius", "timestamp": %d}'
+            % (
+                i,
+                round((at + i * step) * 1000),
+            ),
+            at + (i - start) * step,
+        )
+        for i in range(start, start + count)
+    ]
+    return parse_batch(messages)
+
+
+def test_frame_has_the_canonical_columns_and_dtypes() -> None:
+    store = RollingStore(window_ns=None, max_rows=100)
+    store.append(batch(5))
+    frame = store.frame()
+    assert tuple(frame.columns) == COLUMNS
+    assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert str(frame["received_at"].dtype) == "datetime64[ns, UTC]"
+    for name in ("device_id", "sensor_type", "metric", "unit", "value_text"):
+        assert isinstance(frame[name].dtype, pd.CategoricalDtype), name
+    assert frame["value"].dtype == np.float64
+    assert frame["value"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert frame["device_id"].astype(str).tolist() == ["dev-0", "dev-1", "dev-2", "dev-0", "dev-1"]
+    assert frame["unit"].astype(str).unique().tolist() == ["celsius"]
+    assert frame["value_text"].isna().all()
+    assert frame["timestamp"].iloc[1] == pd.Timestamp("2025-12-09T10:30:45.001Z")
+
+
+def test_empty_store_gives_an_empty_canonical_frame() -> None:
+    frame = RollingStore(window_ns=None, max_rows=10).frame()
+    assert frame.empty
+    assert tuple(frame.columns) == COLUMNS
+    assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_max_rows_evicts_the_oldest_rows_exactly() -> None:
+    store = RollingStore(window_ns=None, max_rows=250)
+    for k in range(10):
+        store.append(batch(100, start=k * 100))
+    frame = store.frame()
+    assert len(frame) == 250
+    assert frame["value"].tolist() == [float(v) for v in range(750, 1000)]
+    assert store.evicted == 750
+    assert store.appended == 1000
+
+
+def test_window_evicts_by_receive_time() -> None:
+    store = RollingStore(window_ns=10 * SECOND, max_rows=1_000_000)
+    store.append(batch(10, at=T0, step=1.0))  # received T0 .. T0+9
+    assert store.rows == 10
+    evicted = store.evict(int((T0 + 14.5) * SECOND))  # cutoff T0+4.5: drops 0..4
+    assert evicted == 5
+    assert store.frame()["value"].tolist() == [5.0, 6.0, 7.0, 8.0, 9.0]
+    store.evict(int((T0 + 100) * SECOND))
+    assert store.rows == 0
+    assert store.frame().empty
+
+
+def test_memory_stays_bounded_over_many_batches() -> None:
+    store = RollingStore(window_ns=None, max_rows=20_000)
+    for k in range(300):
+        store.append(batch(500, start=k * 500))
+    assert store.rows == 20_000
+    # 3 x 8-byte columns + 5 one-byte codes = 29 bytes a row; the unsealed tail uses int32 codes
+    assert store.nbytes() <= 20_000 * 45
+
+
+def test_filters_match_pandas_filtering_of_the_whole_frame() -> None:
+    store = RollingStore(window_ns=None, max_rows=10_000)
+    for k in range(5):
+        store.append(batch(200, start=k * 200, devices=4))
+    everything = store.frame()
+    since = everything["received_at"].iloc[300]
+    got = store.frame(since_ns=since.value, devices=["dev-1", "dev-3"], metrics=["temperature"])
+    expected = everything[
+        (everything["received_at"] >= since) & everything["device_id"].isin(["dev-1", "dev-3"])
+    ]
+    assert got["value"].tolist() == expected["value"].tolist()
+    assert store.frame(devices=["nobody"]).empty
+    assert store.frame(metrics=["humidity"]).empty
+
+
+def test_text_rows_and_new_categories_after_earlier_chunks() -> None:
+    store = RollingStore(window_ns=None, max_rows=100)
+    store.append(batch(2))
+    store.append(
+        parse_batch([RawMessage("device/late/telemetry/ai", b'{"value": "anomaly"}', T0 + 1)])
+    )
+    frame = store.frame()
+    assert frame["device_id"].astype(str).tolist() == ["dev-0", "dev-1", "late"]
+    assert frame["value_text"].astype(object).tolist()[-1] == "anomaly"
+    assert np.isnan(frame["value"].iloc[-1])
+
+
+def test_frame_is_cached_until_data_changes_and_owned_by_the_caller() -> None:
+    store = RollingStore(window_ns=None, max_rows=100)
+    store.append(batch(3))
+    first = store.frame()
+    first.loc[0, "value"] = -1.0  # the caller's edit must not reach the store or the cache
+    second = store.frame()
+    assert second["value"].tolist() == [0.0, 1.0, 2.0]
+    version = store.version
+    store.append(batch(1, start=3))
+    assert store.version != version
+    assert store.frame()["value"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_frame_from_another_thread_while_ingesting_is_never_torn() -> None:
+    store = RollingStore(window_ns=None, max_rows=5_000)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                frame = store.frame()
+                values = frame["value"].to_numpy()
+                # Rows are numbered in arrival order: any window is a run of consecutive numbers.
+                if len(values):
+                    assert np.array_equal(values, np.arange(values[0], values[0] + len(values)))
+                    assert frame["device_id"].notna().all()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for k in range(400):
+        store.append(batch(50, start=k * 50))
+    done.set()
+    reader.join()
+    assert not errors, errors[0]
+    assert store.rows == 5_000
+
+
+def test_batch_frame_holds_just_that_batch() -> None:
+    store = RollingStore(window_ns=None, max_rows=100)
+    store.append(batch(3))
+    chunk = store.append(batch(2, start=3))
+    assert chunk is not None
+    assert store.batch_frame(chunk)["value"].tolist() == [3.0, 4.0]
+    assert store.append(parse_batch([])) is None
+
+
+def test_max_rows_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_rows"):
+        RollingStore(window_ns=None, max_rows=0)
