@@ -152,7 +152,7 @@ def _cmd_stream(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     collector = Collector(_settings(args), window="1min", max_rows=200_000)
     with collector:
-        recording = collector.record(args.out)
+        recording = collector.record(args.out, flush_every=args.flush_every)
         print(f"recording to {args.out} (Ctrl-C stops)", file=out)
         try:
             _watch(
@@ -191,7 +191,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                 out=out,
             )
             path = recording.stop()
-            stats = collector.stats
+        stats = collector.stats  # after stop(): every received message is accounted for
     finally:
         demo.stop()
     print(
@@ -243,6 +243,12 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--out", required=True, type=Path, help="the Parquet file to write")
     record.add_argument(
         "--duration", type=_duration, help="stop after this long (30s, 5min); default: Ctrl-C"
+    )
+    record.add_argument(
+        "--flush-every",
+        type=_duration,
+        default=5.0,
+        help="write a part this often, the most a crash can lose (default 5s)",
     )
     record.set_defaults(run=_cmd_record)
 
