@@ -263,7 +263,9 @@ class TESAIoTMQTTClient:
             ConnectTimeoutError: Nothing answered in time.
         """
         if self._network_thread is not None:
-            return
+            if self._error is None:
+                return  # already connected (or reconnecting)
+            self._shutdown()  # stopped by an error: try afresh
         timeout = self.settings.connect_timeout if timeout is None else timeout
         s, url = self.settings, self._url
         logger.info("connecting to %s as %s (client id %s)", url, s.masked_token, s.client_id)

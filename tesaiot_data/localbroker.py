@@ -340,6 +340,7 @@ class LocalBroker:
         self._out_file = path / "mosquitto.out"
         self._config_file = path / "mosquitto.conf"
         self._log_offsets = (0, 0)
+        self._token_revoked = False
         self._runtime = _Runtime(path, owned=owned)
         self._finalizer = weakref.finalize(self, _finalize, self._runtime)
         try:
@@ -503,6 +504,22 @@ class LocalBroker:
         self.stop()
         self.start(timeout=timeout)
 
+    def revoke_token(self, *, timeout: float = 10.0) -> None:
+        """Remove the token's account, as an admin revoking it on the platform would.
+
+        The broker restarts (same ports) so that connected clients are dropped; from then on
+        every connect with the token is refused as not authorized.
+
+        Args:
+            timeout: Seconds to wait for the broker to come back.
+        """
+        self._token_revoked = True
+        was_running = self.running
+        self.stop()
+        self._write_accounts()
+        if was_running:
+            self.start(timeout=timeout)
+
     def close(self) -> None:
         """Stop the broker and remove its temporary directory (if this object made it)."""
         self._finalizer()
@@ -530,21 +547,24 @@ class LocalBroker:
 
     def _write_files(self) -> None:
         self._make_certificates()
-        if self._dynsec_plugin is not None:
-            _write_private(self.workdir / "dynsec.json", self._dynsec_json())
-        else:
-            _write_private(
-                self.workdir / "passwd",
-                _password_line(self.token, self.token)
-                + _password_line(PUBLISHER_USERNAME, self._publisher_password),
-            )
-            _write_private(
-                self.workdir / "acl",
-                f"user {self.token}\ntopic read {TELEMETRY_FILTER}\n\n"
-                f"user {PUBLISHER_USERNAME}\ntopic readwrite device/#\n",
-            )
+        self._write_accounts()
         (self.workdir / "data").mkdir(exist_ok=True)
         _write_private(self._config_file, self._config())
+
+    def _write_accounts(self) -> None:
+        if self._dynsec_plugin is not None:
+            _write_private(self.workdir / "dynsec.json", self._dynsec_json())
+            return
+        token_line = "" if self._token_revoked else _password_line(self.token, self.token)
+        _write_private(
+            self.workdir / "passwd",
+            token_line + _password_line(PUBLISHER_USERNAME, self._publisher_password),
+        )
+        _write_private(
+            self.workdir / "acl",
+            f"user {self.token}\ntopic read {TELEMETRY_FILTER}\n\n"
+            f"user {PUBLISHER_USERNAME}\ntopic readwrite device/#\n",
+        )
 
     def _dynsec_json(self) -> str:
         def allow(acltype: str, topic: str) -> dict[str, Any]:
@@ -558,7 +578,6 @@ class LocalBroker:
                 "unsubscribe": True,
             },
             "clients": [
-                _dynsec_client(self.token, self.token, "telemetry-reader"),
                 _dynsec_client(PUBLISHER_USERNAME, self._publisher_password, "telemetry-writer"),
             ],
             "groups": [],
@@ -580,6 +599,8 @@ class LocalBroker:
                 },
             ],
         }
+        if not self._token_revoked:
+            document["clients"].append(_dynsec_client(self.token, self.token, "telemetry-reader"))
         return json.dumps(document, indent=1)
 
     def _config(self) -> str:

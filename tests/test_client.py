@@ -401,3 +401,18 @@ def test_error_translation_of_socket_failures() -> None:
     assert isinstance(client._translate(TimeoutError()), ConnectTimeoutError)
     cert = ssl.SSLCertVerificationError(1, "certificate verify failed")
     assert isinstance(client._translate(cert), TLSError)
+
+
+def test_a_token_revoked_while_connected_stops_the_retries_with_auth_error(
+    fresh_broker: LocalBroker, clients: list[TESAIoTMQTTClient]
+) -> None:
+    client = Recorder(fresh_broker.settings(), reconnect_initial=0.2)
+    clients.append(client)
+    client.connect()
+    fresh_broker.revoke_token()
+    wait_for(lambda: client.error is not None, timeout=15, message="still retrying")
+    assert isinstance(client.error, AuthError)
+    assert fresh_broker.token not in str(client.error)
+    wait_for(lambda: not [t for t in client_threads(client) if t.endswith("-network")])
+    with pytest.raises(AuthError):
+        client.run_forever()  # surfaces the error instead of looping
