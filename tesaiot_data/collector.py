@@ -52,13 +52,14 @@ def _utc_iso(epoch: float) -> str:
 class CollectorStats:
     """The collector's counters, read at one moment.
 
-    `received == messages + rejected + dropped + pending` at every moment.
+    `received == messages + rejected + dropped + failed + pending` at every moment.
 
     Args:
         received: Messages taken from the network.
         messages: Messages that became one or more rows.
         rejected: Messages rejected by the parser (see `rejects_by_reason`, `rejects()`).
         dropped: Messages dropped because the internal queue was full.
+        failed: Messages lost to an unexpected error while storing them (logged; should be 0).
         pending: Messages received but not yet parsed.
         rows: Rows held in the window now.
         rows_total: Rows produced since the start.
@@ -77,6 +78,7 @@ class CollectorStats:
     messages: int
     rejected: int
     dropped: int
+    failed: int
     pending: int
     rows: int
     rows_total: int
@@ -342,7 +344,8 @@ class Collector:
         )
         received = client_stats.received if client_stats else 0
         dropped = client_stats.dropped if client_stats else 0
-        pending = max(0, received - dropped - self._messages - self._rejected)
+        failed = client_stats.failed if client_stats else 0
+        pending = max(0, received - dropped - failed - self._messages - self._rejected)
         elapsed = time.time() - self._started_at if self._started_at else 0.0
         error = client.error if client is not None else None
         return CollectorStats(
@@ -350,6 +353,7 @@ class Collector:
             messages=self._messages,
             rejected=self._rejected,
             dropped=dropped,
+            failed=failed,
             pending=pending,
             rows=self._store.rows,
             rows_total=self._store.appended,
@@ -451,10 +455,13 @@ class Collector:
         if not (recorders or dataset):
             return
         frame = self._store.batch_frame(chunk) if chunk is not None else _EMPTY_FRAME
-        for recorder in recorders:
-            recorder.add(frame, parsed.rejects)
-        if dataset is not None and chunk is not None:
-            dataset.add(frame)
+        try:
+            for recorder in recorders:
+                recorder.add(frame, parsed.rejects)
+            if dataset is not None and chunk is not None:
+                dataset.add(frame)
+        except Exception:  # the rows are in the window already; a file problem must not undo that
+            logger.exception("could not hand %d rows to a recording or snapshot", len(frame))
 
     def _housekeep(self) -> None:
         while not self._stopping.wait(_HOUSEKEEPING_PERIOD):
