@@ -445,23 +445,23 @@ class Collector:
         """Runs on the client's worker thread with every batch of raw messages."""
         parsed = parse_batch(batch)
         chunk = self._store.append(parsed, now_ns=time.time_ns())
-        self._messages += parsed.parsed_messages
-        self._fallbacks += parsed.timestamp_fallbacks
+        recorders, dataset = self._recorders, self._dataset
+        if recorders or dataset:
+            frame = self._store.batch_frame(chunk) if chunk is not None else _EMPTY_FRAME
+            try:
+                for recorder in recorders:
+                    recorder.add(frame, parsed.rejects)
+                if dataset is not None and chunk is not None:
+                    dataset.add(frame)
+            except Exception:  # the rows are in the window already; keep them there
+                logger.exception("could not hand %d rows to a recording or snapshot", len(frame))
         if parsed.rejects:
-            self._rejected += len(parsed.rejects)
             self._rejects.extend(parsed.rejects)
             self._rejects_by_reason.update(r.reason.value for r in parsed.rejects)
-        recorders, dataset = self._recorders, self._dataset
-        if not (recorders or dataset):
-            return
-        frame = self._store.batch_frame(chunk) if chunk is not None else _EMPTY_FRAME
-        try:
-            for recorder in recorders:
-                recorder.add(frame, parsed.rejects)
-            if dataset is not None and chunk is not None:
-                dataset.add(frame)
-        except Exception:  # the rows are in the window already; a file problem must not undo that
-            logger.exception("could not hand %d rows to a recording or snapshot", len(frame))
+            self._rejected += len(parsed.rejects)
+        self._fallbacks += parsed.timestamp_fallbacks
+        # Counted last: once the counts show a message, every consumer has its rows.
+        self._messages += parsed.parsed_messages
 
     def _housekeep(self) -> None:
         while not self._stopping.wait(_HOUSEKEEPING_PERIOD):
