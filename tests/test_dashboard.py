@@ -1,0 +1,380 @@
+"""The live dashboard, headless, on a real broker with simulated devices."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tesaiot_data import Collector, load_recording
+from tesaiot_data.dashboard import (
+    MAX_LEGEND_ENTRIES,
+    Dashboard,
+    downsample,
+    latest_table_html,
+    short_ids,
+)
+from tesaiot_data.fleet import DeviceFleet
+from tesaiot_data.settings import Settings
+from tests.helpers import wait_for
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def collector(settings: Settings, tmp_path: Path) -> Iterator[Collector]:
+    """A started collector on the session broker; snapshots go to tmp_path."""
+    running = Collector(settings, window="5min", snapshot_dir=tmp_path / "snapshots").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def dashboards() -> Iterator[Callable[..., Dashboard]]:
+    """Make dashboards of a collector; all are closed at teardown."""
+    made: list[Dashboard] = []
+
+    def make(collector: Collector, **options: object) -> Dashboard:
+        dashboard = collector.dashboard(**options)
+        made.append(dashboard)
+        return dashboard
+
+    yield make
+    for dashboard in made:
+        dashboard.close()
+
+
+def _devices_with(collector: Collector, metric: str) -> set[str]:
+    frame = collector.frame(metrics=metric)
+    return set(frame.loc[frame["value"].notna(), "device_id"].astype(str))
+
+
+def _dashboard_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("tesaiot-dashboard-")]
+
+
+def test_refresh_draws_one_line_per_selected_device(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    fleet = fleet_factory(devices=3, rate=60, seed=11).start()
+    ids = sorted(fleet.device_ids)
+    wait_for(
+        lambda: _devices_with(collector, "temperature") == set(ids),
+        message="temperature rows from every device",
+    )
+    dash = dashboards(collector, metric="temperature", refresh="10s")
+
+    dash.refresh()
+
+    assert dash.chart_png.startswith(PNG_MAGIC)
+    assert dash.chart.value == dash.chart_png
+    assert dash.metric_selector.value == "temperature"
+    assert sorted(dash.device_selector.value) == ids
+    assert dash.plotted_devices == ids
+    assert dash.figure.axes[0].get_ylabel() == "temperature [celsius]"
+    assert "time (UTC)" in dash.figure.axes[0].get_xlabel()
+    legend = [t.get_text() for t in dash.figure.axes[0].get_legend().get_texts()]
+    assert legend == [d[:8] for d in ids]
+
+    # Deselecting a device (as a click does) redraws without it.
+    dash.device_selector.value = tuple(ids[:2])
+    assert dash.plotted_devices == ids[:2]
+    assert dash.chart_png.startswith(PNG_MAGIC)
+
+    # Another metric: the unit follows.
+    wait_for(lambda: _devices_with(collector, "humidity") >= set(ids[:2]), message="humidity")
+    dash.metric_selector.value = "humidity"
+    assert dash.plotted_devices == ids[:2]
+    assert dash.figure.axes[0].get_ylabel() == "humidity [percent]"
+
+    # The status line and the latest-values table come from the collector.
+    assert dash.status_label.value.startswith("connected |")
+    assert "rows in window" in dash.status_label.value
+    assert ids[0][:8] in dash.table.value
+    assert ids[2][:8] not in dash.table.value  # only selected devices are listed
+
+
+def test_selectors_follow_new_devices_and_keep_the_users_choice(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    first = fleet_factory(devices=2, rate=40, seed=21).start()
+    wait_for(
+        lambda: set(collector.frame()["device_id"].astype(str)) == set(first.device_ids),
+        message="rows from the first fleet",
+    )
+    following = dashboards(collector, refresh="0.1s")
+    chosen = dashboards(collector, devices=[first.device_ids[0]], refresh="0.1s")
+    assert set(following.device_selector.options) == set(first.device_ids)
+    assert following.metric_selector.value is not None  # the first metric seen
+
+    second = fleet_factory(devices=2, rate=40, seed=22).start()
+    everyone = set(first.device_ids) | set(second.device_ids)
+    assert len(everyone) == 4
+
+    wait_for(
+        lambda: set(following.device_selector.options) == everyone,
+        message="the device list grew by the second fleet's devices",
+    )
+    # Following all devices (the default) selects the new ones as well ...
+    wait_for(lambda: set(following.device_selector.value) == everyone, message="all selected")
+    # ... while an explicit choice is kept as new devices appear.
+    wait_for(lambda: set(chosen.device_selector.options) == everyone, message="options grew")
+    assert chosen.device_selector.value == (first.device_ids[0],)
+    chosen.refresh()
+    assert set(chosen.plotted_devices) <= {first.device_ids[0]}
+
+    # Metrics only ever grow and stay sorted.
+    metrics = list(following.metric_selector.options)
+    assert metrics == sorted(metrics)
+    assert "temperature" in metrics
+
+
+def test_record_toggle_writes_a_loadable_recording(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+    tmp_path: Path,
+) -> None:
+    fleet = fleet_factory(devices=2, rate=40, seed=31).start()
+    dash = dashboards(collector, refresh="0.1s")
+    target = tmp_path / "captures" / "session.parquet"
+    dash.record_name.value = str(target)
+
+    dash.record_button.value = True
+    assert dash.recording is not None
+    assert dash.record_name.disabled
+    wait_for(lambda: dash.recording is not None and dash.recording.rows > 20, message="rows")
+    wait_for(lambda: dash.record_label.value.startswith("recording to"), message="progress")
+
+    dash.record_button.value = False
+    assert dash.recording is None
+    assert dash.saved_path == target
+    assert dash.record_label.value.startswith(f"saved {target}")
+    assert not dash.record_name.disabled
+    assert dash.record_name.value != str(target)  # a fresh name for the next recording
+
+    frame = load_recording(target)
+    assert len(frame) > 20
+    assert set(frame["device_id"].astype(str)) <= set(fleet.device_ids)
+
+
+def test_snapshot_button_writes_the_window(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+    tmp_path: Path,
+) -> None:
+    fleet_factory(devices=2, rate=40, seed=41).start()
+    wait_for(lambda: collector.stats.rows > 10, message="rows")
+    dash = dashboards(collector, refresh="10s")
+
+    dash.snapshot_button.click()
+
+    assert dash.record_label.value.startswith("snapshot saved to ")
+    path = Path(dash.record_label.value.removeprefix("snapshot saved to "))
+    assert path.parent == tmp_path / "snapshots"
+    assert len(load_recording(path)) > 10
+
+
+def test_pause_freezes_the_chart_while_collection_goes_on(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    fleet_factory(devices=2, rate=50, seed=51).start()
+    wait_for(lambda: collector.stats.rows > 0, message="rows")
+    dash = dashboards(collector, refresh="0.1s")
+    start = dash.frames
+    wait_for(lambda: dash.frames >= start + 3, message="the timer redraws while data flows")
+
+    dash.pause_button.value = True
+    assert dash.pause_button.description == "Resume"
+    # A redraw the timer began before the click may still finish: let ten periods' worth
+    # of rows arrive first, then nothing may be drawn while ten more periods' worth come.
+    rows = collector.stats.rows_total
+    wait_for(lambda: collector.stats.rows_total >= rows + 50, message="collection goes on")
+    frozen, png, rows = dash.frames, dash.chart_png, collector.stats.rows_total
+    status = dash.status_label.value
+    wait_for(lambda: collector.stats.rows_total >= rows + 50, message="collection goes on")
+    wait_for(lambda: dash.status_label.value != status, message="the status line updates")
+    assert dash.frames == frozen
+    assert dash.chart_png is png
+
+    dash.pause_button.value = False
+    assert dash.frames > frozen
+    assert dash.pause_button.description == "Pause"
+
+
+def test_close_and_collector_stop_end_the_refresh_thread(
+    settings: Settings,
+    fleet_factory: Callable[..., DeviceFleet],
+) -> None:
+    fleet_factory(devices=1, rate=20, seed=61).start()
+    collector = Collector(settings, window="1min").start()
+    try:
+        before = set(_dashboard_threads())
+        closed = collector.dashboard(refresh="0.1s")
+        left_open = collector.dashboard(refresh="0.1s")
+        assert closed.timer_alive
+        assert left_open.timer_alive
+        assert len(set(_dashboard_threads()) - before) == 2
+
+        closed.close()
+        assert not closed.timer_alive
+        assert len(set(_dashboard_threads()) - before) == 1
+        closed.close()  # idempotent
+    finally:
+        collector.stop()
+    wait_for(lambda: not left_open.timer_alive, message="the thread ends with the collector")
+    assert set(_dashboard_threads()) == before
+    assert left_open.status_label.value.startswith("stopped")
+    left_open.refresh()  # still draws what the collector holds
+    assert left_open.chart_png.startswith(PNG_MAGIC)
+    left_open.close()
+
+
+def test_legend_stays_readable_with_many_devices(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    fleet = fleet_factory(devices=13, rate=200, seed=81, mixed_shapes=False).start()
+    wait_for(
+        lambda: _devices_with(collector, "battery") == set(fleet.device_ids),
+        message="battery rows from all 13 devices",
+    )
+    dash = dashboards(collector, metric="battery", refresh="10s")
+    dash.refresh()
+    assert dash.plotted_devices == sorted(fleet.device_ids)
+    legend = [t.get_text() for t in dash.figure.axes[0].get_legend().get_texts()]
+    assert len(legend) == MAX_LEGEND_ENTRIES + 1
+    assert legend[:-1] == [d[:8] for d in sorted(fleet.device_ids)[:MAX_LEGEND_ENTRIES]]
+    assert legend[-1] == "+3 more"
+
+
+# Allocations of the collector's ingest path: the window legitimately grows as rows arrive
+# while the test runs (and so does any collector another test left running).
+INGEST_CODE = ("*/tesaiot_data/store.py", "*/tesaiot_data/parsing.py", "*/tesaiot_data/client.py")
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_hundreds_of_refreshes(
+    settings: Settings,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    # No snapshot_dir: the dataset writer's pending rows would grow with time, too.
+    collector = Collector(settings, window="5min").start()
+    try:
+        _refresh_and_measure(collector, fleet_factory, dashboards)
+    finally:
+        collector.stop()
+
+
+def _refresh_and_measure(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    fleet_factory(devices=3, rate=20, seed=71).start()
+    wait_for(lambda: collector.stats.rows > 30, message="rows")
+    dash = dashboards(collector, metric="temperature", refresh="1h")  # only our refreshes
+    for _ in range(50):
+        dash.refresh()
+    gc.collect()
+    # From refresh 50 on, every allocation still alive at refresh 150 is counted, except
+    # the ingest path's. One leaked Figure per frame would be about 700 kB a frame, a leaked
+    # PNG over 100 kB and a leaked line of 100 points over 30 kB: 100 frames of any of them
+    # is above the bound.
+    tracemalloc.start()
+    try:
+        for _ in range(100):
+            dash.refresh()
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    kept = snapshot.filter_traces([tracemalloc.Filter(False, path) for path in INGEST_CODE])
+    stats = kept.statistics("lineno")
+    growth = sum(stat.size for stat in stats)
+    where = "\n".join(str(stat) for stat in stats[:10])
+    assert dash.frames >= 150
+    assert growth < 2_000_000, f"memory grew by {growth:,} bytes over 100 refreshes:\n{where}"
+    assert len(dash.figure.axes) == 1
+    assert len(dash.figure.axes[0].lines) == 3
+
+
+# ------------------------------------------------------------ pure helpers
+
+
+def test_latest_table_escapes_every_string() -> None:
+    latest = pd.DataFrame(
+        {
+            "device_id": pd.Categorical(["<script>alert(1)</script>"]),
+            "metric": pd.Categorical(["<b>temp</b>"]),
+            "value": [np.nan],
+            "unit": pd.Categorical(["&amp"]),
+            "value_text": pd.Categorical(["<img src=x onerror=alert(1)>"]),
+            "age_s": [1.5],
+        }
+    )
+    html = latest_table_html(latest)
+    assert "<script>" not in html
+    assert "<img" not in html
+    assert "<b>temp" not in html
+    assert "&lt;b&gt;temp&lt;/b&gt;" in html
+    assert "&amp;amp" in html
+    assert "1.5 s" in html
+
+
+def test_latest_table_counts_rows_beyond_the_limit() -> None:
+    latest = pd.DataFrame(
+        {
+            "device_id": pd.Categorical([f"device-{i:03d}" for i in range(70)]),
+            "metric": pd.Categorical(["temperature"] * 70),
+            "value": np.arange(70, dtype=float),
+            "unit": pd.Categorical(["celsius"] * 70),
+            "value_text": pd.Categorical([None] * 70),
+            "age_s": np.zeros(70),
+        }
+    )
+    html = latest_table_html(latest, max_rows=60)
+    assert html.count("<tr>") == 61  # the header and 60 rows
+    assert "+10 more rows" in html
+
+
+def test_short_ids_stay_unique() -> None:
+    ids = ["abcdefgh-1111", "abcdefgh-2222", "12345678-0000", "short"]
+    names = short_ids(ids)
+    assert len(set(names.values())) == len(ids)
+    assert names["12345678-0000"].startswith("12345678")
+    assert names["short"] == "short"
+    assert short_ids(["0123456789", "abcdefghij"]) == {
+        "0123456789": "01234567",
+        "abcdefghij": "abcdefgh",
+    }
+
+
+def test_downsample_keeps_extremes_and_bounds_points() -> None:
+    x = np.arange(100_000, dtype=float)
+    y = np.sin(x / 500.0)
+    y[54_321] = 50.0  # a spike that every-n-th-point thinning would miss
+    dx, dy = downsample(x, y, 2_000)
+    assert len(dx) <= 2_000 + 100
+    assert dy.max() == 50.0
+    assert np.all(np.diff(dx) > 0)
+    small_x, small_y = downsample(x[:10], y[:10], 2_000)
+    assert np.array_equal(small_x, x[:10])
+    assert np.array_equal(small_y, y[:10])
