@@ -183,7 +183,7 @@ class TESAIoTMQTTClient:
             "protocol": mqtt.MQTTv311,
         }
         if PAHO_V2:
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)  # type: ignore[attr-defined]
         else:
             client = mqtt.Client(**kwargs)
         client.username_pw_set(s.username or s.token, s.token)
@@ -326,8 +326,8 @@ class TESAIoTMQTTClient:
             while not self._stopping.wait(0.5):
                 pass
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             self.disconnect()
         if self._error is not None:
             raise self._error
@@ -495,7 +495,7 @@ class TESAIoTMQTTClient:
         if len(self._inbox) >= self._queue_size:
             self._dropped += 1
             return
-        self._inbox.append(RawMessage(message.topic, message.payload, now))
+        self._inbox.append(RawMessage(message.topic, message.payload, now))  # type: ignore[arg-type]
 
     def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, *_: Any) -> None:
         code = _code(reason)

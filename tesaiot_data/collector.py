@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pandas as pd
 
@@ -34,7 +34,7 @@ _RATE_WINDOW = 5.0  # seconds over which the current rate is measured
 _MAX_REJECTS_KEPT = 1_000
 _EMPTY_FRAME = empty_frame()
 
-TimeLike = str | pd.Timedelta | pd.Timestamp | datetime
+TimeLike: TypeAlias = "str | pd.Timedelta | pd.Timestamp | datetime"
 
 
 def _seconds(value: str | float | pd.Timedelta, *, name: str) -> float:

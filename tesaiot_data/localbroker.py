@@ -570,7 +570,7 @@ class LocalBroker:
         def allow(acltype: str, topic: str) -> dict[str, Any]:
             return {"acltype": acltype, "topic": topic, "allow": True}
 
-        document = {
+        document: dict[str, Any] = {
             "defaultACLAccess": {
                 "publishClientSend": False,
                 "publishClientReceive": False,

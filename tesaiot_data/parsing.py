@@ -512,7 +512,7 @@ def _clean_text(text: str | None) -> str | None:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _float(number: int) -> float:
+def _float(number: float) -> float:
     try:
         return float(number)
     except OverflowError:  # an integer beyond float range, like 1e400 becomes inf
@@ -618,7 +618,7 @@ class _Writer:
     def _clean(self, start: int) -> None:
         # JSON escapes can make lone surrogates, which no UTF-8 writer (Parquet) accepts.
         for column in (self.sensor, self.metric, self.unit, self.text):
-            column[start:] = [_clean_text(text) for text in column[start:]]
+            column[start:] = [_clean_text(text) for text in column[start:]]  # type: ignore[misc]
 
     def _payload(
         self, obj: Any, sensor: str, has_sensor: bool, received_ns: int, depth: int

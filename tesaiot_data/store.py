@@ -47,7 +47,7 @@ class _Dictionary:
         code = self.codes.get(item)
         if code is None:  # not added earlier in this same batch
             code = self.codes[item] = len(self.values)
-            self.values.append(item)  # type: ignore[arg-type]  (None is always known)
+            self.values.append(item)  # type: ignore[arg-type]  # None is always known
         return code
 
     def lookup(self, names: Iterable[str]) -> np.ndarray:
