@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pandas as pd
 
-from tesaiot_data.client import TESAIoTMQTTClient
+from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
 from tesaiot_data.parsing import RawMessage, Reject, parse_batch
 from tesaiot_data.schema import empty_frame
 from tesaiot_data.settings import Settings
@@ -203,6 +203,8 @@ class Collector:
         self._rejected = 0
         self._fallbacks = 0
         self._started_at: float | None = None
+        self._stopped_at: float | None = None
+        self._last_client_stats: ClientStats | None = None  # kept by stop()
         self._rate_samples: deque[tuple[float, int]] = deque()
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
@@ -232,6 +234,7 @@ class Collector:
         client.connect()
         self._client = client
         self._started_at = time.time()
+        self._stopped_at = None
         self._rate_samples.clear()
         if self._snapshot_dir is not None:
             self._dataset = DatasetWriter(self._snapshot_dir, metadata=self._metadata())
@@ -259,6 +262,7 @@ class Collector:
             self._dataset.flush()
             self._dataset = None
         self._last_client_stats = client.stats
+        self._stopped_at = time.time()
         logger.info("collector stopped: %s rows held", self._store.rows)
 
     def __enter__(self) -> Collector:
@@ -317,7 +321,9 @@ class Collector:
         """Return the newest row of each (device_id, metric), with its age in seconds."""
         frame = self.frame()
         latest = frame.drop_duplicates(subset=["device_id", "metric"], keep="last")
-        latest = latest.sort_values(["device_id", "metric"]).reset_index(drop=True)
+        latest = latest.sort_values(
+            ["device_id", "metric"], key=lambda column: column.astype(str)
+        ).reset_index(drop=True)
         now = pd.Timestamp.now(tz="UTC")
         return latest.assign(age_s=(now - latest["received_at"]).dt.total_seconds())
 
@@ -339,14 +345,13 @@ class Collector:
     def stats(self) -> CollectorStats:
         """The collector's counters, read now."""
         client = self._client
-        client_stats = (
-            client.stats if client is not None else getattr(self, "_last_client_stats", None)
-        )
+        client_stats = client.stats if client is not None else self._last_client_stats
         received = client_stats.received if client_stats else 0
         dropped = client_stats.dropped if client_stats else 0
         failed = client_stats.failed if client_stats else 0
         pending = max(0, received - dropped - failed - self._messages - self._rejected)
-        elapsed = time.time() - self._started_at if self._started_at else 0.0
+        end = self._stopped_at or time.time()
+        elapsed = end - self._started_at if self._started_at else 0.0
         error = client.error if client is not None else None
         return CollectorStats(
             received=received,
