@@ -17,10 +17,9 @@ import pandas as pd
 
 from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
 from tesaiot_data.parsing import RawMessage, Reject, parse_batch
-from tesaiot_data.schema import empty_frame
 from tesaiot_data.settings import Settings
 from tesaiot_data.storage import DatasetWriter, Recorder, write_frame
-from tesaiot_data.store import RollingStore
+from tesaiot_data.store import Chunk, RollingStore
 
 if TYPE_CHECKING:
     from tesaiot_data.dashboard import Dashboard
@@ -32,7 +31,6 @@ logger = logging.getLogger(__name__)
 _HOUSEKEEPING_PERIOD = 0.25  # seconds between evictions, flush checks and rate samples
 _RATE_WINDOW = 5.0  # seconds over which the current rate is measured
 _MAX_REJECTS_KEPT = 1_000
-_EMPTY_FRAME = empty_frame()
 
 TimeLike: TypeAlias = "str | pd.Timedelta | pd.Timestamp | datetime"
 
@@ -93,11 +91,52 @@ class CollectorStats:
     error: str | None
 
 
+class _Feed:
+    """Rows on their way from the ingest thread to one recorder or dataset writer.
+
+    The ingest thread only appends the store's chunks here; the housekeeping thread turns
+    what gathered into one frame and hands it on. Building a frame and an Arrow table for
+    every batch on the ingest thread cost 60 % of the ingest rate (benchmarks/README.md).
+    """
+
+    def __init__(self, sink: Recorder | DatasetWriter) -> None:
+        self.sink = sink
+        self.pending_rows = 0
+        self._chunks: list[Chunk] = []
+        self._rejects: list[Reject] = []
+        self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()  # one drain at a time keeps batches in order
+
+    def put(self, chunk: Chunk | None, rejects: Sequence[Reject]) -> None:
+        with self._lock:
+            if chunk is not None:
+                self._chunks.append(chunk)
+                self.pending_rows += len(chunk)
+            if rejects:
+                self._rejects.extend(rejects)
+
+    def drain(self, store: RollingStore) -> None:
+        with self._drain_lock:
+            with self._lock:
+                chunks, self._chunks = self._chunks, []
+                rejects, self._rejects = self._rejects, []
+            if not (chunks or rejects):
+                return
+            frame = store.frame_of(chunks)
+            if isinstance(self.sink, Recorder):
+                self.sink.add(frame, rejects)
+            elif chunks:
+                self.sink.add(frame)
+            with self._lock:
+                self.pending_rows -= len(frame)
+
+
 class Recording:
     """A session capture started by `Collector.record()`; stop it to get the Parquet file."""
 
-    def __init__(self, collector: Collector, recorder: Recorder) -> None:
+    def __init__(self, collector: Collector, feed: _Feed, recorder: Recorder) -> None:
         self._collector = collector
+        self._feed = feed
         self._recorder = recorder
         self._started = time.monotonic()
         self._elapsed: float | None = None
@@ -110,7 +149,7 @@ class Recording:
     @property
     def rows(self) -> int:
         """Rows recorded so far."""
-        return self._recorder.rows
+        return self._recorder.rows + self._feed.pending_rows
 
     @property
     def rejects(self) -> int:
@@ -135,7 +174,7 @@ class Recording:
         """
         if self._elapsed is None:
             self._elapsed = time.monotonic() - self._started
-            self._collector._detach(self._recorder)
+            self._collector._detach(self._feed)
         return self._recorder.stop()
 
     def __enter__(self) -> Recording:
@@ -195,8 +234,8 @@ class Collector:
         self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
 
         self._client: TESAIoTMQTTClient | None = None
-        self._dataset: DatasetWriter | None = None
-        self._recorders: tuple[Recorder, ...] = ()
+        self._dataset: _Feed | None = None  # auto-persist
+        self._feeds: tuple[_Feed, ...] = ()  # every recording, and the dataset
         self._rejects: deque[Reject] = deque(maxlen=_MAX_REJECTS_KEPT)
         self._rejects_by_reason: Counter[str] = Counter()
         self._messages = 0
@@ -209,7 +248,7 @@ class Collector:
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._next_snapshot = 0.0
-        self._lock = threading.Lock()  # guards the consumer tuple against concurrent attach/detach
+        self._lock = threading.Lock()  # recordings attach and detach from any thread
 
     # ------------------------------------------------------------- lifecycle
 
@@ -237,7 +276,8 @@ class Collector:
         self._stopped_at = None
         self._rate_samples.clear()
         if self._snapshot_dir is not None:
-            self._dataset = DatasetWriter(self._snapshot_dir, metadata=self._metadata())
+            self._dataset = _Feed(DatasetWriter(self._snapshot_dir, metadata=self._metadata()))
+            self._feeds = (self._dataset,)
             self._next_snapshot = time.monotonic() + self._snapshot_every
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="tesaiot-collector-housekeeping", daemon=True
@@ -255,12 +295,13 @@ class Collector:
         if self._housekeeper is not None:
             self._housekeeper.join(timeout=10)
             self._housekeeper = None
-        for recorder in self._recorders:
-            recorder.stop()
-        self._recorders = ()
-        if self._dataset is not None:
-            self._dataset.flush()
-            self._dataset = None
+        feeds, self._feeds, self._dataset = self._feeds, (), None
+        for feed in feeds:
+            feed.drain(self._store)
+            if isinstance(feed.sink, Recorder):
+                feed.sink.stop()
+            else:
+                feed.sink.flush()
         self._last_client_stats = client.stats
         self._stopped_at = time.time()
         logger.info("collector stopped: %s rows held", self._store.rows)
@@ -421,10 +462,11 @@ class Collector:
             The recording; call `stop()` on it (or use it as a context manager).
         """
         recorder = Recorder(path, flush_every=flush_every, metadata=self._metadata())
+        feed = _Feed(recorder)
         with self._lock:
-            self._recorders = (*self._recorders, recorder)
+            self._feeds = (*self._feeds, feed)
         logger.info("recording to %s", recorder.path)
-        return Recording(self, recorder)
+        return Recording(self, feed, recorder)
 
     def dashboard(self, **options: Any) -> Dashboard:
         """Return a live ipywidgets dashboard of this collector; see `tesaiot_data.dashboard`."""
@@ -434,9 +476,11 @@ class Collector:
 
     # -------------------------------------------------------------- internals
 
-    def _detach(self, recorder: Recorder) -> None:
+    def _detach(self, feed: _Feed) -> None:
+        """Take a recording's feed off the ingest path and hand on what it still holds."""
         with self._lock:
-            self._recorders = tuple(r for r in self._recorders if r is not recorder)
+            self._feeds = tuple(f for f in self._feeds if f is not feed)
+        feed.drain(self._store)
 
     def _metadata(self) -> dict[str, str]:
         url = self.settings.url
@@ -450,16 +494,8 @@ class Collector:
         """Runs on the client's worker thread with every batch of raw messages."""
         parsed = parse_batch(batch)
         chunk = self._store.append(parsed, now_ns=time.time_ns())
-        recorders, dataset = self._recorders, self._dataset
-        if recorders or dataset:
-            frame = self._store.batch_frame(chunk) if chunk is not None else _EMPTY_FRAME
-            try:
-                for recorder in recorders:
-                    recorder.add(frame, parsed.rejects)
-                if dataset is not None and chunk is not None:
-                    dataset.add(frame)
-            except Exception:  # the rows are in the window already; keep them there
-                logger.exception("could not hand %d rows to a recording or snapshot", len(frame))
+        for feed in self._feeds:
+            feed.put(chunk, parsed.rejects)
         if parsed.rejects:
             self._rejects.extend(parsed.rejects)
             self._rejects_by_reason.update(r.reason.value for r in parsed.rejects)
@@ -473,12 +509,16 @@ class Collector:
             try:
                 self._store.evict(time.time_ns())
                 self._sample_rate()
-                for recorder in self._recorders:
-                    if recorder.flush_due():
-                        recorder.flush()
-                if self._dataset is not None and time.monotonic() >= self._next_snapshot:
+                for feed in self._feeds:
+                    if isinstance(feed.sink, Recorder):
+                        feed.drain(self._store)
+                        if feed.sink.flush_due():
+                            feed.sink.flush()
+                dataset = self._dataset
+                if dataset is not None and time.monotonic() >= self._next_snapshot:
                     self._next_snapshot = time.monotonic() + self._snapshot_every
-                    self._dataset.flush()
+                    dataset.drain(self._store)
+                    dataset.sink.flush()
             except Exception:  # a full disk must not stop collection; it is logged
                 logger.exception("housekeeping failed")
 

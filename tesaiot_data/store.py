@@ -13,7 +13,7 @@ import pandas as pd
 from tesaiot_data.parsing import ColumnBatch
 from tesaiot_data.schema import CATEGORY_COLUMNS, empty_frame
 
-__all__ = ["RollingStore"]
+__all__ = ["Chunk", "RollingStore"]
 
 _UTC = pd.DatetimeTZDtype(unit="ns", tz="UTC")
 # Batches are merged into chunks of about this many rows, so that a slow stream (one row
@@ -63,8 +63,11 @@ def _smallest_int(values: int) -> type[np.signedinteger]:
 
 
 @dataclass(slots=True)
-class _Chunk:
-    """Rows in arrival order: int64 ns times, float64 values, integer dictionary codes."""
+class Chunk:
+    """Rows in arrival order: int64 ns times, float64 values, integer dictionary codes.
+
+    Chunks are never changed once made, so they can be shared with other threads.
+    """
 
     timestamp: np.ndarray
     received: np.ndarray
@@ -74,8 +77,9 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.received)
 
-    def take(self, selector: slice | np.ndarray) -> _Chunk:
-        return _Chunk(
+    def take(self, selector: slice | np.ndarray) -> Chunk:
+        """Return the rows picked by a slice (views) or a boolean mask (copies)."""
+        return Chunk(
             self.timestamp[selector],
             self.received[selector],
             self.value[selector],
@@ -83,7 +87,8 @@ class _Chunk:
         )
 
     @classmethod
-    def concat(cls, chunks: Sequence[_Chunk], *, code_dtype: type | None = None) -> _Chunk:
+    def concat(cls, chunks: Sequence[Chunk], *, code_dtype: type | None = None) -> Chunk:
+        """Return the rows of several chunks as one (the chunk itself when alone)."""
         if len(chunks) == 1 and code_dtype is None:
             return chunks[0]
         return cls(
@@ -99,6 +104,7 @@ class _Chunk:
         )
 
     def nbytes(self) -> int:
+        """Return the bytes held by the chunk's arrays."""
         arrays = [self.timestamp, self.received, self.value, *self.codes.values()]
         return sum(a.nbytes for a in arrays)
 
@@ -120,8 +126,8 @@ class RollingStore:
         self.window_ns = window_ns
         self.max_rows = max_rows
         self._dictionaries = {name: _Dictionary() for name in CATEGORY_COLUMNS}
-        self._sealed: deque[_Chunk] = deque()
-        self._tail: list[_Chunk] = []
+        self._sealed: deque[Chunk] = deque()
+        self._tail: list[Chunk] = []
         self._tail_rows = 0
         self._rows = 0
         self._appended = 0
@@ -132,7 +138,7 @@ class RollingStore:
 
     # ------------------------------------------------------------------ writes
 
-    def append(self, batch: ColumnBatch, *, now_ns: int | None = None) -> _Chunk | None:
+    def append(self, batch: ColumnBatch, *, now_ns: int | None = None) -> Chunk | None:
         """Add a parsed batch's rows and evict what fell out of the window.
 
         Args:
@@ -140,11 +146,11 @@ class RollingStore:
             now_ns: The current time for the age limit; default the newest receive time.
 
         Returns:
-            The rows as stored (pass it to `batch_frame()`), or None when there were none.
+            The rows as stored (see `frame_of()`), or None when there were none.
         """
         if not len(batch):
             return None
-        chunk = _Chunk(
+        chunk = Chunk(
             np.array(batch.timestamp_ns, dtype=np.int64),
             np.array(batch.received_ns, dtype=np.int64),
             np.array(batch.value, dtype=np.float64),
@@ -164,12 +170,13 @@ class RollingStore:
             self._version += 1
         return chunk
 
-    def batch_frame(self, chunk: _Chunk) -> pd.DataFrame:
-        """Return the rows of one appended batch as a canonical frame sharing its arrays.
+    def frame_of(self, chunks: Sequence[Chunk]) -> pd.DataFrame:
+        """Return the rows of chunks from `append()` as one canonical frame.
 
-        For read-only consumers on the ingest thread (recorders, snapshot writers).
+        For read-only consumers (recorders, snapshot writers): a single chunk's frame shares
+        its arrays. Evicted chunks work too: the string dictionaries only grow.
         """
-        return self._build([chunk], self._categories())
+        return self._build(chunks, self._categories())
 
     def evict(self, now_ns: int) -> int:
         """Drop rows older than the window at time `now_ns`; return how many went."""
@@ -182,7 +189,7 @@ class RollingStore:
 
     def _seal(self) -> None:
         code_dtype = _smallest_int(max(len(d.values) for d in self._dictionaries.values()))
-        self._sealed.append(_Chunk.concat(self._tail, code_dtype=code_dtype))
+        self._sealed.append(Chunk.concat(self._tail, code_dtype=code_dtype))
         self._tail = []
         self._tail_rows = 0
 
@@ -202,7 +209,7 @@ class RollingStore:
                     self._drop_head(stale)
                 break
 
-    def _head(self) -> _Chunk:
+    def _head(self) -> Chunk:
         return self._sealed[0] if self._sealed else self._tail[0]
 
     def _drop_head(self, count: int) -> None:
@@ -296,7 +303,7 @@ class RollingStore:
         return frame.copy(deep=not _COPY_ON_WRITE)
 
     @staticmethod
-    def _select(chunk: _Chunk, since_ns: int | None, wanted: dict[str, np.ndarray]) -> _Chunk:
+    def _select(chunk: Chunk, since_ns: int | None, wanted: dict[str, np.ndarray]) -> Chunk:
         if since_ns is not None:
             if chunk.received[-1] < since_ns:
                 return chunk.take(slice(0, 0))
@@ -315,10 +322,10 @@ class RollingStore:
         }
 
     @staticmethod
-    def _build(chunks: Sequence[_Chunk], categories: dict[str, pd.Index]) -> pd.DataFrame:
+    def _build(chunks: Sequence[Chunk], categories: dict[str, pd.Index]) -> pd.DataFrame:
         if not chunks:
             return empty_frame()
-        merged = _Chunk.concat(chunks)
+        merged = Chunk.concat(chunks)
         data: dict[str, object] = {
             "timestamp": pd.DatetimeIndex(merged.timestamp.view("M8[ns]")).tz_localize("UTC"),
             "received_at": pd.DatetimeIndex(merged.received.view("M8[ns]")).tz_localize("UTC"),

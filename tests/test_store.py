@@ -156,12 +156,16 @@ def test_frame_from_another_thread_while_ingesting_is_never_torn() -> None:
     assert store.rows == 5_000
 
 
-def test_batch_frame_holds_just_that_batch() -> None:
-    store = RollingStore(window_ns=None, max_rows=100)
-    store.append(batch(3))
-    chunk = store.append(batch(2, start=3))
-    assert chunk is not None
-    assert store.batch_frame(chunk)["value"].tolist() == [3.0, 4.0]
+def test_frame_of_holds_just_those_batches_even_after_eviction() -> None:
+    store = RollingStore(window_ns=None, max_rows=3)
+    first = store.append(batch(3))
+    second = store.append(batch(2, start=3))
+    assert first is not None
+    assert second is not None
+    assert store.frame_of([second])["value"].tolist() == [3.0, 4.0]
+    assert store.frame_of([first, second])["value"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert store.frame()["value"].tolist() == [2.0, 3.0, 4.0]
+    assert store.frame_of([]).empty
     assert store.append(parse_batch([])) is None
 
 
