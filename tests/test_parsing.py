@@ -929,3 +929,31 @@ def test_decode_payload(payload: bytes, expected: Any) -> None:
 
 def test_decode_payload_keeps_nan() -> None:
     assert math.isnan(decode_payload(b"NaN"))
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2025-12-09T10:30:45.123Z",
+        "2025-12-09T10:30:45.999Z",
+        "2025-12-09T10:30:45.000Z",
+        "1969-12-31T23:59:59.500Z",
+        "2024-02-29T00:00:00.001Z",
+    ],
+)
+def test_the_millisecond_fast_path_agrees_with_datetime(stamp: str) -> None:
+    expected = pd.Timestamp(stamp).value
+    for _ in range(2):  # the second call takes the cached second
+        result = parse_message(
+            "device/d/telemetry/t", f'{{"value": 1, "timestamp": "{stamp}"}}'.encode(), 0.0
+        )
+        assert result.timestamp_fallbacks == 0
+        assert result.rows[0].timestamp.value == expected
+
+
+@pytest.mark.parametrize("stamp", ["2025-13-09T10:30:45.123Z", "2025-12-09T10:30:45.1x3Z"])
+def test_the_fast_path_leaves_bad_stamps_to_the_fallback(stamp: str) -> None:
+    result = parse_message(
+        "device/d/telemetry/t", f'{{"value": 1, "timestamp": "{stamp}"}}'.encode(), 0.0
+    )
+    assert result.timestamp_fallbacks == 1
