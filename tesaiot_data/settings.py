@@ -262,7 +262,9 @@ class Settings:
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
             values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
+        # An empty variable (a common container default) does not hide the file's value.
+        environment = os.environ if environ is None else environ
+        values.update({k: v for k, v in environment.items() if v.strip()})
 
         def get(*names: str) -> str | None:
             for name in names:

@@ -249,3 +249,11 @@ def test_env_example_documents_every_variable() -> None:
         "MQTT_QOS",
     ):
         assert name in text
+
+
+def test_an_empty_environment_variable_does_not_hide_the_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"MQTT_API_TOKEN={TOKEN}\nMQTT_BROKER_URL=wss://from-file/mqtt\n")
+    settings = Settings.from_env(env_file, environ={"MQTT_API_TOKEN": "", "MQTT_BROKER_URL": " "})
+    assert settings.token == TOKEN
+    assert settings.url.host == "from-file"
