@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import pandas as pd
 
 from tesaiot_data.client import TESAIoTMQTTClient
-from tesaiot_data.collector import Collector, CollectorStats
+from tesaiot_data.collector import Collector, CollectorStats, Recording
 from tesaiot_data.errors import TesaiotError
 from tesaiot_data.settings import Settings
 from tesaiot_data.storage import load_recording, load_rejects, read_metadata
@@ -113,7 +113,7 @@ def _summary(path: Path, out: TextIO) -> None:
     """Print what a recording holds: span, devices, metrics and per-metric figures."""
     frame = load_recording(path)
     meta = read_metadata(path)
-    print(f"file:      {path} ({path.stat().st_size:,} bytes)", file=out)
+    print(_where(path), file=out)
     for key in ("start", "end", "topic", "broker", "rows", "rejects", "version"):
         if key in meta:
             print(f"{key + ':':<10} {meta[key]}", file=out)
@@ -135,6 +135,28 @@ def _summary(path: Path, out: TextIO) -> None:
     rejects = load_rejects(path)
     if len(rejects):
         print(f"rejects by reason: {rejects['reason'].value_counts().to_dict()}", file=out)
+
+
+def _where(path: Path) -> str:
+    """The first summary line: the file and its size, or the folder and what it holds."""
+    if path.is_file():
+        return f"file:      {path} ({path.stat().st_size:,} bytes)"
+    folder = path if path.is_dir() else path.with_name(path.name + ".parts")
+    files = [f for f in folder.rglob("*.parquet") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    return f"folder:    {folder} ({len(files):,} Parquet files, {size:,} bytes)"
+
+
+def _stop_after_failure(recording: Recording) -> None:
+    """Save what a failed session received; the failure that ended it is reported by main."""
+    try:
+        recording.stop()
+    except (TesaiotError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).splitlines())
 
 
 # ----------------------------------------------------------------- commands
@@ -161,8 +183,11 @@ def _cmd_record(args: argparse.Namespace, out: TextIO) -> int:
                 line=lambda: _status_line(collector.stats, rows_recorded=recording.rows),
                 out=out,
             )
-        finally:
-            path = recording.stop()
+        except BaseException:
+            _stop_after_failure(recording)
+            raise
+        # A disk that filled up or a removed folder: RecordingError, reported by main.
+        path = recording.stop()
     _summary(path, out)
     return 0
 
@@ -284,7 +309,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         out: Where to print; default standard output.
 
     Returns:
-        The exit status: 0 on success, 1 on a TESAIoT error, 2 on bad usage.
+        The exit status: 0 on success, 1 on a TESAIoT error or a file system error (a
+        missing file, a full disk; printed as one `error: ...` line on standard error),
+        2 on bad usage, 130 on Ctrl-C.
     """
     out = out or sys.stdout
     args = _parser().parse_args(argv)
@@ -292,11 +319,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args, out))
-    except TesaiotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (TesaiotError, OSError) as exc:  # OSError: FileNotFoundError, a full disk, ...
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

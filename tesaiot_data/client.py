@@ -23,6 +23,7 @@ from tesaiot_data.errors import (
     AuthError,
     ConnectError,
     ConnectTimeoutError,
+    StreamError,
     SubscribeError,
     TesaiotError,
     TLSError,
@@ -47,8 +48,20 @@ _TLS_HINT = (
     "pass ca_certs=... (or set CA_CERT_PATH) to the CA that signed the broker's certificate; "
     "insecure=True skips verification (not for production)"
 )
+_BUG_HINT = (
+    "this is a bug in tesaiot-data: please report it with the traceback logged before it; "
+    "call connect() again to resume"
+)
 _WORKER_IDLE_WAIT = 0.02  # seconds the worker waits when its inbox is empty
 _LOOP_TIMEOUT = 0.5  # seconds one paho loop() call may block in select()
+# Two clients with one client id take the session from each other: the broker closes the
+# older connection whenever the other one (re)connects. We warn after _CLASH_COUNT
+# connections closed within _SHORT_CONNECTION s of their CONNACK, all within _CLASH_WINDOW s,
+# and then at most once every _CLASH_WARN_EVERY s.
+_SHORT_CONNECTION = 10.0
+_CLASH_COUNT = 3
+_CLASH_WINDOW = 120.0
+_CLASH_WARN_EVERY = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,21 @@ def _code(reason: Any) -> int:
 
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+def _topic_of(message: mqtt.MQTTMessage) -> str:
+    """The message's topic; bytes that are not UTF-8 become lone surrogates, not an error.
+
+    A broker may forward such a topic, and paho's `message.topic` raises on it. The parser
+    rejects the surrogates as a bad topic, so the message is counted and kept, not lost.
+    """
+    raw = message._topic  # bytes in paho 1.6 and 2.x
+    if not isinstance(raw, bytes):
+        return str(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")
 
 
 class TESAIoTMQTTClient:
@@ -159,6 +187,9 @@ class TESAIoTMQTTClient:
         self._connected_at: float | None = None
         self._last_message_at: float | None = None
         self._ever_connected = False
+        self._connack_at: float | None = None  # monotonic time of the current CONNACK
+        self._short_connections: deque[float] = deque(maxlen=_CLASH_COUNT)  # when they ended
+        self._clash_warned_at: float | None = None
 
         self._ready = threading.Event()  # first CONNACK+SUBACK, or a failure
         self._stopping = threading.Event()
@@ -229,7 +260,7 @@ class TESAIoTMQTTClient:
 
     @property
     def error(self) -> TesaiotError | None:
-        """The error that stopped the client (for example an AuthError on reconnect), if any."""
+        """The error that stopped the client (an AuthError on reconnect, a StreamError), if any."""
         return self._error
 
     @property
@@ -309,8 +340,9 @@ class TESAIoTMQTTClient:
         """Connect if needed and block until `disconnect()`, SIGINT or SIGTERM.
 
         Raises:
-            TesaiotError: The connection failed, or a reconnect was refused (for example
-                the token was revoked).
+            TesaiotError: The connection failed, a reconnect was refused (for example
+                the token was revoked), or an unexpected error stopped the network thread
+                (`StreamError`, logged with its traceback).
         """
         self.connect()
         previous: dict[int, Any] = {}
@@ -404,14 +436,10 @@ class TESAIoTMQTTClient:
         client = self._mqtt
         try:
             while not self._stopping.is_set():
-                if self._needs_reconnect and not self._reconnect():
-                    continue
-                rc = client.loop(timeout=_LOOP_TIMEOUT)
-                if rc != mqtt.MQTT_ERR_SUCCESS and not self._stopping.is_set():
-                    if self._ever_connected:
-                        self._needs_reconnect = True
-                    else:  # closed before the first CONNACK: let connect() report it
-                        self._fail(ConnectError(f"{self._url} closed the connection ({rc})"))
+                try:
+                    self._network_step(client)
+                except Exception as exc:  # paho re-raises whatever fails in its loop
+                    self._loop_failed(exc)
             # Send DISCONNECT from this thread, which owns the socket, and let paho close it.
             with contextlib.suppress(Exception):
                 if client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
@@ -422,6 +450,37 @@ class TESAIoTMQTTClient:
         finally:
             self._connected_at = None
             self._network_done.set()
+
+    def _network_step(self, client: mqtt.Client) -> None:
+        if self._needs_reconnect and not self._reconnect():
+            return
+        rc = client.loop(timeout=_LOOP_TIMEOUT)
+        if rc != mqtt.MQTT_ERR_SUCCESS and not self._stopping.is_set():
+            if self._ever_connected:
+                self._needs_reconnect = True
+            else:  # closed before the first CONNACK: let connect() report it
+                self._fail(ConnectError(f"{self._url} closed the connection ({rc})"))
+
+    def _loop_failed(self, exc: Exception) -> None:
+        """Handle an exception out of paho's loop (a malformed packet, a bug): never die of it."""
+        if self._stopping.is_set():
+            logger.debug("error in the network loop while stopping", exc_info=exc)
+            return
+        if not self._ever_connected:  # let connect() report it
+            logger.error("unexpected error in the network loop of %s", self._url, exc_info=exc)
+            self._fail(
+                ConnectError(
+                    f"{self._url} sent something the client could not handle: {exc!r}",
+                    hint="check that MQTT_BROKER_URL points to an MQTT broker",
+                )
+            )
+            return
+        logger.error(
+            "unexpected error in the network loop of %s; reconnecting", self._url, exc_info=exc
+        )
+        # paho calls no on_disconnect here; and this is no sign of a client id clash
+        self._connection_lost(f"unexpected error: {exc!r}", by_broker=False)
+        self._needs_reconnect = True
 
     def _reconnect(self) -> bool:
         delay = self._backoff.next_delay()
@@ -467,12 +526,17 @@ class TESAIoTMQTTClient:
     def _process_each(self, batch: Sequence[RawMessage]) -> None:
         debug = logger.isEnabledFor(logging.DEBUG)
         for message in batch:
-            where = parse_topic(message.topic)
+            try:
+                where = parse_topic(message.topic)
+                data = None if where is None else decode_payload(message.payload)
+            except Exception:
+                self._failed += 1
+                logger.exception("could not read the message on topic %r", message.topic)
+                continue
             if where is None:
                 self._rejected += 1
                 logger.warning("ignored a message on unexpected topic %r", message.topic)
                 continue
-            data = decode_payload(message.payload)
             if debug:
                 logger.debug("%s %s %r", where[0], where[1], data)
             try:
@@ -487,17 +551,49 @@ class TESAIoTMQTTClient:
 
     # -------------------------------------------------------- paho callbacks
 
+    # paho re-raises an exception from a callback out of loop(), which would end the network
+    # thread; so every callback catches everything and turns it into a logged, visible stop.
+
     def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         # Runs on the network thread: keep it to an append.
         now = time.time()
         self._last_message_at = now
         self._received += 1
-        if len(self._inbox) >= self._queue_size:
-            self._dropped += 1
-            return
-        self._inbox.append(RawMessage(message.topic, message.payload, now))  # type: ignore[arg-type]
+        try:
+            if len(self._inbox) >= self._queue_size:
+                self._dropped += 1
+                return
+            payload: bytes = message.payload  # type: ignore[assignment]  # always bytes off the wire
+            raw = RawMessage(_topic_of(message), payload, now, bool(message.retain))
+            self._inbox.append(raw)
+        except Exception as exc:
+            self._failed += 1
+            self._callback_failed("on_message", exc)
 
     def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, *_: Any) -> None:
+        try:
+            self._handle_connack(reason)
+        except Exception as exc:
+            self._callback_failed("on_connect", exc)
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, granted: Any, *_: Any) -> None:
+        try:
+            self._handle_suback(mid, granted)
+        except Exception as exc:
+            self._callback_failed("on_subscribe", exc)
+
+    def _on_disconnect(self, _client: Any, _userdata: Any, *args: Any) -> None:
+        try:
+            reason = args[1] if PAHO_V2 and len(args) > 1 else args[0] if args else "?"
+            self._connection_lost(reason)
+        except Exception as exc:
+            self._callback_failed("on_disconnect", exc)
+
+    def _callback_failed(self, name: str, exc: Exception) -> None:
+        logger.error("unexpected error in the %s callback", name, exc_info=exc)
+        self._fail(StreamError(f"unexpected error in the {name} callback: {exc!r}", hint=_BUG_HINT))
+
+    def _handle_connack(self, reason: Any) -> None:
         code = _code(reason)
         if code != 0:
             text = str(reason) if PAHO_V2 else mqtt.connack_string(code)
@@ -511,13 +607,14 @@ class TESAIoTMQTTClient:
             self._fail(error)
             return
         self._backoff.reset()
+        self._connack_at = time.monotonic()
         result, mid = self._mqtt.subscribe(self.settings.topic, qos=self.settings.qos)
         if result != mqtt.MQTT_ERR_SUCCESS:
             logger.warning("could not send SUBSCRIBE (%s); will retry on reconnect", result)
             return
         self._subscribe_mid = mid
 
-    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, granted: Any, *_: Any) -> None:
+    def _handle_suback(self, mid: int, granted: Any) -> None:
         if mid != self._subscribe_mid:
             return
         codes = [_code(item) for item in granted]
@@ -537,12 +634,39 @@ class TESAIoTMQTTClient:
         self._connected_at = time.time()
         self._ready.set()
 
-    def _on_disconnect(self, _client: Any, _userdata: Any, *args: Any) -> None:
+    def _connection_lost(self, reason: object, *, by_broker: bool = True) -> None:
         was_connected = self._connected_at is not None
         self._connected_at = None
-        if was_connected and not self._stopping.is_set():
-            reason = args[1] if PAHO_V2 and len(args) > 1 else args[0] if args else "?"
+        connack_at, self._connack_at = self._connack_at, None
+        if self._stopping.is_set():
+            return
+        if was_connected:
             logger.warning("disconnected from %s: %s", self._url, reason)
+        now = time.monotonic()
+        if by_broker and connack_at is not None and now - connack_at <= _SHORT_CONNECTION:
+            self._short_connection_ended(now)
+
+    def _short_connection_ended(self, now: float) -> None:
+        """Warn (rate-limited) when connections keep being closed soon after they are made."""
+        ends = self._short_connections
+        ends.append(now)
+        if len(ends) < _CLASH_COUNT or now - ends[0] > _CLASH_WINDOW:
+            return
+        if self._clash_warned_at is not None and now - self._clash_warned_at < _CLASH_WARN_EVERY:
+            return
+        self._clash_warned_at = now
+        logger.warning(
+            "%d connections to %s were closed by the broker within %g s of being made, in "
+            "the last %.0f s: another client with the same client id %r is the likely cause "
+            "(the broker closes the older connection whenever a client with the same id "
+            "connects, so each gets part of the stream) (hint: give each collector its own "
+            "MQTT_CLIENT_ID / client_id)",
+            len(ends),
+            self._url,
+            _SHORT_CONNECTION,
+            now - ends[0],
+            self.settings.client_id,
+        )
 
     def _fail(self, error: TesaiotError) -> None:
         """Record an error no retry can fix and stop the network loop."""

@@ -8,15 +8,25 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import numpy as np
 import pandas as pd
 
 from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
-from tesaiot_data.parsing import RawMessage, Reject, parse_batch
+from tesaiot_data.errors import RecordingError
+from tesaiot_data.parsing import (
+    MAX_DEPTH,
+    MAX_ROWS_PER_MESSAGE,
+    ParseOptions,
+    RawMessage,
+    Reject,
+    parse_batch,
+)
+from tesaiot_data.schema import empty_frame
 from tesaiot_data.settings import Settings
 from tesaiot_data.storage import DatasetWriter, Recorder, write_frame
 from tesaiot_data.store import Chunk, RollingStore
@@ -31,6 +41,7 @@ logger = logging.getLogger(__name__)
 _HOUSEKEEPING_PERIOD = 0.25  # seconds between evictions, flush checks and rate samples
 _RATE_WINDOW = 5.0  # seconds over which the current rate is measured
 _MAX_REJECTS_KEPT = 1_000
+_WARN_EVERY = 60.0  # seconds between repeated warnings of one kind (cut rows, clock skew)
 
 TimeLike: TypeAlias = "str | pd.Timedelta | pd.Timestamp | datetime"
 
@@ -50,12 +61,16 @@ def _utc_iso(epoch: float) -> str:
 class CollectorStats:
     """The collector's counters, read at one moment.
 
-    `received == messages + rejected + dropped + failed + pending` at every moment.
+    `received == messages + rejected + dropped + failed + pending` at every moment, also
+    after `stop()` and after a recording failed. Rows are counted apart from messages: a
+    message gives one or more rows, and `rows_cut` rows beyond `max_rows_per_message`.
 
     Args:
         received: Messages taken from the network.
         messages: Messages that became one or more rows.
-        rejected: Messages rejected by the parser (see `rejects_by_reason`, `rejects()`).
+        rejected: Messages rejected by the parser (see `rejects_by_reason`, `rejects()`),
+            including retained messages the broker sent again on a reconnect
+            (`retained_duplicate`).
         dropped: Messages dropped because the internal queue was full.
         failed: Messages lost to an unexpected error while storing them (logged; should be 0).
         pending: Messages received but not yet parsed.
@@ -64,6 +79,15 @@ class CollectorStats:
         rows_evicted: Rows dropped by the window's age or size limit.
         rejects_by_reason: Rejected messages by reason.
         timestamp_fallbacks: Rows whose timestamp was missing or unreadable (receive time used).
+        truncated_messages: Messages that gave rows but lost some to the per-message row
+            limit or to nesting deeper than `parsing.MAX_DEPTH`.
+        rows_cut: Rows not kept because their message exceeded `max_rows_per_message`.
+        clock_skew_rows: Rows whose device timestamp is further than `clock_skew` from the
+            receive time (a device clock that is wrong, or local time without a zone).
+        retained: Messages taken that carried the MQTT retain flag (a broker's stored last
+            value, sent on subscribing); their redeliveries are rejected, not kept twice.
+        failed_sinks: Recordings or auto-persist writes that failed (see the log and
+            `Recording.error`); their rows stay pending in memory and are retried.
         rate: Messages per second over the last few seconds.
         mean_rate: Messages per second since the start.
         connected: Whether the client is connected now.
@@ -83,6 +107,11 @@ class CollectorStats:
     rows_evicted: int
     rejects_by_reason: Mapping[str, int]
     timestamp_fallbacks: int
+    truncated_messages: int
+    rows_cut: int
+    clock_skew_rows: int
+    retained: int
+    failed_sinks: int
     rate: float
     mean_rate: float
     connected: bool
@@ -95,17 +124,24 @@ class _Feed:
     """Rows on their way from the ingest thread to one recorder or dataset writer.
 
     The ingest thread only appends the store's chunks here; the housekeeping thread turns
-    what gathered into one frame and hands it on. Building a frame and an Arrow table for
+    what gathered into frames and hands them on. Building a frame and an Arrow table for
     every batch on the ingest thread cost 60 % of the ingest rate (benchmarks/README.md).
+    A write that fails (disk full, folder removed) is logged once, not once per flush; the
+    sink keeps the rows and the next flush tries again.
     """
 
     def __init__(self, sink: Recorder | DatasetWriter) -> None:
         self.sink = sink
         self.pending_rows = 0
+        self.error: BaseException | None = None
         self._chunks: list[Chunk] = []
         self._rejects: list[Reject] = []
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()  # one drain at a time keeps batches in order
+
+    @property
+    def where(self) -> Path:
+        return self.sink.path if isinstance(self.sink, Recorder) else self.sink.root
 
     def put(self, chunk: Chunk | None, rejects: Sequence[Reject]) -> None:
         with self._lock:
@@ -115,20 +151,42 @@ class _Feed:
             if rejects:
                 self._rejects.extend(rejects)
 
-    def drain(self, store: RollingStore) -> None:
+    def drain(self) -> None:
         with self._drain_lock:
             with self._lock:
                 chunks, self._chunks = self._chunks, []
                 rejects, self._rejects = self._rejects, []
             if not (chunks or rejects):
                 return
-            frame = store.frame_of(chunks)
+            frames = RollingStore.frames_of(chunks)
             if isinstance(self.sink, Recorder):
-                self.sink.add(frame, rejects)
-            elif chunks:
-                self.sink.add(frame)
+                for frame in frames[:-1]:
+                    self.sink.add(frame)
+                self.sink.add(frames[-1] if frames else empty_frame(), rejects)
+            else:
+                for frame in frames:
+                    self.sink.add(frame)
             with self._lock:
-                self.pending_rows -= len(frame)
+                self.pending_rows -= sum(len(frame) for frame in frames)
+
+    def flush(self) -> None:
+        """Drain and write now; a failure is logged once and kept in `error`, never raised."""
+        try:
+            self.drain()
+            self.sink.flush()
+        except Exception as exc:  # OSError mostly; nothing here may stop the collector
+            if self.error is None:
+                logger.error(
+                    "cannot write %s: %s; its rows are kept in memory and written when a "
+                    "later flush succeeds (hint: free disk space or check the folder)",
+                    self.where,
+                    exc,
+                )
+            self.error = exc
+        else:
+            if self.error is not None:
+                logger.warning("writing %s again after: %s", self.where, self.error)
+            self.error = None
 
 
 class Recording:
@@ -166,11 +224,25 @@ class Recording:
         """Whether the recording is still taking rows."""
         return self._elapsed is None
 
+    @property
+    def rows_on_disk(self) -> int:
+        """Rows that reached disk safely so far (flushed parts, or the final file)."""
+        return self._recorder.rows_on_disk
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the last write failed (for example a full disk), or None while all is well."""
+        return self._feed.error or self._recorder.error
+
     def stop(self) -> Path:
         """Stop recording and write the single Parquet file. Idempotent.
 
         Returns:
             The path of the recording.
+
+        Raises:
+            RecordingError: The file could not be written (disk full, folder removed); the
+                error says what reached disk, which `load_recording(path)` still reads.
         """
         if self._elapsed is None:
             self._elapsed = time.monotonic() - self._started
@@ -208,7 +280,19 @@ class Collector:
             time are written as a new part of a hive-style Parquet dataset there.
         snapshot_every: How often to write those parts.
         queue_size: Messages that may wait for parsing before new ones are dropped (counted).
+        max_rows_per_message: Most rows one message may give; the rest are cut, counted in
+            `stats.rows_cut` and logged. Batched devices send a few thousand readings.
+        numeric_strings: Read strings that are exactly JSON numbers (`"25.5"`) as numbers;
+            False keeps them as text.
+        naive_timezone: Zone of device timestamps that carry none (`"Asia/Bangkok"`,
+            `"+07:00"`); None reads them as UTC.
+        clock_skew: Rows whose device time is further than this from the receive time are
+            counted in `stats.clock_skew_rows` (and logged, at most once a minute).
         **overrides: Settings fields to change, for example `topic=...`.
+
+    Raises:
+        ConfigError: An option has a value that cannot work (see its message).
+        ValueError: `window`, `snapshot_every` or `clock_skew` is not a positive duration.
     """
 
     def __init__(
@@ -220,6 +304,10 @@ class Collector:
         snapshot_dir: str | Path | None = None,
         snapshot_every: str | float | pd.Timedelta = "60s",
         queue_size: int = 200_000,
+        max_rows_per_message: int = MAX_ROWS_PER_MESSAGE,
+        numeric_strings: bool = True,
+        naive_timezone: str | tzinfo | None = None,
+        clock_skew: str | float | pd.Timedelta = "5min",
         **overrides: Any,
     ) -> None:
         if settings is None:
@@ -232,6 +320,13 @@ class Collector:
         self._snapshot_every = _seconds(snapshot_every, name="snapshot_every")
         self._queue_size = queue_size
         self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
+        self._parse_options = ParseOptions(
+            max_rows_per_message=max_rows_per_message,
+            numeric_strings=numeric_strings,
+            naive_timezone=naive_timezone,
+        )
+        self._clock_skew_ns = int(_seconds(clock_skew, name="clock_skew") * 1e9)
+        self._last_payloads: dict[str, int] = {}  # per topic, for retained redeliveries
 
         self._client: TESAIoTMQTTClient | None = None
         self._dataset: _Feed | None = None  # auto-persist
@@ -241,9 +336,16 @@ class Collector:
         self._messages = 0
         self._rejected = 0
         self._fallbacks = 0
+        self._truncated = 0
+        self._rows_cut = 0
+        self._clock_skew_rows = 0
+        self._retained = 0
+        self._warned_at: dict[str, float] = {}
         self._started_at: float | None = None
         self._stopped_at: float | None = None
         self._last_client_stats: ClientStats | None = None  # kept by stop()
+        self._last_error: BaseException | None = None  # kept by stop()
+        self._failed_sinks = 0
         self._rate_samples: deque[tuple[float, int]] = deque()
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
@@ -277,7 +379,8 @@ class Collector:
         self._rate_samples.clear()
         if self._snapshot_dir is not None:
             self._dataset = _Feed(DatasetWriter(self._snapshot_dir, metadata=self._metadata()))
-            self._feeds = (self._dataset,)
+            with self._lock:  # recordings made before start() keep their place
+                self._feeds = (*self._feeds, self._dataset)
             self._next_snapshot = time.monotonic() + self._snapshot_every
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="tesaiot-collector-housekeeping", daemon=True
@@ -286,7 +389,16 @@ class Collector:
         return self
 
     def stop(self) -> None:
-        """Disconnect, parse what was received, and close recordings and snapshots. Idempotent."""
+        """Disconnect, parse what was received, and close recordings and snapshots. Idempotent.
+
+        Every recording and the auto-persist dataset is finished even when one of them
+        fails, and the counters stay true.
+
+        Raises:
+            RecordingError: A recording or the dataset could not be written; the first
+                failure is raised once all others are finished, each one is logged with
+                its path and the rows that reached disk.
+        """
         client, self._client = self._client, None
         if client is None:
             return
@@ -295,16 +407,43 @@ class Collector:
         if self._housekeeper is not None:
             self._housekeeper.join(timeout=10)
             self._housekeeper = None
-        feeds, self._feeds, self._dataset = self._feeds, (), None
-        for feed in feeds:
-            feed.drain(self._store)
-            if isinstance(feed.sink, Recorder):
-                feed.sink.stop()
-            else:
-                feed.sink.flush()
         self._last_client_stats = client.stats
+        self._last_error = client.error
         self._stopped_at = time.time()
+        with self._lock:
+            feeds, self._feeds, self._dataset = self._feeds, (), None
+        failures = [error for feed in feeds if (error := self._finish(feed)) is not None]
+        self._failed_sinks += len(failures)
         logger.info("collector stopped: %s rows held", self._store.rows)
+        if failures:
+            raise failures[0]
+
+    def _finish(self, feed: _Feed) -> RecordingError | None:
+        """Hand a sink its last rows and close it; the failure, if any, is returned."""
+        sink = feed.sink
+        try:
+            feed.drain()
+            if isinstance(sink, Recorder):
+                sink.stop()
+            else:
+                sink.flush()
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, RecordingError)
+                else RecordingError(
+                    f"could not finish {feed.where}: {exc}",
+                    hint="free disk space or check the folder; load_recording() reads what "
+                    "reached disk",
+                    path=str(feed.where),
+                    rows_on_disk=getattr(sink, "rows_on_disk", 0),
+                )
+            )
+            if error is not exc:
+                error.__cause__ = exc
+            logger.error("%s (%d rows reached disk)", error, error.rows_on_disk)
+            return error
+        return None
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -323,8 +462,13 @@ class Collector:
 
     @property
     def running(self) -> bool:
-        """Whether the collector has been started and not stopped."""
-        return self._client is not None
+        """Whether the collector is started, not stopped, and its stream not ended by an error.
+
+        After an error that no retry can fix (a revoked token; see `stats.error`), this is
+        False; call `stop()` to finish recordings and keep the counters.
+        """
+        client = self._client
+        return client is not None and client.error is None
 
     @property
     def client(self) -> TESAIoTMQTTClient | None:
@@ -393,7 +537,8 @@ class Collector:
         pending = max(0, received - dropped - failed - self._messages - self._rejected)
         end = self._stopped_at or time.time()
         elapsed = end - self._started_at if self._started_at else 0.0
-        error = client.error if client is not None else None
+        error = client.error if client is not None else self._last_error
+        failed_sinks = self._failed_sinks + sum(1 for feed in self._feeds if feed.error)
         return CollectorStats(
             received=received,
             messages=self._messages,
@@ -406,7 +551,12 @@ class Collector:
             rows_evicted=self._store.evicted,
             rejects_by_reason=MappingProxyType(dict(self._rejects_by_reason)),
             timestamp_fallbacks=self._fallbacks,
-            rate=self._current_rate(),
+            truncated_messages=self._truncated,
+            rows_cut=self._rows_cut,
+            clock_skew_rows=self._clock_skew_rows,
+            retained=self._retained,
+            failed_sinks=failed_sinks,
+            rate=self._current_rate() if client is not None else 0.0,
             mean_rate=received / elapsed if elapsed > 0 else 0.0,
             connected=bool(client is not None and client.connected),
             reconnects=client_stats.reconnects if client_stats else 0,
@@ -454,12 +604,18 @@ class Collector:
         crash loses at most that much; `stop()` writes the single file at `path`, and the
         session's rejected messages to `<stem>.rejects.parquet` beside it.
 
+        May be called before `start()`: the recording then begins with the first message.
+
         Args:
             path: The Parquet file to produce.
             flush_every: Seconds between flushes of parts.
 
         Returns:
             The recording; call `stop()` on it (or use it as a context manager).
+
+        Raises:
+            FileExistsError: Another recording (in this or another process) writes to `path`,
+                or an unfinished one left `<path>.parts`.
         """
         recorder = Recorder(path, flush_every=flush_every, metadata=self._metadata())
         feed = _Feed(recorder)
@@ -469,7 +625,11 @@ class Collector:
         return Recording(self, feed, recorder)
 
     def dashboard(self, **options: Any) -> Dashboard:
-        """Return a live ipywidgets dashboard of this collector; see `tesaiot_data.dashboard`."""
+        """Return a live ipywidgets dashboard of this collector; see `tesaiot_data.dashboard`.
+
+        A new dashboard closes this collector's earlier ones (re-running a notebook cell
+        leaves no refresh thread behind); pass `replace=False` to keep them open.
+        """
         from tesaiot_data.dashboard import Dashboard  # noqa: PLC0415  (ipywidgets is heavy)
 
         return Dashboard(self, **options)
@@ -480,7 +640,7 @@ class Collector:
         """Take a recording's feed off the ingest path and hand on what it still holds."""
         with self._lock:
             self._feeds = tuple(f for f in self._feeds if f is not feed)
-        feed.drain(self._store)
+        feed.drain()
 
     def _metadata(self) -> dict[str, str]:
         url = self.settings.url
@@ -492,7 +652,7 @@ class Collector:
 
     def _ingest(self, batch: Sequence[RawMessage]) -> None:
         """Runs on the client's worker thread with every batch of raw messages."""
-        parsed = parse_batch(batch)
+        parsed = parse_batch(batch, options=self._parse_options, last_payloads=self._last_payloads)
         chunk = self._store.append(parsed, now_ns=time.time_ns())
         for feed in self._feeds:
             feed.put(chunk, parsed.rejects)
@@ -501,8 +661,40 @@ class Collector:
             self._rejects_by_reason.update(r.reason.value for r in parsed.rejects)
             self._rejected += len(parsed.rejects)
         self._fallbacks += parsed.timestamp_fallbacks
+        self._retained += parsed.retained_messages
+        if parsed.truncated_messages:
+            self._truncated += parsed.truncated_messages
+            self._rows_cut += parsed.rows_cut
+            self._warn(
+                "cut",
+                "%d messages so far were cut to max_rows_per_message=%d rows or %d levels of "
+                "nesting (%d rows cut; see stats.rows_cut)",
+                self._truncated,
+                self._parse_options.max_rows_per_message,
+                MAX_DEPTH,
+                self._rows_cut,
+            )
+        if chunk is not None:
+            skewed = _count_skewed(chunk, self._clock_skew_ns)
+            if skewed:
+                self._clock_skew_rows += skewed
+                self._warn(
+                    "skew",
+                    "%d rows so far have a device time more than %s from the receive time "
+                    "(a wrong device clock, or local time without a zone: see naive_timezone)",
+                    self._clock_skew_rows,
+                    pd.Timedelta(self._clock_skew_ns, unit="ns"),
+                )
         # Counted last: once the counts show a message, every consumer has its rows.
         self._messages += parsed.parsed_messages
+
+    def _warn(self, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
+        """Log a warning of this kind at most once every `_WARN_EVERY` seconds."""
+        now = time.monotonic()
+        last = self._warned_at.get(kind)
+        if last is None or now - last >= _WARN_EVERY:
+            self._warned_at[kind] = now
+            logger.warning(message, *args, exc_info=exc_info)
 
     def _housekeep(self) -> None:
         while not self._stopping.wait(_HOUSEKEEPING_PERIOD):
@@ -511,16 +703,15 @@ class Collector:
                 self._sample_rate()
                 for feed in self._feeds:
                     if isinstance(feed.sink, Recorder):
-                        feed.drain(self._store)
+                        feed.drain()
                         if feed.sink.flush_due():
-                            feed.sink.flush()
+                            feed.flush()  # logs a failure once and keeps the rows
                 dataset = self._dataset
                 if dataset is not None and time.monotonic() >= self._next_snapshot:
                     self._next_snapshot = time.monotonic() + self._snapshot_every
-                    dataset.drain(self._store)
-                    dataset.sink.flush()
-            except Exception:  # a full disk must not stop collection; it is logged
-                logger.exception("housekeeping failed")
+                    dataset.flush()
+            except Exception:  # a bug; the thread goes on so that collection never stops
+                self._warn("housekeeping", "housekeeping failed", exc_info=True)
 
     def _sample_rate(self) -> None:
         client = self._client
@@ -536,6 +727,12 @@ class Collector:
             return 0.0
         (t0, n0), (t1, n1) = self._rate_samples[0], self._rate_samples[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _count_skewed(chunk: Chunk, skew_ns: int) -> int:
+    # Compared without a subtraction, which could overflow int64 for a year-2262 reading.
+    stamp, received = chunk.timestamp, chunk.received
+    return int(np.count_nonzero((stamp > received + skew_ns) | (stamp < received - skew_ns)))
 
 
 def _since_ns(since: TimeLike | None) -> int | None:

@@ -11,6 +11,13 @@ frame, so hours of refreshing neither flicker nor grow memory. A background thre
 at most once per `refresh` period, and only when the collector's rows changed; it stops when
 the dashboard is closed or the collector stops. `Dashboard.refresh()` draws at once, for
 scripts, tests and kernels without an event loop.
+
+A new dashboard of a collector closes the collector's previous ones, so running the cell
+again does not leave the old dashboards redrawing in the background.
+
+The time axis is the chosen window up to now, by the devices' timestamps: a device whose
+clock is wrong cannot stretch it. Its points outside the window are left out and counted on
+the chart ("12 points outside the time axis (device clock?)").
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,9 +46,11 @@ if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, CollectorStats, Recording
 
 __all__ = [
+    "MAX_CELL_CHARS",
     "MAX_LEGEND_ENTRIES",
     "MAX_POINTS_PER_LINE",
     "MAX_TABLE_ROWS",
+    "MAX_TOOLTIP_CHARS",
     "WINDOWS",
     "Dashboard",
     "downsample",
@@ -64,19 +74,30 @@ MAX_POINTS_PER_LINE = 2_000
 MAX_LEGEND_ENTRIES = 10
 #: Rows shown in the latest-values table; the rest are counted below it.
 MAX_TABLE_ROWS = 60
+#: Characters of a text shown in a table cell; longer texts end in "…".
+MAX_CELL_CHARS = 60
+#: Characters of a long text kept in its cell's tooltip (a base64 image must not fill a page).
+MAX_TOOLTIP_CHARS = 200
 
 _SHORT_ID = 8  # characters of a device id shown in the legend
 _MIN_PERIOD = 0.1  # seconds: the fastest refresh a dashboard accepts
 _FIGSIZE = (9.0, 3.6)  # inches, at _DPI: a 900 x 360 px chart
 _DPI = 100
-_DAY = 86_400.0  # seconds: matplotlib's date numbers count days
-_MIN_SPAN = 10.0  # seconds: the narrowest time axis, for the first moments of a session
+_AXIS_PAD = 0.02  # share of the window left free right of "now": room for the newest point
+_NOTE_COLOR = "#b35900"
 _TAB10 = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )  # fmt: skip
 # Ten colours, then the same ten dashed and dotted: 30 lines that all look different.
 _LINE_STYLES = tuple((color, style) for style in ("-", "--", ":") for color in _TAB10)
+_ELLIPSIS = "\u2026"
+# Each collector's live dashboards. Weak both ways: an entry keeps neither the collector nor a
+# dashboard alive (a dashboard refers to its collector, so a strong value would pin the key).
+_live: weakref.WeakKeyDictionary[Collector, weakref.WeakSet[Dashboard]] = (
+    weakref.WeakKeyDictionary()
+)
+_live_lock = threading.Lock()
 _TABLE_STYLE = (
     "<style>.tesaiot-latest{border-collapse:collapse;font-size:12px;font-family:monospace}"
     ".tesaiot-latest th,.tesaiot-latest td{padding:2px 10px;text-align:left;"
@@ -174,6 +195,19 @@ def _format_value(value: float, text: object) -> str:
     return f"{value:.6g}"
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+
+
+def _cell(text: str, *, css: str = "") -> str:
+    """A table cell that shows at most MAX_CELL_CHARS; a longer text gets a bounded tooltip."""
+    shown = _clip(text, MAX_CELL_CHARS)
+    attributes = f' class="{css}"' if css else ""
+    if shown != text:
+        attributes += f' title="{html.escape(_clip(text, MAX_TOOLTIP_CHARS))}"'
+    return f"<td{attributes}>{html.escape(shown)}</td>"
+
+
 def _format_elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -182,6 +216,10 @@ def _format_elapsed(seconds: float) -> str:
 
 def latest_table_html(latest: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -> str:
     """Render `Collector.latest()` rows as an HTML table (every string escaped).
+
+    A text longer than `MAX_CELL_CHARS` is cut short with "…", its first `MAX_TOOLTIP_CHARS`
+    characters in the cell's tooltip, so a camera frame sent as text does not become a
+    table of hundreds of kilobytes.
 
     Args:
         latest: Rows with device_id, metric, value, unit, value_text and age_s.
@@ -204,11 +242,10 @@ def latest_table_html(latest: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -
         strict=True,
     ):
         unit_text = unit if isinstance(unit, str) else ""
+        device_title = html.escape(_clip(device, MAX_TOOLTIP_CHARS))
         rows.append(
-            f'<tr><td title="{html.escape(device)}">{html.escape(device[:_SHORT_ID])}</td>'
-            f"<td>{html.escape(metric)}</td>"
-            f'<td class="num">{html.escape(_format_value(value, text))}</td>'
-            f"<td>{html.escape(unit_text)}</td>"
+            f'<tr><td title="{device_title}">{html.escape(device[:_SHORT_ID])}</td>'
+            f"{_cell(metric)}{_cell(_format_value(value, text), css='num')}{_cell(unit_text)}"
             f'<td class="num">{_format_age(age)}</td></tr>'
         )
     more = len(latest) - len(shown)
@@ -223,6 +260,8 @@ def latest_table_html(latest: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -
 def status_text(stats: CollectorStats, *, running: bool) -> str:
     """Return the one-line status: connection, rate, rows, rejects and reconnects.
 
+    A stopped collector (or a stream ended by an error) has no current rate, so none is shown.
+
     Args:
         stats: The collector's counters.
         running: Whether the collector runs.
@@ -230,16 +269,20 @@ def status_text(stats: CollectorStats, *, running: bool) -> str:
     Returns:
         The text.
     """
+    parts: list[str] = []
     if stats.error:
-        state = f"stopped: {stats.error}"
+        parts.append(f"stopped: {stats.error}")
     elif not running:
-        state = "stopped"
+        parts.append("stopped")
     else:
-        state = "connected" if stats.connected else "reconnecting"
-    return (
-        f"{state} | {stats.rate:.0f} msg/s | {stats.rows:,} rows in window | "
-        f"{stats.rejected:,} rejects | {stats.reconnects} reconnects"
-    )
+        parts.append("connected" if stats.connected else "reconnecting")
+        parts.append(f"{stats.rate:.0f} msg/s")
+    parts += [
+        f"{stats.rows:,} rows in window",
+        f"{stats.rejected:,} rejects",
+        f"{stats.reconnects} reconnects",
+    ]
+    return " | ".join(parts)
 
 
 class _Chart:
@@ -264,6 +307,16 @@ class _Chart:
             va="center",
             color="#888888",
         )
+        self.note = ax.text(
+            0.99,
+            0.02,
+            "",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color=_NOTE_COLOR,
+        )
         self.lines: dict[str, Line2D] = {}
         self._styles = itertools.cycle(_LINE_STYLES)
         self._more = Line2D([], [], linestyle="none", marker="none")
@@ -275,7 +328,9 @@ class _Chart:
         line = self.lines.get(device)
         if line is None:
             color, style = next(self._styles)
-            (line,) = self.axes.plot([], [], color=color, linestyle=style, linewidth=1.2)
+            (line,) = self.axes.plot(
+                [], [], color=color, linestyle=style, linewidth=1.2, label=device
+            )
             self.lines[device] = line
         return line
 
@@ -284,32 +339,30 @@ class _Chart:
         metric: str | None,
         unit: str,
         data: dict[str, tuple[np.ndarray, np.ndarray]],
-        window_s: float,
+        xlim: tuple[float, float],
+        note: str,
     ) -> bytes:
-        """Update the lines with `data` (device -> (x in days, y)) and return PNG bytes."""
+        """Update the lines with `data` (device -> (x in days, y)) and return PNG bytes.
+
+        `xlim` is the time axis in days; `note` is written in the chart's corner.
+        """
         ax = self.axes
         for device, line in self.lines.items():
             if device not in data and line.get_visible():
                 line.set_data([], [])
                 line.set_visible(False)
-        first = end = None
         for device, (x, y) in data.items():
             line = self._line(device)
             line.set_data(x, y)
             line.set_visible(True)
-            first = x[0] if first is None else min(first, x[0])
-            end = x[-1] if end is None else max(end, x[-1])
         self.placeholder.set_visible(not data)
         if not data:
             waiting = "waiting for data" if metric is None else f"no {metric} values in the window"
             if self.placeholder.get_text() != waiting:
                 self.placeholder.set_text(waiting)
-        if first is None or end is None:
-            end = mdates.date2num(np.datetime64(time.time_ns(), "ns"))
-            first = end - window_s / _DAY
-        # The chart grows until the window is full, then scrolls.
-        start = max(end - window_s / _DAY, min(first, end - _MIN_SPAN / _DAY))
-        ax.set_xlim(start, end)
+        if self.note.get_text() != note:
+            self.note.set_text(note)
+        ax.set_xlim(*xlim)
         ax.relim(visible_only=True)
         ax.autoscale_view(scalex=False, scaley=True)
         label = metric if not unit else f"{metric} [{unit}]"
@@ -367,6 +420,11 @@ class Dashboard(widgets.VBox):
     Widget values may be changed from code (`dashboard.metric_selector.value = "humidity"`),
     which redraws at once like a click does.
 
+    Making a dashboard closes the collector's previous dashboards (their refresh threads end,
+    a recording started from one is saved), so running a notebook cell again leaves one live
+    dashboard, not one more each time. Pass `replace=False` to keep them, for two views of
+    one collector side by side.
+
     Example:
         >>> dash = collector.dashboard(metric="temperature", window="15min")  # doctest: +SKIP
         >>> dash  # doctest: +SKIP
@@ -378,6 +436,7 @@ class Dashboard(widgets.VBox):
         window: How far back the chart goes: `"1min"`, `"5min"`, `"15min"`, `"1h"` (or
             another duration, which is added to the choices).
         refresh: The shortest time between two automatic redraws (at least 0.1 s).
+        replace: Close the collector's other dashboards (the default); False keeps them live.
         **box_options: Other `ipywidgets.VBox` options, for example `layout=...`.
 
     Raises:
@@ -405,6 +464,7 @@ class Dashboard(widgets.VBox):
         devices: Iterable[str] | None = None,
         window: str | pd.Timedelta = "5min",
         refresh: str | float | pd.Timedelta = "1s",
+        replace: bool = True,
         **box_options: Any,
     ) -> None:
         self._collector = collector
@@ -430,6 +490,9 @@ class Dashboard(widgets.VBox):
         self.chart_png: bytes = b""
         #: Devices that had a line in the last rendered chart, sorted.
         self.plotted_devices: list[str] = []
+        #: Points of the last rendered chart's metric and devices, received within the
+        #: window but dated outside the time axis (a device's clock is off); not drawn.
+        self.off_axis_points = 0
         #: The file the last recording was saved to.
         self.saved_path: Path | None = None
         #: How many times the chart was rendered.
@@ -503,6 +566,7 @@ class Dashboard(widgets.VBox):
             ],
             **box_options,
         )
+        self._register(replace=replace)
         self.refresh()
         self._start_timer()
 
@@ -535,6 +599,11 @@ class Dashboard(widgets.VBox):
         return self._timer is not None and self._timer.is_alive()
 
     @property
+    def closed(self) -> bool:
+        """Whether the dashboard was closed, by `close()` or by a newer one of its collector."""
+        return getattr(self, "_closed", True)
+
+    @property
     def paused(self) -> bool:
         """Whether the chart is frozen (the collector goes on collecting)."""
         return bool(self.pause_button.value)
@@ -561,6 +630,10 @@ class Dashboard(widgets.VBox):
             super().close()
             return
         self._closed = True
+        with _live_lock:
+            live = _live.get(self._collector)
+            if live is not None:
+                live.discard(self)
         self._stop.set()
         timer = self._timer
         if timer is not None and timer is not threading.current_thread():
@@ -574,6 +647,19 @@ class Dashboard(widgets.VBox):
         super().close()
 
     # --------------------------------------------------------------- the timer
+
+    def _register(self, *, replace: bool) -> None:
+        with _live_lock:
+            live = _live.setdefault(self._collector, weakref.WeakSet())
+            previous = [dashboard for dashboard in live if dashboard is not self]
+            if replace:
+                live.clear()
+            live.add(self)
+        if not replace:
+            return
+        for dashboard in previous:
+            logger.info("closing %r: a new dashboard of its collector replaces it", dashboard)
+            dashboard.close()
 
     def _start_timer(self) -> None:
         if self._closed or self.timer_alive or not self._collector.running:
@@ -614,16 +700,21 @@ class Dashboard(widgets.VBox):
         self._sync_options(latest)
         metric = self.metric_selector.value
         selected = list(self.device_selector.value)
-        window = self.window_selector.value
-        window_s = pd.Timedelta(window).total_seconds()
+        # The axis is the chosen window up to now, whatever the devices' clocks say: one
+        # reading dated 2262 must not push every other device off the chart.
+        now_ns = time.time_ns()
+        window_ns = int(pd.Timedelta(self.window_selector.value).value)
+        axis_start = np.datetime64(now_ns - window_ns, "ns")
+        axis_end = np.datetime64(now_ns + int(window_ns * _AXIS_PAD), "ns")
 
         data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         unit = ""
+        off_axis = 0
         if metric is not None and selected:
             # The unfiltered frame is the one latest() just built (the store caches it), so
             # filtering it here is cheaper than asking the store for a filtered one.
             frame = collector.frame()
-            since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(window)
+            since = pd.Timestamp(now_ns - window_ns, tz="UTC")
             keep = (
                 (frame["metric"] == metric).to_numpy()
                 & frame["device_id"].isin(selected).to_numpy()
@@ -636,14 +727,27 @@ class Dashboard(widgets.VBox):
             for device, group in sorted(
                 frame.groupby("device_id", observed=True), key=lambda item: str(item[0])
             ):
-                x = mdates.date2num(group["timestamp"].dt.tz_localize(None).to_numpy())
-                y = group["value"].to_numpy(dtype=float)
+                stamps = group["timestamp"].dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+                on_axis = (stamps >= axis_start) & (stamps <= axis_end)  # NaT is neither
+                off_axis += len(stamps) - int(on_axis.sum())
+                if not on_axis.any():
+                    continue
+                x = mdates.date2num(stamps[on_axis])
+                y = group["value"].to_numpy(dtype=float)[on_axis]
                 if len(x) > 1 and not np.all(x[1:] >= x[:-1]):
                     order = np.argsort(x, kind="stable")
                     x, y = x[order], y[order]
                 data[str(device)] = downsample(x, y, MAX_POINTS_PER_LINE)
-        self.chart_png = self._chart_state.draw(metric, unit, data, window_s)
+        note = (
+            f"{off_axis:,} point{'' if off_axis == 1 else 's'} outside the time axis "
+            "(device clock?)"
+            if off_axis
+            else ""
+        )
+        xlim = (float(mdates.date2num(axis_start)), float(mdates.date2num(axis_end)))
+        self.chart_png = self._chart_state.draw(metric, unit, data, xlim, note)
         self.plotted_devices = sorted(data)
+        self.off_axis_points = off_axis
         self.frames += 1
         self.chart.value = self.chart_png
 

@@ -52,7 +52,8 @@ def start(
 ) -> Settings:
     """Start (once per process) the local broker and a simulated fleet publishing to it.
 
-    Calling it again returns the same demo's settings (with new overrides applied).
+    Calling it again returns the same demo's settings (with new overrides applied). The broker
+    ends with this process, even a notebook kernel that is killed (see `LocalBroker`).
 
     Args:
         devices: How many simulated devices.

@@ -8,6 +8,9 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectTimeoutError",
+    "NotARecordingError",
+    "RecordingError",
+    "StreamError",
     "SubscribeError",
     "TLSError",
     "TesaiotError",
@@ -57,5 +60,39 @@ class ConnectTimeoutError(ConnectError, TimeoutError):
     """Nothing answered within the connect timeout."""
 
 
+class StreamError(TesaiotError, RuntimeError):
+    """The client stopped on an unexpected error in its own network thread (a bug to report)."""
+
+
 class BrokerNotFoundError(TesaiotError, FileNotFoundError):
     """The local Mosquitto broker (or openssl, which makes its certificates) is not installed."""
+
+
+class NotARecordingError(TesaiotError, ValueError):
+    """A file or folder is not a telemetry recording (a rejects sidecar, a CSV, a broken file)."""
+
+
+class RecordingError(TesaiotError, OSError):
+    """A recording or dataset could not be written (disk full, folder removed, no permission).
+
+    Args:
+        message: What went wrong.
+        hint: What the user can do about it.
+        path: The recording's file or the dataset's folder.
+        rows_on_disk: Rows that reached disk safely before the failure (parts included).
+        rows_lost: Rows that never reached disk.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        path: str | None = None,
+        rows_on_disk: int = 0,
+        rows_lost: int = 0,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.rows_on_disk = rows_on_disk
+        self.rows_lost = rows_lost

@@ -3,28 +3,40 @@
 The demo, the notebooks, users without a platform token and every test use it. It speaks the
 platform's dialect: MQTT over WebSocket Secure at `/mqtt`, a `tesa_mqtt_...` token that is both
 username and password, and an ACL that lets the token only read `device/+/telemetry/#`.
+
+The broker does not outlive the process that started it, even one killed with SIGKILL (a
+notebook kernel killed for memory): on Linux the kernel sends Mosquitto SIGTERM when its parent
+dies (`PR_SET_PDEATHSIG`); elsewhere a tiny watchdog process does, when the pipe from the parent
+closes. The CA's private key is deleted as soon as it has signed the server certificate.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import functools
 import hashlib
 import json
 import logging
 import os
+import queue
 import secrets
 import shutil
 import signal
 import socket
 import string
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tesaiot_data.errors import BrokerNotFoundError, ConfigError, TesaiotError, TokenError
 from tesaiot_data.settings import Settings, mask_token
@@ -63,6 +75,33 @@ _DYNSEC_NAME = "mosquitto_dynamic_security.so"
 _CERT_DAYS = 3
 _STOP_TIMEOUT = 5.0
 _LOG_TAIL_LINES = 15
+
+# Linux ties the broker to its parent with prctl(PR_SET_PDEATHSIG); elsewhere a watchdog
+# process does (tests switch this off to run the watchdog on Linux too).
+_USE_PDEATHSIG = sys.platform.startswith("linux")
+_PR_SET_PDEATHSIG = 1
+# SIGTERM: Mosquitto saves its persistence file and exits within milliseconds.
+_PARENT_DEATH_SIGNAL = signal.SIGTERM
+# Run as `python -I -S -c _WATCHDOG <broker pid>` with a pipe as stdin. A byte on the pipe
+# means the owner stops the broker itself; end of file without one means the owner died.
+_WATCHDOG = """\
+import os, signal, sys, time
+broker = int(sys.argv[1])
+if sys.stdin.buffer.read(1):
+    raise SystemExit(0)
+for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+    try:
+        os.kill(broker, sig)
+    except ProcessLookupError:
+        raise SystemExit(0)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(broker, 0)
+        except ProcessLookupError:
+            raise SystemExit(0)
+        time.sleep(0.05)
+"""
 
 # MQTT 3.1.1 CONNECT: protocol "MQTT" level 4, clean session, keepalive 5 s, empty client id.
 _ANONYMOUS_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x05\x00\x00"
@@ -225,6 +264,136 @@ def _tail(path: Path, offset: int, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    # Looked up before the fork: the child must do as little as possible before exec.
+    function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return function
+
+
+def _die_with_parent_preexec() -> Callable[[], None]:
+    """A `preexec_fn` that makes the child get SIGTERM when the forking thread ends."""
+    prctl = _prctl()
+    parent = os.getpid()
+    option, sig = _PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL)
+
+    def die_with_parent() -> None:
+        if prctl(option, sig, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before prctl: nobody would signal
+            os._exit(1)
+
+    return die_with_parent
+
+
+_Factory = Callable[[], "subprocess.Popen[bytes]"]
+
+
+class _Spawner:
+    """Forks every broker from one thread that lives as long as the process (Linux).
+
+    The kernel sends the parent-death signal when the *thread* that forked the child ends,
+    not the process: a broker that `start()` or `restart()` forked on a short-lived thread (a
+    worker, a widget's callback) would be killed as soon as that thread returned.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[_Factory, Future[subprocess.Popen[bytes]]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, factory: _Factory) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="tesaiot-broker-spawner", daemon=True
+                )
+                self._thread.start()
+        future: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((factory, future))
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted (Ctrl-C) while the spawner forks: leave no broker without an owner.
+            with contextlib.suppress(BaseException):
+                orphan = future.result(timeout=_STOP_TIMEOUT)
+                orphan.kill()
+                orphan.wait()
+            raise
+
+    def _serve(self) -> None:
+        while True:
+            factory, future = self._requests.get()
+            try:
+                process = factory()
+            except BaseException as exc:  # handed to the caller, which raises it
+                future.set_exception(exc)
+            else:
+                future.set_result(process)
+
+
+_spawner = _Spawner()
+
+
+def _spawn_tied(
+    argv: list[str], *, stdout: IO[bytes], cwd: Path
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
+    """Start a process that ends when this process ends, even by SIGKILL.
+
+    Returns:
+        The process, and its watchdog process where there is one (not on Linux).
+    """
+
+    def popen(preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            # Unsafe with threads only if the function takes a lock another thread held at
+            # the fork; ours calls prctl and getppid, nothing else.
+            preexec_fn=preexec_fn,  # noqa: PLW1509
+            # A Ctrl-C in the terminal or notebook goes to the caller, which then stops the
+            # broker in order, rather than killing it under its clients.
+            start_new_session=True,
+        )
+
+    if _USE_PDEATHSIG:
+        preexec = _die_with_parent_preexec()
+        return _spawner.popen(lambda: popen(preexec)), None
+    process = popen()
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(process.pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Not in our process group: a Ctrl-C must not end the watchdog before the broker.
+            start_new_session=True,
+        )
+    except BaseException:
+        _terminate(process, signal.SIGKILL, _STOP_TIMEOUT)
+        raise
+    return process, watchdog
+
+
+def _disarm(watchdog: subprocess.Popen[bytes]) -> None:
+    # The byte tells the watchdog that we stop the broker; it exits without signalling.
+    if watchdog.stdin is not None:
+        with contextlib.suppress(OSError):
+            watchdog.stdin.write(b"x")
+        with contextlib.suppress(OSError):
+            watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()
+
+
 class _Runtime:
     """What the finalizer needs, kept apart from the broker so the broker can be collected."""
 
@@ -232,6 +401,17 @@ class _Runtime:
         self.workdir = workdir
         self.owned = owned
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
+
+    def end(self, sig: int) -> subprocess.Popen[bytes] | None:
+        """Stop the broker (and disarm its watchdog first); return the process it was."""
+        watchdog, self.watchdog = self.watchdog, None
+        if watchdog is not None:
+            _disarm(watchdog)
+        process, self.process = self.process, None
+        if process is not None:
+            _terminate(process, sig, _STOP_TIMEOUT)
+        return process
 
 
 def _terminate(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -249,9 +429,7 @@ def _terminate(process: subprocess.Popen[bytes], sig: int, timeout: float) -> No
 
 def _finalize(runtime: _Runtime) -> None:
     # Runs from close(), from garbage collection or at interpreter exit (weakref.finalize).
-    if runtime.process is not None:
-        _terminate(runtime.process, signal.SIGTERM, _STOP_TIMEOUT)
-        runtime.process = None
+    runtime.end(signal.SIGTERM)
     if runtime.owned:
         shutil.rmtree(runtime.workdir, ignore_errors=True)
 
@@ -261,6 +439,12 @@ class LocalBroker:
 
     Ports, accounts, certificates and the persistence directory are made when the object is
     made and kept across `stop()`/`start()`, so persistent sessions survive a restart.
+
+    Mosquitto ends with the process that started it, however that process ends: on Linux the
+    kernel sends it SIGTERM when its parent dies (every broker is forked from one long-lived
+    thread, so `start()` may be called from any thread); elsewhere a small watchdog process
+    does. Only the temporary directory stays behind after a SIGKILL, without the CA's private
+    key: the constructor deletes it as soon as it has signed the server certificate.
 
     Example:
         >>> with LocalBroker() as broker:  # doctest: +SKIP
@@ -441,23 +625,22 @@ class LocalBroker:
             )
         # Only what this run writes goes into an error message.
         self._log_offsets = (_size(self._out_file), _size(self.log_file))
-        with self._out_file.open("ab") as out:
-            self._runtime.process = subprocess.Popen(
-                [self._mosquitto, "-c", str(self._config_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                # A Ctrl-C in the terminal or notebook goes to the caller, which then stops
-                # the broker in order, rather than killing it under its clients.
-                start_new_session=True,
-            )
-        process = self._runtime.process
+        try:
+            with self._out_file.open("ab") as out:
+                process, watchdog = _spawn_tied(
+                    [self._mosquitto, "-c", str(self._config_file)], stdout=out, cwd=self.workdir
+                )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TesaiotError(
+                f"the local broker could not be started: {exc}",
+                hint=f"check that {self._mosquitto} runs (try it with -h)",
+            ) from exc
+        self._runtime.process, self._runtime.watchdog = process, watchdog
         started = time.monotonic()
         deadline = started + timeout
         while not _answers_mqtt(self.tcp_port):
             if process.poll() is not None:
-                self._runtime.process = None
+                self._runtime.end(signal.SIGKILL)
                 raise TesaiotError(
                     f"mosquitto exited with status {process.returncode} while starting:\n"
                     f"{self._log_tail()}",
@@ -498,6 +681,8 @@ class LocalBroker:
     def restart(self, *, timeout: float = 10.0) -> None:
         """Stop and start again with the same ports, accounts and persisted sessions.
 
+        The certificates are kept too (the CA's key, long deleted, is not needed).
+
         Args:
             timeout: Seconds to wait for the broker to come back.
         """
@@ -525,12 +710,9 @@ class LocalBroker:
         self._finalizer()
 
     def _signal(self, sig: int) -> None:
-        process = self._runtime.process
-        if process is None:
-            return
-        _terminate(process, sig, _STOP_TIMEOUT)
-        self._runtime.process = None
-        logger.info("local broker (pid %d) stopped", process.pid)
+        process = self._runtime.end(sig)
+        if process is not None:
+            logger.info("local broker (pid %d) stopped", process.pid)
 
     def _ports(self) -> list[tuple[int, str]]:
         ports = [(self.wss_port, _ANY), (self.tcp_port, HOST)]
@@ -630,7 +812,8 @@ class LocalBroker:
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
-            # Started as root, Mosquitto drops to user `mosquitto`, who cannot read our files.
+            # Started as root, Mosquitto drops to user `mosquitto`, who cannot read our files;
+            # changing user would also clear the parent-death signal.
             lines.append("user root")
         # Mosquitto 2.0.11's websockets listeners (libwebsockets) ignore the bind address and
         # listen on every interface, and serve MQTT on any path; /mqtt is what clients use.
@@ -649,12 +832,23 @@ class LocalBroker:
         return "\n".join(lines)
 
     def _make_certificates(self) -> None:
-        path = self.workdir
-        config = path / "openssl.cnf"
+        # The CA's key is needed only to sign the server certificate, once: it is deleted
+        # right after, so neither a crash nor a kill -9 can leave it on disk for long.
+        try:
+            self._sign_certificates()
+        finally:
+            for name in ("ca.key", "server.csr", "openssl.cnf"):
+                (self.workdir / name).unlink(missing_ok=True)
+        (self.workdir / "server.key").chmod(0o600)
+
+    def _sign_certificates(self) -> None:
+        config = self.workdir / "openssl.cnf"
         config.write_text(_OPENSSL_CONFIG, encoding="utf-8")
         serial = f"0x{secrets.token_hex(8)}"
         days = str(_CERT_DAYS)
         for key in ("ca.key", "server.key"):
+            # Private from the start (openssl writes keys 0600 on its own, but not every one).
+            _write_private(self.workdir / key, "")
             self._openssl_run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
         self._openssl_run(
             "req", "-new", "-x509", "-config", "openssl.cnf", "-extensions", "ca",
@@ -670,8 +864,6 @@ class LocalBroker:
             "-set_serial", f"{serial}1", "-days", days, "-sha256",
             "-extfile", "openssl.cnf", "-extensions", "server", "-out", "server.pem",
         )  # fmt: skip
-        for name in ("ca.key", "server.key"):
-            (path / name).chmod(0o600)
 
     def _openssl_run(self, *args: str) -> None:
         result = subprocess.run(

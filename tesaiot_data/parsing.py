@@ -16,7 +16,9 @@ Rules that hold in every shape:
 
 - Numbers become float values; booleans 1.0 and 0.0; strings a text row (value NaN, the string
   in `value_text`); nulls are skipped; a list gives `name.0`, `name.1`, ...; NaN and Infinity
-  are kept. Strings are not converted to numbers.
+  are kept. A string that is exactly a JSON number (`"25.5"`, `"-1e3"`; not `" 25"`, `"+1"`,
+  `"0012"` or `"NaN"`) is a number, as devices that quote their numbers mean it; turn this off
+  with `ParseOptions(numeric_strings=False)`.
 - The keys `timestamp`, `ts`, `time`, `device_id`, `sensor_type` and `unit` are never metrics.
 - An object's `value` is the row named after the object (after the sensor type at the top);
   a `value` that is an object is flattened in place. A string `unit` is the unit of the
@@ -24,19 +26,26 @@ Rules that hold in every shape:
   inherit it unless they have their own.
 - `device_id` always comes from the topic. A payload's string `sensor_type` replaces the
   sensor type only when the topic has no sensor part.
-- The timestamp is the first non-null of `timestamp`, `ts`, `time`: ISO 8601 (naive means UTC)
-  or epoch seconds, milliseconds, microseconds or nanoseconds, as a number or a numeric
-  string, the unit chosen by magnitude (below 1e11 seconds, 1e14 milliseconds, 1e17
-  microseconds, else nanoseconds). ISO and numeric strings convert exactly (digits past the
-  nanosecond are dropped); JSON floats are rounded to the microsecond. A missing or unreadable
-  timestamp, or one outside what `datetime64[ns]` holds, falls back to the receive time, and
-  the row is counted in `timestamp_fallbacks`.
-- Containers nested deeper than `MAX_DEPTH` are dropped, and a message stops at
-  `MAX_ROWS_PER_MESSAGE` rows, keeping the first ones in payload order; such messages are
-  counted in `ColumnBatch.truncated_messages`.
+- The timestamp is the first non-null of `timestamp`, `ts`, `time`: ISO 8601 (naive means
+  UTC, or the zone `ParseOptions.naive_timezone` names) or epoch seconds, milliseconds,
+  microseconds or nanoseconds, as a number or a numeric string (texts longer than
+  `MAX_TIMESTAMP_TEXT` are not timestamps), the unit chosen by magnitude (below 1e11
+  seconds, 1e14 milliseconds, 1e17 microseconds, else nanoseconds). ISO and numeric strings
+  convert exactly (digits past the nanosecond are dropped); JSON floats are rounded to the
+  microsecond. A missing or unreadable timestamp, or one outside what `datetime64[ns]`
+  holds, falls back to the receive time, and the row is counted in `timestamp_fallbacks`.
+- Containers nested deeper than `MAX_DEPTH` are dropped, and a message gives at most
+  `ParseOptions.max_rows_per_message` rows (default `MAX_ROWS_PER_MESSAGE`), the first ones in
+  payload order; such messages are counted in `ColumnBatch.truncated_messages` and the rows
+  beyond the limit in `ColumnBatch.rows_cut`.
+- A message with the MQTT retain flag whose payload equals the last one seen on its topic is a
+  broker's redelivery of a reading already taken (brokers resend retained messages on every
+  (re)subscription): it becomes a `retained_duplicate` reject when the caller tracks topics
+  (`parse_batch(..., last_payloads=...)`, as the collector does).
 
 A message that yields no row becomes one `Reject` instead, so every message fed in is either
-parsed (one or more rows) or rejected, never both and never lost.
+parsed (one or more rows) or rejected, never both and never lost. Every step is linear in the
+size of the message (no backtracking on unbounded text).
 """
 
 from __future__ import annotations
@@ -47,10 +56,13 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tesaiot_data.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,7 +71,9 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_REJECT_PAYLOAD",
     "MAX_ROWS_PER_MESSAGE",
+    "MAX_TIMESTAMP_TEXT",
     "ColumnBatch",
+    "ParseOptions",
     "ParseResult",
     "RawMessage",
     "Reject",
@@ -77,8 +91,13 @@ MAX_REJECT_PAYLOAD = 4096
 """Bytes of the raw payload kept in a `Reject`."""
 MAX_DEPTH = 8
 """Containers (objects, arrays) nested deeper than this are dropped."""
-MAX_ROWS_PER_MESSAGE = 1000
-"""A message yields at most this many rows; the first ones in payload order are kept."""
+MAX_ROWS_PER_MESSAGE = 10_000
+"""Default for `ParseOptions.max_rows_per_message`: batched sensors send a few thousand."""
+MAX_TIMESTAMP_TEXT = 64
+"""Longer texts are not read as timestamps (the longest ISO 8601 form is about 35)."""
+LAST_PAYLOADS_MAX = 100_000
+"""Topics whose last payload `parse_batch` remembers for the retained check; beyond it the
+memory starts afresh (a retained redelivery on a forgotten topic is then kept as a row)."""
 
 _MAX_DETAIL = 200
 _TOPIC_CACHE_MAX_LENGTH = 512  # longer topics are parsed every time rather than pinned in memory
@@ -98,6 +117,10 @@ _ISO = re.compile(
 )
 _DECIMAL = re.compile(r"([+-]?)(\d{1,20})(?:\.(\d*))?", re.ASCII)
 _SCIENTIFIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d{1,3}", re.ASCII)
+# RFC 8259's number grammar; each step is deterministic, so matching is linear.
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
+_NUMBER_START = frozenset("-0123456789")
+_OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})", re.ASCII)
 # (magnitude limit, ns per unit, fraction digits kept) for seconds, ms, us; beyond them ns
 _EPOCH_UNITS = ((10**11, 10**9, 9), (10**14, 10**6, 6), (10**17, 10**3, 3))
 _JSON_NAMES = {dict: "object", list: "array", type(None): "null"}
@@ -117,6 +140,93 @@ class RejectReason(str, Enum):
     """The payload is text but not JSON (or JSON nested too deeply for the decoder)."""
     NO_FIELDS = "no_usable_field"
     """The payload is JSON but nothing in it gives a row (`{}`, `null`, only a timestamp)."""
+    RETAINED_DUPLICATE = "retained_duplicate"
+    """A retained message the broker sent again (on a reconnect) that equals the last
+    message taken on its topic; its rows are already held."""
+
+
+def _naive_zone(value: str | tzinfo | None) -> tzinfo | None:
+    if value is None or isinstance(value, tzinfo):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"naive_timezone={value!r} is not a time zone",
+            hint="pass an IANA name such as 'Asia/Bangkok', an offset such as '+07:00', or None",
+        )
+    if (match := _OFFSET.fullmatch(value.strip())) is not None:
+        sign, hours, minutes = match.groups()
+        offset = timedelta(hours=int(hours), minutes=int(minutes))
+        if offset >= timedelta(hours=24):
+            raise ConfigError(
+                f"naive_timezone={value!r} is out of range", hint="use -23:59..+23:59"
+            )
+        return timezone(-offset if sign == "-" else offset)
+    try:
+        return ZoneInfo(value.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f"naive_timezone={value!r} is not a known time zone ({exc})",
+            hint="pass an IANA name such as 'Asia/Bangkok' or an offset such as '+07:00'",
+        ) from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParseOptions:
+    """How payloads are read where devices differ; the defaults suit most fleets.
+
+    Args:
+        max_rows_per_message: Most rows one message may give; the rest are cut and counted
+            (`ColumnBatch.rows_cut`). Batched sensors send a few thousand readings at once.
+        numeric_strings: Read a string that is exactly a JSON number (`"25.5"`) as a number;
+            False keeps it as text in `value_text`.
+        naive_timezone: The zone of ISO timestamps that carry none (devices that send local
+            time, for example `"Asia/Bangkok"` or `"+07:00"`); None reads them as UTC.
+
+    Raises:
+        ConfigError: `max_rows_per_message` is below 1 or `naive_timezone` is not a zone.
+    """
+
+    max_rows_per_message: int = MAX_ROWS_PER_MESSAGE
+    numeric_strings: bool = True
+    naive_timezone: str | tzinfo | None = None
+    _zone: tzinfo | None = field(init=False, repr=False, compare=False)
+    _offsets: dict[str, int | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_rows_per_message, bool) or not (
+            isinstance(self.max_rows_per_message, int) and self.max_rows_per_message >= 1
+        ):
+            raise ConfigError(
+                f"max_rows_per_message={self.max_rows_per_message!r} must be an integer >= 1",
+                hint=f"the default is {MAX_ROWS_PER_MESSAGE:,}",
+            )
+        object.__setattr__(self, "_zone", _naive_zone(self.naive_timezone))
+        object.__setattr__(self, "_offsets", {})
+
+    def naive_offset(self, minute: str) -> int | None:
+        """Seconds east of UTC of the naive zone at local `YYYY-MM-DD[THH:MM]`; cached."""
+        zone = self._zone
+        if zone is None:
+            return 0
+        offsets = self._offsets
+        try:
+            return offsets[minute]
+        except KeyError:
+            pass
+        try:
+            hour, minute_ = (int(minute[11:13]), int(minute[14:16])) if len(minute) > 10 else (0, 0)
+            local = datetime(int(minute[0:4]), int(minute[5:7]), int(minute[8:10]), hour, minute_)
+            delta = local.replace(tzinfo=zone).utcoffset()
+            offset = None if delta is None else int(delta.total_seconds())
+        except (ValueError, OverflowError):
+            offset = None
+        if len(offsets) >= _CACHE_SIZE:
+            offsets.clear()  # atomic, so safe to share between threads
+        offsets[minute] = offset
+        return offset
+
+
+_DEFAULT_OPTIONS = ParseOptions()
 
 
 class RawMessage(NamedTuple):
@@ -129,11 +239,14 @@ class RawMessage(NamedTuple):
         topic: The MQTT topic.
         payload: The raw payload.
         received_at: When it arrived, in epoch seconds (`time.time()`).
+        retain: The MQTT retain flag: True when the broker sent a stored (retained) message,
+            as it does on every (re)subscription, rather than a live one.
     """
 
     topic: str
     payload: bytes
     received_at: float
+    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +330,9 @@ class ColumnBatch:
         parsed_messages: Messages that gave at least one row.
         timestamp_fallbacks: Rows whose timestamp is the receive time.
         truncated_messages: Parsed messages that lost rows to `MAX_DEPTH` or
-            `MAX_ROWS_PER_MESSAGE`.
+            `ParseOptions.max_rows_per_message`.
+        rows_cut: Rows not kept because their message reached `max_rows_per_message`.
+        retained_messages: Parsed messages that carried the MQTT retain flag.
     """
 
     __slots__ = (
@@ -227,6 +342,8 @@ class ColumnBatch:
         "parsed_messages",
         "received_ns",
         "rejects",
+        "retained_messages",
+        "rows_cut",
         "sensor_type",
         "timestamp_fallbacks",
         "timestamp_ns",
@@ -250,6 +367,8 @@ class ColumnBatch:
         self.parsed_messages = 0
         self.timestamp_fallbacks = 0
         self.truncated_messages = 0
+        self.rows_cut = 0
+        self.retained_messages = 0
 
     def __len__(self) -> int:
         return len(self.value)
@@ -366,11 +485,17 @@ def _cached(
         return value
 
 
-def _iso_ns(text: str, match: re.Match[str]) -> int | None:
+def _iso_ns(text: str, match: re.Match[str], options: ParseOptions) -> int | None:
     clock, second, fraction, zone = match.groups()
-    base = _cached(_minute_cache, text[:16] if clock else text[:10], _minute_seconds)
+    minute = text[:16] if clock else text[:10]
+    base = _cached(_minute_cache, minute, _minute_seconds)
     if base is None:
         return None
+    if not zone and options._zone is not None:
+        local = options.naive_offset(minute)
+        if local is None:
+            return None
+        base -= local
     if second:
         seconds = int(second)
         if seconds > 59:  # leap seconds are not representable either
@@ -425,7 +550,9 @@ _SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ns, for the fast
 _SECONDS_MAX = 4096
 
 
-def _text_ns(text: str) -> int | None:
+def _text_ns(text: str, options: ParseOptions = _DEFAULT_OPTIONS) -> int | None:
+    if len(text) > MAX_TIMESTAMP_TEXT:  # keeps every step below linear in the message size
+        return None
     # Fast path for what the platform's devices send, "2025-12-09T10:30:45.123Z": the
     # second is looked up (a stream repeats it), the milliseconds added. 3x the regex path.
     if len(text) == 24 and text[19] == "." and text[23] == "Z":
@@ -440,18 +567,18 @@ def _text_ns(text: str) -> int | None:
             if second is not None:
                 return second + int(millis) * 1_000_000
     if (match := _ISO.fullmatch(text)) is not None:
-        return _iso_ns(text, match)
+        return _iso_ns(text, match, options)
     if (match := _DECIMAL.fullmatch(text)) is not None:
         return _epoch_text_ns(match)
     if _SCIENTIFIC.fullmatch(text) is not None:
         return _epoch_float_ns(float(text))
     stripped = text.strip()
-    return _text_ns(stripped) if stripped and stripped != text else None
+    return _text_ns(stripped, options) if stripped and stripped != text else None
 
 
-def _timestamp_ns(raw: object) -> int | None:
+def _timestamp_ns(raw: object, options: ParseOptions) -> int | None:
     if isinstance(raw, str):
-        return _text_ns(raw)
+        return _text_ns(raw, options)
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
@@ -547,10 +674,13 @@ class _Writer:
     __slots__ = (
         "batch",
         "clipped",
+        "cut",
         "device",
-        "full",
+        "last_payloads",
         "limit",
         "metric",
+        "numeric",
+        "options",
         "received",
         "sensor",
         "text",
@@ -559,8 +689,16 @@ class _Writer:
         "value",
     )
 
-    def __init__(self, batch: ColumnBatch) -> None:
+    def __init__(
+        self,
+        batch: ColumnBatch,
+        options: ParseOptions = _DEFAULT_OPTIONS,
+        last_payloads: dict[str, int] | None = None,
+    ) -> None:
         self.batch = batch
+        self.options = options
+        self.numeric = options.numeric_strings
+        self.last_payloads = last_payloads
         self.timestamp = batch.timestamp_ns
         self.received = batch.received_ns
         self.device = batch.device_id
@@ -570,10 +708,12 @@ class _Writer:
         self.unit = batch.unit
         self.text = batch.value_text
         self.limit = 0
-        self.full = False
+        self.cut = 0
         self.clipped = False
 
-    def feed(self, topic: str, payload: bytes, received_s: float, received_ns: int) -> None:
+    def feed(
+        self, topic: str, payload: bytes, received_s: float, received_ns: int, retain: bool
+    ) -> None:
         batch = self.batch
         batch.messages += 1
         if type(payload) is not bytes:
@@ -582,14 +722,25 @@ class _Writer:
         if info is None:
             self._reject(topic, payload, RejectReason.BAD_TOPIC, _TOPIC_HELP, received_s)
             return
+        last = self.last_payloads
+        if last is not None:
+            key = hash(payload)
+            if retain and last.get(topic) == key:
+                detail = "the broker sent the retained message again; it equals the last one taken"
+                self._reject(topic, payload, RejectReason.RETAINED_DUPLICATE, detail, received_s)
+                return
+            if len(last) >= LAST_PAYLOADS_MAX and topic not in last:
+                last.clear()  # bounded by topics, never by messages
+            last[topic] = key
         obj, reason, detail = _loads(payload)
         if reason is not None:
             self._reject(topic, payload, reason, detail, received_s)
             return
         start = len(self.metric)
         fallbacks = batch.timestamp_fallbacks
-        self.limit = start + MAX_ROWS_PER_MESSAGE
-        self.full = self.clipped = False
+        self.limit = start + self.options.max_rows_per_message
+        self.cut = 0
+        self.clipped = False
         try:
             self._payload(obj, info[1], info[2], received_ns, 1)
             rows = len(self.metric) - start
@@ -601,6 +752,7 @@ class _Writer:
                 del column[start:]
             del self.text[start:]
             batch.timestamp_fallbacks = fallbacks
+            self.cut = 0
             detail = _short(f"internal error: {exc!r}")
             self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_s)
             return
@@ -617,15 +769,24 @@ class _Writer:
             self.received.extend([received_ns] * rows)
             self.device.extend([info[0]] * rows)
         batch.parsed_messages += 1
+        if retain:
+            batch.retained_messages += 1
         if self.clipped:
             batch.truncated_messages += 1
+            batch.rows_cut += self.cut
 
     def _reject(
         self, topic: object, payload: bytes, reason: RejectReason, detail: str, received_s: float
     ) -> None:
+        if not isinstance(topic, str):
+            topic = repr(topic)
+        elif not topic.isascii():
+            # Bytes that were not UTF-8 arrive as lone surrogates; write them as escapes so
+            # that the reject can be printed and stored (Parquet strings are UTF-8).
+            topic = topic.encode("utf-8", "backslashreplace").decode("utf-8")
         self.batch.rejects.append(
             Reject(
-                topic=topic if isinstance(topic, str) else repr(topic),
+                topic=topic,
                 payload=payload[:MAX_REJECT_PAYLOAD],
                 payload_size=len(payload),
                 reason=reason,
@@ -670,15 +831,13 @@ class _Writer:
             else:
                 self._object(obj, "", sensor, None, depth, top=True)
             if raw is not None and len(self.metric) > start:
-                stamp = _timestamp_ns(raw)
+                stamp = _timestamp_ns(raw, self.options)
         elif kind is list:
             if depth > MAX_DEPTH:
                 self.clipped = True
                 return
             for item in obj:
                 self._payload(item, sensor, has_sensor, received_ns, depth + 1)
-                if self.full:
-                    return
             return
         else:
             self._leaf(sensor, obj, None, depth)
@@ -728,8 +887,6 @@ class _Writer:
                 self._object(item, prefix, value_name, field_unit, depth + 1)
             else:
                 self._leaf(prefix + key, item, field_unit, depth)
-            if self.full:
-                return
 
     def _leaf(self, name: str, item: Any, unit: str | None, depth: int) -> None:
         """Rows of one field; `depth` is the nesting level of the container holding it."""
@@ -739,7 +896,10 @@ class _Writer:
         elif kind is int:
             self._add(name, _float(item), unit, None)
         elif kind is str:
-            self._add(name, _NAN, unit, item)
+            if self.numeric and item and item[0] in _NUMBER_START and _JSON_NUMBER.fullmatch(item):
+                self._add(name, _float(float(item)), unit, None)
+            else:
+                self._add(name, _NAN, unit, item)
         elif kind is bool:
             self._add(name, 1.0 if item else 0.0, unit, None)
         elif kind is dict:
@@ -750,13 +910,13 @@ class _Writer:
                 return
             for index, element in enumerate(item):
                 self._leaf(f"{name}.{index}", element, unit, depth + 1)
-                if self.full:
-                    return
         # None (and anything JSON cannot hold) gives no row
 
     def _add(self, name: str, value: float, unit: str | None, text: str | None) -> None:
         if len(self.metric) >= self.limit:
-            self.full = self.clipped = True
+            # Keep walking to count what is cut: linear in the message, already decoded.
+            self.cut += 1
+            self.clipped = True
             return
         self.metric.append(name)
         self.value.append(value)
@@ -764,22 +924,33 @@ class _Writer:
         self.text.append(text)
 
 
-def parse_batch(messages: Iterable[RawMessage], into: ColumnBatch | None = None) -> ColumnBatch:
+def parse_batch(
+    messages: Iterable[RawMessage],
+    into: ColumnBatch | None = None,
+    *,
+    options: ParseOptions | None = None,
+    last_payloads: dict[str, int] | None = None,
+) -> ColumnBatch:
     """Parse many messages into columns; the collector's hot path.
 
     Never raises for any topic or payload: each message becomes one or more rows or exactly
     one reject. A `received_at` that is not a usable number (NaN, infinite) is replaced by
-    the current time.
+    the current time. Work is linear in the size of each message.
 
     Args:
         messages: The messages, in arrival order.
         into: A batch to append to; a new one by default.
+        options: How to read payloads; default `ParseOptions()`.
+        last_payloads: Per topic, a hash of the last payload taken, kept by the caller from
+            batch to batch (at most `LAST_PAYLOADS_MAX` topics). When given, a message with
+            the retain flag that equals the last one on its topic becomes a
+            `RejectReason.RETAINED_DUPLICATE` reject instead of rows a second time.
 
     Returns:
         The batch appended to.
     """
     batch = ColumnBatch() if into is None else into
-    writer = _Writer(batch)
+    writer = _Writer(batch, options or _DEFAULT_OPTIONS, last_payloads)
     feed = writer.feed
     for message in messages:
         received_s = message.received_at
@@ -787,7 +958,7 @@ def parse_batch(messages: Iterable[RawMessage], into: ColumnBatch | None = None)
         if received_ns is None:
             received_ns = time.time_ns()
             received_s = received_ns / 1e9
-        feed(message.topic, message.payload, received_s, received_ns)
+        feed(message.topic, message.payload, received_s, received_ns, message.retain)
     return batch
 
 
@@ -821,7 +992,11 @@ def _received(received_at: float | datetime | pd.Timestamp) -> tuple[float, int]
 
 
 def parse_message(
-    topic: str, payload: bytes, received_at: float | datetime | pd.Timestamp
+    topic: str,
+    payload: bytes,
+    received_at: float | datetime | pd.Timestamp,
+    *,
+    options: ParseOptions | None = None,
 ) -> ParseResult:
     """Parse one message into rows, on the same code path as `parse_batch`.
 
@@ -831,6 +1006,7 @@ def parse_message(
         received_at: When it arrived: epoch seconds, a datetime or a pandas Timestamp; naive
             ones are UTC. NaN, infinite or out-of-range values are replaced by the current
             time.
+        options: How to read payloads; default `ParseOptions()`.
 
     Returns:
         The rows, or the reject.
@@ -842,7 +1018,7 @@ def parse_message(
 
     received_s, received_ns = _received(received_at)
     batch = ColumnBatch()
-    _Writer(batch).feed(topic, payload, received_s, received_ns)
+    _Writer(batch, options or _DEFAULT_OPTIONS).feed(topic, payload, received_s, received_ns, False)
     if batch.rejects:
         return ParseResult(rows=(), reject=batch.rejects[0], timestamp_fallbacks=0)
     received = pd.Timestamp(received_ns, unit="ns", tz="UTC")

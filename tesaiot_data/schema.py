@@ -42,6 +42,10 @@ ARROW_SCHEMA = pa.schema(
 )
 
 
+# What to_canonical makes of a column, for its error message.
+_TARGETS = {"timestamp": "UTC times", "received_at": "UTC times", "value": "float64 numbers"}
+
+
 def empty_frame() -> pd.DataFrame:
     """Return a frame with no rows and the canonical columns and dtypes."""
     utc = pd.DatetimeTZDtype(unit="ns", tz="UTC")
@@ -64,17 +68,30 @@ def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         The frame: UTC nanosecond timestamps, float64 values, categorical strings.
+
+    Raises:
+        ValueError: A column cannot be converted to its dtype (times that are not times,
+            values that are not numbers); the message names the column.
     """
     out = {}
     for name in COLUMNS:
         column = frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
-        if name in TIME_COLUMNS:
-            if not isinstance(column.dtype, pd.DatetimeTZDtype):
-                column = pd.to_datetime(column, utc=True)
-            column = column.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
-        elif name == "value":
-            column = column.astype("float64")
-        elif not isinstance(column.dtype, pd.CategoricalDtype):
-            column = column.astype("category")
-        out[name] = column
+        try:
+            out[name] = _convert(name, column)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(
+                f"column {name!r} cannot be converted to {_TARGETS.get(name, 'category')}: {exc}"
+            ) from exc
     return pd.DataFrame(out, index=frame.index)
+
+
+def _convert(name: str, column: pd.Series) -> pd.Series:
+    if name in TIME_COLUMNS:
+        if not isinstance(column.dtype, pd.DatetimeTZDtype):
+            column = pd.to_datetime(column, utc=True)
+        return column.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    if name == "value":
+        return column.astype("float64")
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        return column.astype("category")
+    return column

@@ -29,6 +29,8 @@ _TOKEN_HELP = (
 )
 _URL_EXAMPLE = "for example wss://mqtt.tesaiot.com:8085/mqtt or mqtt://127.0.0.1:1883"
 _DEFAULT_PORTS = {"wss": 8085, "ws": 80, "mqtts": 8883, "mqtt": 1883}
+_MAX_TOPIC_BYTES = 65_535  # an MQTT string's length is two bytes
+_SHARED_PREFIX = "$share"
 
 Transport = Literal["websockets", "tcp"]
 
@@ -150,6 +152,36 @@ def _clean_token(raw: str | None) -> str:
     return token
 
 
+def _topic_filter_problem(topic: str) -> str | None:
+    """Why `topic` is not a valid MQTT subscription filter, or None when it is one."""
+    if not isinstance(topic, str):
+        return f"it is a {type(topic).__name__}, not a string"
+    if not topic.strip():
+        return "it is empty"
+    if "\x00" in topic:
+        return "it contains a NUL character"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it contains a lone surrogate, which is not valid Unicode"
+    if size > _MAX_TOPIC_BYTES:
+        return f"it is {size} bytes long in UTF-8; MQTT allows {_MAX_TOPIC_BYTES}"
+    levels = topic.split("/")
+    if levels[0] == _SHARED_PREFIX:  # $share/<group>/<filter>, for shared subscriptions
+        if len(levels) < 3 or not "/".join(levels[2:]).strip():
+            return "a shared subscription needs $share/<group>/<filter>"
+        group = levels[1]
+        if not group or any(char in group for char in "+#"):
+            return "the group of $share/<group>/<filter> must be non-empty, without + or #"
+        levels = levels[2:]
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "'#' must be a whole level and the last one, as in device/+/telemetry/#"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level, as in device/+/telemetry/#"
+    return None
+
+
 def _new_client_id() -> str:
     return f"tesaiot-data-{secrets.token_hex(4)}"
 
@@ -171,7 +203,8 @@ class Settings:
         token: The platform's MQTT token, `tesa_mqtt_<org>_<32 characters>`; it is both the
             username and the password. Surrounding whitespace and quotes are removed.
         broker_url: `wss://host:port/path` (the platform), `ws://`, `mqtts://` or `mqtt://`.
-        topic: The subscription filter.
+        topic: The subscription filter: `+` and `#` stand for whole levels, `#` only last;
+            `$share/<group>/<filter>` makes a shared subscription.
         client_id: The MQTT client id; a fixed one with `clean_session=False` keeps a
             persistent session on the broker.
         qos: Subscription QoS, 0, 1 or 2.
@@ -181,6 +214,11 @@ class Settings:
         clean_session: Start with a fresh session on every connect.
         connect_timeout: Seconds `connect()` waits for the broker to answer.
         username: The MQTT username, by default the token (the platform's convention).
+
+    Raises:
+        TokenError: The token is missing or not a TESAIoT MQTT token.
+        ConfigError: Another field has a value that cannot work, for example a topic that
+            is not a valid subscription filter.
     """
 
     token: str = field(repr=False)
@@ -200,8 +238,12 @@ class Settings:
         BrokerURL.parse(self.broker_url)  # fail here, where the value was made
         if self.qos not in (0, 1, 2):
             raise ConfigError(f"qos={self.qos!r} must be 0, 1 or 2", hint="set MQTT_QOS=1")
-        if not self.topic.strip():
-            raise ConfigError("the subscription topic is empty", hint=f"use {DEFAULT_TOPIC}")
+        if (problem := _topic_filter_problem(self.topic)) is not None:
+            shown = self.topic if len(self.topic) <= 80 else f"{self.topic[:60]}…"
+            raise ConfigError(
+                f"MQTT_SUBSCRIBE_TOPIC={shown!r} is not a valid subscription topic: {problem}",
+                hint=f"set MQTT_SUBSCRIBE_TOPIC (topic=...) to a filter such as {DEFAULT_TOPIC}",
+            )
         if self.ca_certs is not None and not Path(self.ca_certs).is_file():
             raise ConfigError(
                 f"ca_certs={str(self.ca_certs)!r} is not a file",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from tesaiot_data.parsing import ColumnBatch
-from tesaiot_data.schema import CATEGORY_COLUMNS, empty_frame
+from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame
 
 __all__ = ["Chunk", "RollingStore"]
 
@@ -23,16 +23,27 @@ _SEAL_CHUNKS = 256
 # With copy-on-write (always on from pandas 3) a shallow copy of a cached frame is safe to
 # hand out: the caller's edits copy first. Without it, hand out deep copies.
 _COPY_ON_WRITE = int(pd.__version__.split(".")[0]) >= 3 or bool(pd.options.mode.copy_on_write)
+# The dictionaries are rebuilt from the rows held once they hold this many strings (or text
+# bytes) more than twice what was live at the last rebuild: memory follows the rows held,
+# and the rebuild's O(rows held) cost is spread over at least this many new strings.
+_COMPACT_MIN_ENTRIES = 4096
+_COMPACT_MIN_BYTES = 32 * 1024 * 1024
 
 
 class _Dictionary:
-    """An append-only string <-> code mapping shared by every chunk of one column."""
+    """A string <-> code mapping shared by the chunks of one column made in one generation.
 
-    __slots__ = ("codes", "values")
+    Codes only grow within a generation; `RollingStore` starts a new, compacted generation
+    when most strings belong to rows that are gone, so memory follows the rows held.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("codes", "text_bytes", "values")
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self.values: list[str] = list(values)
         self.codes: dict[str | None, int] = {None: -1}
-        self.values: list[str] = []
+        self.codes.update((value, code) for code, value in enumerate(self.values))
+        self.text_bytes = sum(len(value) for value in self.values)
 
     def encode(self, items: list[str | None]) -> np.ndarray:
         get = self.codes.get
@@ -48,6 +59,7 @@ class _Dictionary:
         if code is None:  # not added earlier in this same batch
             code = self.codes[item] = len(self.values)
             self.values.append(item)  # type: ignore[arg-type]  # None is always known
+            self.text_bytes += len(item)  # type: ignore[arg-type]
         return code
 
     def lookup(self, names: Iterable[str]) -> np.ndarray:
@@ -73,6 +85,9 @@ class Chunk:
     received: np.ndarray
     value: np.ndarray
     codes: dict[str, np.ndarray]
+    categories: dict[str, list[str]]
+    """Per column, the strings the codes index: the dictionary generation the chunk was
+    made in. Shared, append-only lists, so a chunk stays readable after the store moved on."""
 
     def __len__(self) -> int:
         return len(self.received)
@@ -84,11 +99,12 @@ class Chunk:
             self.received[selector],
             self.value[selector],
             {name: codes[selector] for name, codes in self.codes.items()},
+            self.categories,
         )
 
     @classmethod
     def concat(cls, chunks: Sequence[Chunk], *, code_dtype: type | None = None) -> Chunk:
-        """Return the rows of several chunks as one (the chunk itself when alone)."""
+        """Return the rows of several chunks of one generation as one (itself when alone)."""
         if len(chunks) == 1 and code_dtype is None:
             return chunks[0]
         return cls(
@@ -101,6 +117,7 @@ class Chunk:
                 )
                 for name in CATEGORY_COLUMNS
             },
+            chunks[0].categories,
         )
 
     def nbytes(self) -> int:
@@ -126,6 +143,10 @@ class RollingStore:
         self.window_ns = window_ns
         self.max_rows = max_rows
         self._dictionaries = {name: _Dictionary() for name in CATEGORY_COLUMNS}
+        self._generation = {name: d.values for name, d in self._dictionaries.items()}
+        self._entries_limit = _COMPACT_MIN_ENTRIES
+        self._bytes_limit = _COMPACT_MIN_BYTES
+        self._compactions = 0
         self._sealed: deque[Chunk] = deque()
         self._tail: list[Chunk] = []
         self._tail_rows = 0
@@ -158,6 +179,7 @@ class RollingStore:
                 name: self._dictionaries[name].encode(getattr(batch, name))
                 for name in CATEGORY_COLUMNS
             },
+            self._generation,
         )
         with self._lock:
             self._tail.append(chunk)
@@ -167,16 +189,33 @@ class RollingStore:
             if self._tail_rows >= _SEAL_ROWS or len(self._tail) >= _SEAL_CHUNKS:
                 self._seal()
             self._evict(int(chunk.received[-1]) if now_ns is None else now_ns)
+            self._compact_if_due()
             self._version += 1
         return chunk
 
-    def frame_of(self, chunks: Sequence[Chunk]) -> pd.DataFrame:
-        """Return the rows of chunks from `append()` as one canonical frame.
+    @staticmethod
+    def frames_of(chunks: Sequence[Chunk]) -> list[pd.DataFrame]:
+        """Return the rows of chunks from `append()` as canonical frames, in order.
 
-        For read-only consumers (recorders, snapshot writers): a single chunk's frame shares
-        its arrays. Evicted chunks work too: the string dictionaries only grow.
+        For read-only consumers (recorders, dataset writers). Chunks stay readable after they
+        were evicted and after the store compacted its dictionaries; one frame is made per run
+        of chunks of the same dictionary generation (usually one). A single chunk's frame
+        shares its arrays.
+
+        Args:
+            chunks: Chunks returned by `append()`, in arrival order.
+
+        Returns:
+            One frame per generation run; empty when `chunks` is.
         """
-        return self._build(chunks, self._categories())
+        frames = []
+        start = 0
+        for end in range(1, len(chunks) + 1):
+            if end == len(chunks) or chunks[end].categories is not chunks[start].categories:
+                run = chunks[start:end]
+                frames.append(RollingStore._build(run, run[0].categories))
+                start = end
+        return frames
 
     def evict(self, now_ns: int) -> int:
         """Drop rows older than the window at time `now_ns`; return how many went."""
@@ -186,6 +225,53 @@ class RollingStore:
             if self._evicted != before:
                 self._version += 1
             return self._evicted - before
+
+    def _compact_if_due(self) -> None:
+        entries = text = 0
+        for dictionary in self._dictionaries.values():
+            entries += len(dictionary.values)
+            text += dictionary.text_bytes
+        if entries > self._entries_limit or text > self._bytes_limit:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Start a new dictionary generation holding only the strings of the rows held.
+
+        Held chunks are re-coded (O(rows held), at most once per `_COMPACT_MIN_ENTRIES` new
+        strings or as many as were live); chunks handed out earlier keep their generation.
+        """
+        held = [*self._sealed, *self._tail]
+        dictionaries: dict[str, _Dictionary] = {}
+        remaps: dict[str, np.ndarray] = {}
+        for name, old in self._dictionaries.items():
+            used = np.zeros(len(old.values), dtype=bool)
+            for chunk in held:
+                codes = chunk.codes[name]
+                used[codes[codes >= 0]] = True
+            kept = np.flatnonzero(used)
+            # One slot more than codes: index -1 (a missing string) maps to -1.
+            remap = np.full(len(old.values) + 1, -1, dtype=np.int32)
+            remap[kept] = np.arange(len(kept), dtype=np.int32)
+            remaps[name] = remap
+            dictionaries[name] = _Dictionary(old.values[i] for i in kept.tolist())
+        generation = {name: d.values for name, d in dictionaries.items()}
+        sealed_dtype = _smallest_int(max(len(d.values) for d in dictionaries.values()))
+
+        def recode(chunk: Chunk, dtype: type) -> Chunk:
+            codes = {
+                name: remaps[name][c].astype(dtype, copy=False) for name, c in chunk.codes.items()
+            }
+            return Chunk(chunk.timestamp, chunk.received, chunk.value, codes, generation)
+
+        self._sealed = deque(recode(c, sealed_dtype) for c in self._sealed)
+        self._tail = [recode(c, np.int32) for c in self._tail]
+        self._dictionaries = dictionaries
+        self._generation = generation
+        live_entries = sum(len(d.values) for d in dictionaries.values())
+        live_bytes = sum(d.text_bytes for d in dictionaries.values())
+        self._entries_limit = 2 * live_entries + _COMPACT_MIN_ENTRIES
+        self._bytes_limit = 2 * live_bytes + _COMPACT_MIN_BYTES
+        self._compactions += 1
 
     def _seal(self) -> None:
         code_dtype = _smallest_int(max(len(d.values) for d in self._dictionaries.values()))
@@ -262,6 +348,16 @@ class RollingStore:
         with self._lock:
             return sum(c.nbytes() for c in (*self._sealed, *self._tail))
 
+    @property
+    def dictionary_entries(self) -> dict[str, int]:
+        """Distinct strings kept now per string column (at most about twice those in use)."""
+        return {name: len(d.values) for name, d in self._dictionaries.items()}
+
+    @property
+    def compactions(self) -> int:
+        """How many times the string dictionaries were rebuilt to drop evicted strings."""
+        return self._compactions
+
     def frame(
         self,
         *,
@@ -288,17 +384,19 @@ class RollingStore:
         with self._lock:
             key = (self._version, since_ns, device_set, metric_set)
             chunks = [*self._sealed, *self._tail]
-        categories = self._categories()
+            dictionaries = self._dictionaries
+        # Every held chunk is of the current generation; its lists only grow, so what they
+        # hold now covers every code in `chunks`.
         wanted = {}
         if device_set is not None:
-            wanted["device_id"] = self._dictionaries["device_id"].lookup(device_set)
+            wanted["device_id"] = dictionaries["device_id"].lookup(device_set)
         if metric_set is not None:
-            wanted["metric"] = self._dictionaries["metric"].lookup(metric_set)
+            wanted["metric"] = dictionaries["metric"].lookup(metric_set)
         if since_ns is not None or wanted:
             chunks = [c for c in (self._select(c, since_ns, wanted) for c in chunks) if len(c)]
         if len(chunks) == 1:  # _build would share the store's arrays
             chunks = [chunks[0], chunks[0].take(slice(0, 0))]
-        frame = self._build(chunks, categories)
+        frame = self._build(chunks, chunks[0].categories if chunks else self._generation)
         self._cache = (key, frame)
         return frame.copy(deep=not _COPY_ON_WRITE)
 
@@ -315,28 +413,34 @@ class RollingStore:
             chunk = chunk.take(mask)
         return chunk
 
-    def _categories(self) -> dict[str, pd.Index]:
-        # The dictionaries only grow, so codes written before this moment stay valid.
-        return {
-            name: pd.Index(list(d.values), dtype=object) for name, d in self._dictionaries.items()
-        }
-
     @staticmethod
-    def _build(chunks: Sequence[Chunk], categories: dict[str, pd.Index]) -> pd.DataFrame:
+    @staticmethod
+    def _build(chunks: Sequence[Chunk], generation: Mapping[str, list[str]]) -> pd.DataFrame:
         if not chunks:
             return empty_frame()
         merged = Chunk.concat(chunks)
         data: dict[str, object] = {
             "timestamp": pd.DatetimeIndex(merged.timestamp.view("M8[ns]")).tz_localize("UTC"),
             "received_at": pd.DatetimeIndex(merged.received.view("M8[ns]")).tz_localize("UTC"),
+            "value": merged.value,
         }
-        for name in ("device_id", "sensor_type", "metric"):
-            data[name] = pd.Categorical.from_codes(
-                merged.codes[name], categories=categories[name], validate=False
-            )
-        data["value"] = merged.value
-        for name in ("unit", "value_text"):
-            data[name] = pd.Categorical.from_codes(
-                merged.codes[name], categories=categories[name], validate=False
-            )
-        return pd.DataFrame(data, copy=False)
+        for name in CATEGORY_COLUMNS:
+            codes, names = _used_only(merged.codes[name], generation[name])
+            data[name] = pd.Categorical.from_codes(codes, categories=names, validate=False)
+        return pd.DataFrame({name: data[name] for name in COLUMNS}, copy=False)
+
+
+def _used_only(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, pd.Index]:
+    """The rows' codes and categories with only the strings the rows use.
+
+    O(rows + distinct strings of the generation) in numpy, and O(strings used) in Python, so
+    a frame or file of a few rows never copies a large dictionary.
+    """
+    used = np.zeros(len(values) + 1, dtype=bool)
+    used[codes] = True  # a missing string, code -1, marks the extra last slot
+    if used[:-1].all():
+        return codes, pd.Index(list(values[: len(used) - 1]), dtype=object)
+    kept = np.flatnonzero(used[:-1])
+    remap = np.full(len(used), -1, dtype=np.int32)
+    remap[kept] = np.arange(len(kept), dtype=np.int32)
+    return remap[codes], pd.Index([values[i] for i in kept.tolist()], dtype=object)

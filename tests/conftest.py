@@ -6,12 +6,15 @@ cannot pass without running the broker tests.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tesaiot_data.collector import Collector
+from tesaiot_data.errors import RecordingError
 from tesaiot_data.fleet import DeviceFleet
 from tesaiot_data.localbroker import LocalBroker
 from tesaiot_data.settings import Settings
@@ -88,3 +91,18 @@ def subscriber_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...,
     yield make
     for collector in collectors:
         collector.stop()
+
+
+@pytest.fixture
+def collectors() -> Iterator[Callable[..., Collector]]:
+    """Make collectors that are stopped after the test (a failed recording is the test's)."""
+    made: list[Collector] = []
+
+    def make(settings: Settings, **options: Any) -> Collector:
+        made.append(Collector(settings, **options))
+        return made[-1]
+
+    yield make
+    for collector in made:
+        with contextlib.suppress(RecordingError):  # the tests that break one assert on it
+            collector.stop()

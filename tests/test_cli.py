@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from tesaiot_data import load_recording
 from tesaiot_data.cli import main
 from tesaiot_data.fleet import DeviceFleet
 from tesaiot_data.localbroker import LocalBroker
+from tesaiot_data.parsing import Reject, RejectReason
+from tesaiot_data.storage import Recorder, write_frame, write_rejects
 from tests.helpers import wait_for
+from tests.small_disk import fill, small_disk
 
 CLI = [sys.executable, "-m", "tesaiot_data.cli"]
 
@@ -149,3 +155,150 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert frame["device_id"].nunique() == 5
     assert "jupyter lab notebooks/" in result.stdout
     assert "rejected" in result.stdout
+
+
+# --- errors: one line, exit 1, never a traceback ------------------------------------------------
+
+
+def _not_a_recording(kind: str, folder: Path) -> Path:
+    if kind == "rejects-sidecar":
+        recording = write_frame(_frame(), folder / "s.parquet")
+        return write_rejects([_reject()], recording.with_name("s.rejects.parquet"))
+    if kind == "csv":
+        path = folder / "s.csv"
+        path.write_text("timestamp,device_id,value\n2025-12-10T00:00:00Z,dev-1,21.5\n")
+        return path
+    if kind == "truncated":
+        whole = write_frame(_frame(), folder / "whole.parquet").read_bytes()
+        path = folder / "half.parquet"
+        path.write_bytes(whole[: len(whole) // 2])
+        return path
+    if kind == "missing":
+        return folder / "nope.parquet"
+    path = folder / "other.parquet"
+    pd.DataFrame({"city": ["Bangkok"]}).to_parquet(path)
+    return path
+
+
+def _frame(rows: int = 50) -> pd.DataFrame:
+    start = pd.Timestamp("2025-12-10", tz="UTC")
+    times = start + pd.to_timedelta(np.arange(rows), unit="s")
+    return pd.DataFrame(
+        {
+            "timestamp": times,
+            "received_at": times,
+            "device_id": pd.Categorical([f"dev-{i % 3}" for i in range(rows)]),
+            "sensor_type": pd.Categorical(["env"] * rows),
+            "metric": pd.Categorical(["temperature"] * rows),
+            "value": np.linspace(20, 25, rows),
+            "unit": pd.Categorical(["C"] * rows),
+            "value_text": pd.Categorical([None] * rows),
+        }
+    )
+
+
+def _reject() -> Reject:
+    return Reject(
+        topic="device/d1/telemetry",
+        payload=b"{not json",
+        payload_size=9,
+        reason=RejectReason.NOT_JSON,
+        detail="bad",
+        received_at=1_765_324_800.0,
+    )
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("rejects-sidecar", "use load_rejects()"),
+        ("csv", "a recording is a Parquet file"),
+        ("truncated", "only part of one"),
+        ("other-parquet", "it has no columns"),
+        ("missing", "no recording at"),
+    ],
+)
+def test_inspect_of_a_file_that_is_not_a_recording_prints_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, says: str
+) -> None:
+    path = _not_a_recording(kind, tmp_path)
+    assert main(["inspect", str(path)], out=io.StringIO()) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert says in line
+    assert str(path) in line
+
+
+def test_inspect_of_a_half_copied_file_in_a_real_process(tmp_path: Path) -> None:
+    path = _not_a_recording("truncated", tmp_path)
+    result = subprocess.run(
+        [*CLI, "inspect", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "hint: a recording is a Parquet file" in _one_error_line(result.stderr)
+    assert result.stdout == ""
+
+
+def test_inspect_of_an_unfinished_recording_describes_its_parts(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "crashed.parquet")
+    recorder.add(_frame(30))
+    recorder.flush()  # and then the process died: only the parts folder is there
+    buffer = io.StringIO()
+    assert main(["inspect", str(recorder.path)], out=buffer) == 0
+    report = buffer.getvalue()
+    assert f"folder:    {recorder.parts_dir} (1 Parquet files" in report
+    assert "rows:      30" in report
+
+
+def _record(broker: LocalBroker, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "record", "--out", str(out), *extra],
+        env=broker_env(broker),
+        cwd=out.parent if out.parent.is_dir() else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("where", ["parts-folder-exists", "under-a-file"])
+def test_record_to_a_path_that_cannot_be_written_prints_one_error_line(
+    broker: LocalBroker, tmp_path: Path, where: str
+) -> None:
+    if where == "parts-folder-exists":
+        out = tmp_path / "session.parquet"
+        (tmp_path / "session.parquet.parts").mkdir()  # another recording is writing there
+        says = "already exists"
+    else:
+        (tmp_path / "a-file").write_text("")
+        out = tmp_path / "a-file" / "session.parquet"
+        says = "Not a directory"
+    result = _record(broker, out, "--duration", "1s")
+    assert result.returncode == 1, result.stderr
+    assert says in _one_error_line(result.stderr)
+
+
+@pytest.mark.broker
+def test_record_onto_a_full_disk_prints_one_error_line_with_the_counts(
+    broker: LocalBroker, fleet_factory: Callable[..., DeviceFleet], tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        fill(disk)
+        fleet = fleet_factory(devices=2, rate=100, mixed_shapes=False).start()
+        out = disk / "session.parquet"
+        # No flush before stop: the rows are written (and fail) when the recording stops.
+        result = _record(broker, out, "--duration", "1s", "--flush-every", "1h")
+        fleet.stop()
+        assert result.returncode == 1, result.stderr
+        line = _one_error_line(result.stderr)
+        assert f"error: recording to {out} failed: [Errno 28] No space left on device" in line
+        assert re.search(r"; 0 rows reached disk, \d+ rows were lost \(hint: free disk space", line)
+        assert not out.exists()

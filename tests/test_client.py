@@ -12,7 +12,10 @@ import os
 import socket
 import ssl
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt
@@ -20,14 +23,20 @@ import pytest
 
 from tesaiot_data import (
     AuthError,
+    Collector,
     ConnectError,
     ConnectTimeoutError,
     Settings,
     SubscribeError,
+    TesaiotError,
     TESAIoTMQTTClient,
     TLSError,
+    load_rejects,
 )
+from tesaiot_data.errors import StreamError
 from tesaiot_data.localbroker import LocalBroker
+from tesaiot_data.parsing import RawMessage
+from tests.fake_broker import FakeBroker, publish, publish_with_a_lying_topic_length
 from tests.helpers import free_port, new_paho_client, wait_for
 
 pytestmark = pytest.mark.broker
@@ -95,8 +104,24 @@ def clients() -> Iterator[list[TESAIoTMQTTClient]]:
         client.disconnect()
 
 
+@pytest.fixture
+def fake_broker() -> Iterator[FakeBroker]:
+    """A scripted MQTT broker on a loopback port, for packets Mosquitto would never send."""
+    with FakeBroker() as running:
+        yield running
+
+
+def fake_settings(fake: FakeBroker) -> Settings:
+    return Settings(token="tesa_mqtt_demo_" + "F" * 32, broker_url=fake.url, connect_timeout=5)
+
+
 def client_threads(client: TESAIoTMQTTClient) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(client.settings.client_id)]
+
+
+def network_thread_alive(client: TESAIoTMQTTClient) -> bool:
+    name = f"{client.settings.client_id}-network"
+    return any(t.name == name and t.is_alive() for t in threading.enumerate())
 
 
 def test_runs_on_the_expected_paho_version() -> None:
@@ -417,3 +442,225 @@ def test_a_token_revoked_while_connected_stops_the_retries_with_auth_error(
     wait_for(lambda: not [t for t in client_threads(client) if t.endswith("-network")])
     with pytest.raises(AuthError):
         client.run_forever()  # surfaces the error instead of looping
+
+
+# --------------------------------------------------- nothing dies quietly, nothing is lost
+
+BAD_TOPIC = b"device/\xff\xfe/telemetry/t"
+
+
+def test_a_topic_that_is_not_utf8_is_counted_and_handed_on_and_the_stream_goes_on(
+    fake_broker: FakeBroker, clients: list[TESAIoTMQTTClient]
+) -> None:
+    received: list[RawMessage] = []
+    client = TESAIoTMQTTClient(fake_settings(fake_broker), on_batch=received.extend)
+    clients.append(client)
+    client.connect()
+    connection = fake_broker.next_connection()
+    connection.send(publish(BAD_TOPIC, b'{"v": 1}'))
+    connection.send(publish(b"device/ok/telemetry/t", b'{"v": 2}'))
+    wait_for(lambda: len(received) == 2, message=f"got {received}")
+    bad, good = received
+    assert bad.topic.encode("utf-8", "surrogateescape") == BAD_TOPIC  # nothing of it lost
+    assert bad.payload == b'{"v": 1}'
+    assert (good.topic, good.payload) == ("device/ok/telemetry/t", b'{"v": 2}')
+    assert network_thread_alive(client)
+    assert client.error is None
+    assert client.connected
+    stats = client.stats
+    assert (stats.received, stats.processed, stats.failed, stats.dropped) == (2, 2, 0, 0)
+
+
+def test_a_topic_that_is_not_utf8_is_a_logged_reject_in_process_telemetry(
+    fake_broker: FakeBroker, clients: list[TESAIoTMQTTClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = Recorder(fake_settings(fake_broker))
+    clients.append(client)
+    client.connect()
+    connection = fake_broker.next_connection()
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data"):
+        connection.send(publish(BAD_TOPIC, b"1"))
+        connection.send(publish(b"device/ok/telemetry/t", b"2"))
+        wait_for(lambda: client.seen, message="the message after the bad topic was lost")
+        assert client.wait_idle(10)
+    assert client.seen == [("ok", "t", 2)]
+    stats = client.stats
+    assert (stats.received, stats.rejected, stats.processed, stats.failed) == (2, 1, 1, 0)
+    assert repr("device/\udcff\udcfe/telemetry/t") in caplog.text
+    assert network_thread_alive(client)
+    assert client.error is None
+
+
+def test_a_collector_rejects_a_topic_that_is_not_utf8_and_keeps_its_payload(
+    fake_broker: FakeBroker,
+) -> None:
+    collector = Collector(fake_settings(fake_broker))
+    try:
+        collector.start()
+        connection = fake_broker.next_connection()
+        connection.send(publish(BAD_TOPIC, b'{"temperature": 20}'))
+        connection.send(publish(b"device/ok/telemetry/t", b'{"temperature": 21}'))
+        wait_for(lambda: collector.stats.messages + collector.stats.rejected == 2)
+        stats = collector.stats
+        assert stats.rejects_by_reason.get("bad_topic") == 1
+        assert stats.messages == 1
+        assert (stats.received, stats.failed, stats.error) == (2, 0, None)
+        assert collector.frame()["value"].tolist() == [21.0]
+        assert collector.client is not None
+        assert network_thread_alive(collector.client)
+    finally:
+        collector.stop()
+
+
+def test_the_rejects_frame_shows_a_topic_that_is_not_utf8_with_its_payload(
+    fake_broker: FakeBroker, tmp_path: Path
+) -> None:
+    collector = Collector(fake_settings(fake_broker))
+    try:
+        collector.start()
+        connection = fake_broker.next_connection()
+        connection.send(publish(BAD_TOPIC, b'{"temperature": 20}'))
+        wait_for(lambda: collector.stats.rejected == 1)
+        rejects = collector.rejects()
+        assert rejects["payload"].tolist() == [b'{"temperature": 20}']
+        assert rejects["reason"].tolist() == ["bad_topic"]
+        assert "telemetry/t" in rejects["topic"].iloc[0]
+        # ... and a recording's rejects file can hold it (Parquet strings are UTF-8).
+        with collector.record(tmp_path / "r.parquet", flush_every=0.05) as recording:
+            connection.send(publish(BAD_TOPIC, b"2"))
+            wait_for(lambda: collector.stats.rejected == 2)
+        assert load_rejects(recording.path)["payload"].tolist() == [b"2"]
+    finally:
+        collector.stop()
+
+
+def test_a_packet_paho_cannot_read_makes_the_client_reconnect_not_die(
+    fake_broker: FakeBroker, clients: list[TESAIoTMQTTClient]
+) -> None:
+    # paho 1.6 raises struct.error out of loop() on this packet; paho 2.x reports a protocol
+    # error. Either way the client must reconnect and go on.
+    received: list[RawMessage] = []
+    client = TESAIoTMQTTClient(
+        fake_settings(fake_broker), on_batch=received.extend, reconnect_initial=0.1
+    )
+    clients.append(client)
+    client.connect()
+    fake_broker.next_connection().send(publish_with_a_lying_topic_length(b"device/x", b"1"))
+    fake_broker.next_connection().send(publish(b"device/ok/telemetry/t", b"2"))
+    wait_for(lambda: received, message="nothing arrived after the malformed packet")
+    assert [m.payload for m in received] == [b"2"]
+    assert client.stats.reconnects == 1
+    assert client.error is None
+    assert network_thread_alive(client)
+
+
+def test_an_unexpected_error_in_a_paho_callback_stops_the_client_visibly(
+    fake_broker: FakeBroker, clients: list[TESAIoTMQTTClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(Recorder):
+        subacks = 0
+
+        def _handle_suback(self, mid: int, granted: Any) -> None:
+            self.subacks += 1
+            if self.subacks > 1:  # the SUBACK after the reconnect
+                raise RuntimeError("bug in a callback")
+            super()._handle_suback(mid, granted)
+
+    client = Broken(fake_settings(fake_broker), reconnect_initial=0.1)
+    clients.append(client)
+    client.connect()
+    with caplog.at_level(logging.ERROR, logger="tesaiot_data"):
+        fake_broker.next_connection().close()  # the reconnect's SUBACK raises
+        wait_for(lambda: client.error is not None, message="the error was swallowed")
+    assert isinstance(client.error, StreamError)
+    assert isinstance(client.error, TesaiotError)
+    assert "bug in a callback" in str(client.error)
+    assert client.error.hint
+    assert any(r.exc_info is not None for r in caplog.records), "no traceback was logged"
+    wait_for(lambda: not network_thread_alive(client), message="a dead stream kept its thread")
+    with pytest.raises(StreamError):
+        client.run_forever()
+
+
+def test_an_exception_in_on_batch_is_logged_counted_and_survived(
+    settings: Settings,
+    publisher: Publisher,
+    clients: list[TESAIoTMQTTClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    received: list[bytes] = []
+
+    def fragile(batch: Any) -> None:
+        if any(message.payload == b"13" for message in batch):
+            raise ValueError("unlucky batch")
+        received.extend(message.payload for message in batch)
+
+    client = TESAIoTMQTTClient(settings, on_batch=fragile)
+    clients.append(client)
+    client.connect()
+    with caplog.at_level(logging.ERROR, logger="tesaiot_data"):
+        publisher.send("device/d/telemetry/n", b"13")
+        wait_for(lambda: client.stats.failed == 1, message="the failure was not counted")
+        publisher.send("device/d/telemetry/n", b"14")
+        wait_for(lambda: received == [b"14"], message="the batch after the failure was lost")
+    assert "unlucky batch" in caplog.text
+    assert client.stats.processed == 1
+    assert client.connected
+    assert network_thread_alive(client)
+
+
+# ------------------------------------------------------------ two clients, one client id
+
+CLASH = "another client with the same client id"
+
+
+def test_two_clients_with_one_client_id_get_one_warning_each(
+    broker: LocalBroker, clients: list[TESAIoTMQTTClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = broker.settings(client_id=f"shared-{uuid.uuid4().hex[:12]}")
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data"):
+        first = Recorder(settings, reconnect_initial=0.2, reconnect_max=0.4)
+        clients.append(first)
+        first.connect()
+        second = Recorder(settings, reconnect_initial=0.2, reconnect_max=0.4)
+        clients.append(second)
+        second.connect()  # the broker now closes the first; it reconnects and closes this one
+        wait_for(
+            lambda: min(first.stats.reconnects, second.stats.reconnects) >= 6,
+            timeout=60,
+            message="the two clients did not keep taking the session from each other",
+        )
+        first.disconnect()
+        second.disconnect()
+    warnings = [r.getMessage() for r in caplog.records if CLASH in r.getMessage()]
+    assert len(warnings) == 2, warnings  # one per client, not one per disconnect
+    assert settings.client_id in warnings[0]
+    assert "MQTT_CLIENT_ID" in warnings[0]
+    assert not first.connected
+    assert not second.connected
+    assert client_threads(first) == []
+
+
+def reconnected(client: TESAIoTMQTTClient, times: int) -> bool:
+    return client.stats.reconnects == times and client.connected
+
+
+def test_the_client_id_warning_needs_three_quick_disconnects_and_is_rate_limited(
+    fake_broker: FakeBroker, clients: list[TESAIoTMQTTClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = TESAIoTMQTTClient(
+        fake_settings(fake_broker), on_batch=lambda _: None, reconnect_initial=0.05
+    )
+    clients.append(client)
+    client.connect()
+
+    def clashes() -> int:
+        return sum(CLASH in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data"):
+        for closed in range(1, 7):
+            fake_broker.next_connection().close()
+            wait_for(partial(reconnected, client, closed), message=f"no reconnect {closed}")
+            assert clashes() == (0 if closed < 3 else 1), f"after {closed} disconnects"
+    assert client.error is None
+    assert client.connected

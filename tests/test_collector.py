@@ -8,9 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,19 +27,6 @@ from tesaiot_data.schema import COLUMNS
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def collectors() -> Iterator[Callable[..., Collector]]:
-    made: list[Collector] = []
-
-    def make(settings: Settings, **options: Any) -> Collector:
-        made.append(Collector(settings, **options))
-        return made[-1]
-
-    yield make
-    for collector in made:
-        collector.stop()
 
 
 def counts_add_up(collector: Collector) -> bool:

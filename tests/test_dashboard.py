@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import gc
+import json
+import re
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 import pytest
 
 from tesaiot_data import Collector, load_recording
 from tesaiot_data.dashboard import (
+    MAX_CELL_CHARS,
     MAX_LEGEND_ENTRIES,
+    MAX_TOOLTIP_CHARS,
     Dashboard,
     downsample,
     latest_table_html,
     short_ids,
+    status_text,
 )
 from tesaiot_data.fleet import DeviceFleet
+from tesaiot_data.parsing import RawMessage
 from tesaiot_data.settings import Settings
 from tests.helpers import wait_for
 
@@ -115,7 +125,7 @@ def test_selectors_follow_new_devices_and_keep_the_users_choice(
         message="rows from the first fleet",
     )
     following = dashboards(collector, refresh="0.1s")
-    chosen = dashboards(collector, devices=[first.device_ids[0]], refresh="0.1s")
+    chosen = dashboards(collector, devices=[first.device_ids[0]], refresh="0.1s", replace=False)
     assert set(following.device_selector.options) == set(first.device_ids)
     assert following.metric_selector.value is not None  # the first metric seen
 
@@ -226,7 +236,7 @@ def test_close_and_collector_stop_end_the_refresh_thread(
     try:
         before = set(_dashboard_threads())
         closed = collector.dashboard(refresh="0.1s")
-        left_open = collector.dashboard(refresh="0.1s")
+        left_open = collector.dashboard(refresh="0.1s", replace=False)
         assert closed.timer_alive
         assert left_open.timer_alive
         assert len(set(_dashboard_threads()) - before) == 2
@@ -239,7 +249,8 @@ def test_close_and_collector_stop_end_the_refresh_thread(
         collector.stop()
     wait_for(lambda: not left_open.timer_alive, message="the thread ends with the collector")
     assert set(_dashboard_threads()) == before
-    assert left_open.status_label.value.startswith("stopped")
+    assert left_open.status_label.value.startswith("stopped |")
+    assert "msg/s" not in left_open.status_label.value  # no current rate once stopped
     left_open.refresh()  # still draws what the collector holds
     assert left_open.chart_png.startswith(PNG_MAGIC)
     left_open.close()
@@ -262,6 +273,103 @@ def test_legend_stays_readable_with_many_devices(
     assert len(legend) == MAX_LEGEND_ENTRIES + 1
     assert legend[:-1] == [d[:8] for d in sorted(fleet.device_ids)[:MAX_LEGEND_ENTRIES]]
     assert legend[-1] == "+3 more"
+
+
+def test_a_new_dashboard_closes_the_previous_ones_of_its_collector(
+    collector: Collector, dashboards: Callable[..., Dashboard]
+) -> None:
+    # Running the dashboard cell three times.
+    before = set(_dashboard_threads())
+    first, second, third = (dashboards(collector, refresh="0.1s") for _ in range(3))
+
+    assert [d.timer_alive for d in (first, second, third)] == [False, False, True]
+    assert [d.closed for d in (first, second, third)] == [True, True, False]
+    assert len(set(_dashboard_threads()) - before) == 1
+
+    # replace=False keeps the others: two views of one collector side by side.
+    beside = dashboards(collector, refresh="0.1s", replace=False)
+    assert third.timer_alive
+    assert beside.timer_alive
+    assert len(set(_dashboard_threads()) - before) == 2
+    # ... and the next default one closes both.
+    last = dashboards(collector, refresh="0.1s")
+    assert (third.closed, beside.closed, last.closed) == (True, True, False)
+    assert len(set(_dashboard_threads()) - before) == 1
+
+
+def _offline_collector() -> Collector:
+    """A collector that is never started: tests feed it with `_ingest` as the client would."""
+    settings = Settings(token="tesa_mqtt_demo_" + "D" * 32, broker_url="mqtt://127.0.0.1:1")
+    return Collector(settings, window="15min")
+
+
+def _reading(device: str, value: float, stamp: pd.Timestamp, received: float) -> RawMessage:
+    payload = {"value": value, "unit": "celsius", "timestamp": stamp.isoformat()}
+    return RawMessage(
+        f"device/{device}/telemetry/temperature", json.dumps(payload).encode(), received
+    )
+
+
+def test_wrong_device_clocks_do_not_move_the_time_axis(
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    collector = _offline_collector()
+    received = time.time()
+    now = pd.Timestamp(received, unit="s", tz="UTC")
+    good = [
+        _reading("good-device", 20 + i, now - pd.Timedelta(seconds=200 - 10 * i), received)
+        for i in range(20)
+    ]
+    wrong = (
+        [_reading("bad-clock", 1.0, now - pd.Timedelta(seconds=s), received) for s in (30, 20, 10)]
+        + [_reading("bad-clock", 9e9, pd.Timestamp("2262-01-01", tz="UTC"), received)] * 5
+        + [_reading("bad-clock", -9e9, now + pd.Timedelta(hours=7), received)] * 7
+    )
+    collector._ingest(good + wrong)
+    assert len(collector.frame()) == 35
+
+    dash = dashboards(collector, metric="temperature", window="5min", refresh="1h")
+    rendered_before = time.time_ns()
+    dash.refresh()
+    rendered_after = time.time_ns()  # the render's "now" is between the two
+
+    ax = dash.figure.axes[0]
+    left, right = ax.get_xlim()
+    window_ns = 300 * 10**9
+
+    def num(ns: int) -> float:
+        return float(mdates.date2num(np.datetime64(ns, "ns")))  # type: ignore[no-untyped-call]
+
+    slack = 1e-8  # days: below a millisecond, for float rounding
+    assert num(rendered_before - window_ns) - slack <= left <= num(rendered_after - window_ns)
+    assert num(rendered_before) <= right <= num(rendered_after + window_ns // 10)
+
+    lines = {line.get_label(): line for line in ax.lines}
+    good_x = np.asarray(lines["good-device"].get_xdata())
+    assert len(good_x) == 20
+    assert left <= good_x.min()
+    assert good_x.max() <= right
+    assert len(np.asarray(lines["bad-clock"].get_xdata())) == 3
+    assert dash.plotted_devices == ["bad-clock", "good-device"]
+    # The y axis fits the points drawn, not the 9e9 of the wrong clock.
+    assert ax.get_ylim()[1] < 100
+
+    assert dash.off_axis_points == 12
+    notes = [text.get_text() for text in ax.texts]
+    assert "12 points outside the time axis (device clock?)" in notes
+
+
+def test_status_shows_no_rate_once_stopped() -> None:
+    collector = _offline_collector()
+    collector._ingest([_reading("d1", 1.0, pd.Timestamp.now(tz="UTC"), time.time())] * 100)
+    # The last rate a collector measured before it stopped.
+    stats = dataclasses.replace(collector.stats, rate=20.0)
+    assert status_text(stats, running=False) == (
+        "stopped | 100 rows in window | 0 rejects | 0 reconnects"
+    )
+    assert status_text(stats, running=True).startswith("reconnecting | 20 msg/s |")
+    revoked = status_text(dataclasses.replace(stats, error="not authorized"), running=True)
+    assert revoked.startswith("stopped: not authorized | 100 rows")
 
 
 # Allocations of the collector's ingest path: the window legitimately grows as rows arrive
@@ -337,6 +445,32 @@ def test_latest_table_escapes_every_string() -> None:
     assert "&lt;b&gt;temp&lt;/b&gt;" in html
     assert "&amp;amp" in html
     assert "1.5 s" in html
+
+
+def test_long_text_values_are_cut_short_in_the_table() -> None:
+    frame = base64.b64encode(np.random.default_rng(0).bytes(225_000)).decode()  # ~300 KB
+    assert len(frame) == 300_000
+    markup = "<b>" + "x" * 500
+    latest = pd.DataFrame(
+        {
+            "device_id": pd.Categorical(["camera-1", "camera-1"]),
+            "metric": pd.Categorical(["frame", "m" * 1_000]),
+            "value": [np.nan, np.nan],
+            "unit": pd.Categorical([None, None]),
+            "value_text": pd.Categorical([frame, markup]),
+            "age_s": [0.5, 0.5],
+        }
+    )
+    html = latest_table_html(latest)
+    assert len(html) < 3_000
+    assert frame[: MAX_CELL_CHARS - 1] + "\u2026" in html
+    assert ">" + frame[: MAX_CELL_CHARS - 1] + "\u2026</td>" in html
+    titles = re.findall(r'title="([^"]*)"', html)
+    assert f"{frame[: MAX_TOOLTIP_CHARS - 1]}\u2026" in titles
+    assert all(len(title) <= 2 * MAX_TOOLTIP_CHARS for title in titles)  # escapes included
+    assert "<b>" not in html
+    assert "&lt;b&gt;xxx" in html
+    assert ">" + "m" * (MAX_CELL_CHARS - 1) + "\u2026<" in html
 
 
 def test_latest_table_counts_rows_beyond_the_limit() -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import socket
 import ssl
+import subprocess
+import sys
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +26,41 @@ from tests.helpers import SUBACK_FAILURE, Subscriber, new_paho_client, wait_for
 pytestmark = pytest.mark.broker
 
 
+BROKER_CHILD = Path(__file__).with_name("broker_child.py")
+LINUX = sys.platform.startswith("linux")
+
+
 def _process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     return True
+
+
+def _mosquitto_runs(pid: int) -> bool:
+    """Whether `pid` is a live Mosquitto: not gone, not a zombie, not a reused pid."""
+    if not LINUX:
+        return _process_exists(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # "<pid> (<comm>) <state> ...": an orphan's zombie waits for init, which may be slow.
+    comm, _, rest = stat.partition("(")[2].rpartition(")")
+    return comm == "mosquitto" and rest.split()[0] != "Z"
+
+
+def _gone(path: Path) -> bool:
+    return not path.exists()
+
+
+def _private_keys(workdir: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(workdir))
+        for path in workdir.rglob("*")
+        if path.is_file() and b"PRIVATE KEY" in path.read_bytes()
+    )
 
 
 def _wss_client(broker: LocalBroker, password: str, *, ca_certs: Path | None) -> Any:
@@ -273,3 +309,77 @@ def test_the_finalizer_stops_a_forgotten_broker() -> None:
     del broker  # the weakref finalizer runs when the object is collected
     wait_for(lambda: not _process_exists(pid), message="the forgotten broker still runs")
     wait_for(lambda: not workdir.exists(), message="its directory is still there")
+
+
+@pytest.mark.parametrize(
+    "guard",
+    [
+        pytest.param(
+            "pdeathsig", marks=pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux's")
+        ),
+        "watchdog",
+    ],
+)
+def test_the_broker_dies_with_its_owner_killed_by_sigkill(guard: str) -> None:
+    # A notebook kernel killed for memory: nothing may keep serving on the network after it.
+    command = [sys.executable, str(BROKER_CHILD)] + (["--watchdog"] if guard == "watchdog" else [])
+    pid: int | None = None
+    workdir: Path | None = None
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as owner:
+        assert owner.stdout is not None
+        try:
+            started = json.loads(owner.stdout.readline() or "null")
+            assert started is not None, f"the owner exited with {owner.wait(10)}"
+            pid, workdir = int(started["pid"]), Path(started["workdir"])
+            assert _mosquitto_runs(pid)
+            # Mosquitto reads the server's key; the CA's key signed once and is gone.
+            assert _private_keys(workdir) == ["server.key"]
+
+            owner.send_signal(signal.SIGKILL)
+            assert owner.wait(10) == -signal.SIGKILL
+            wait_for(
+                lambda: not _mosquitto_runs(pid or 0),
+                timeout=10,
+                message=f"mosquitto (pid {pid}) outlived its owner",
+            )
+            assert _private_keys(workdir) == ["server.key"]
+        finally:
+            owner.kill()
+            if pid is not None and _mosquitto_runs(pid):
+                os.kill(pid, signal.SIGKILL)  # the old behaviour: leave it to no other test
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)  # its owner had no time to
+
+
+@pytest.mark.skipif(not LINUX, reason="the parent-death signal is Linux's")
+def test_a_broker_started_on_a_short_lived_thread_outlives_the_thread() -> None:
+    # PR_SET_PDEATHSIG fires when the thread that forked the broker ends, not the process.
+    broker = LocalBroker()
+    try:
+        for step in (broker.start, broker.restart):
+            worker = threading.Thread(target=step)
+            worker.start()
+            worker.join()
+            task = Path(f"/proc/self/task/{worker.native_id}")
+            wait_for(partial(_gone, task), message="the thread is still there")
+            pid = broker.pid
+            assert pid is not None
+            # Had the death signal been sent, Mosquitto would not answer this round trip.
+            Subscriber.as_token(broker).start().stop()
+            assert broker.pid == pid
+            assert _mosquitto_runs(pid)
+    finally:
+        broker.close()
+
+
+def test_no_ca_key_stays_on_disk_and_restart_does_not_need_it(tmp_path: Path) -> None:
+    with LocalBroker(workdir=tmp_path / "b") as broker:
+        assert _private_keys(broker.workdir) == ["server.key"]
+        assert not (broker.workdir / "ca.key").exists()
+        assert (broker.workdir / "server.key").stat().st_mode & 0o077 == 0
+        broker.restart()
+        broker.revoke_token()
+        assert _private_keys(broker.workdir) == ["server.key"]
+        Subscriber.as_publisher(broker.publisher()).start().stop()

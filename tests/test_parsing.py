@@ -17,7 +17,9 @@ from tesaiot_data.parsing import (
     MAX_DEPTH,
     MAX_REJECT_PAYLOAD,
     MAX_ROWS_PER_MESSAGE,
+    MAX_TIMESTAMP_TEXT,
     ColumnBatch,
+    ParseOptions,
     ParseResult,
     RawMessage,
     Reject,
@@ -42,8 +44,12 @@ def encode(payload: Any) -> bytes:
     return payload if isinstance(payload, bytes) else json.dumps(payload).encode()
 
 
-def batch_of(*messages: tuple[str, Any], received_at: float = RECEIVED) -> ColumnBatch:
-    return parse_batch(RawMessage(topic, encode(body), received_at) for topic, body in messages)
+def batch_of(
+    *messages: tuple[str, Any], received_at: float = RECEIVED, options: ParseOptions | None = None
+) -> ColumnBatch:
+    return parse_batch(
+        (RawMessage(topic, encode(body), received_at) for topic, body in messages), options=options
+    )
 
 
 def columns(batch: ColumnBatch) -> list[list[Any]]:
@@ -322,8 +328,26 @@ def test_booleans_texts_nulls_and_lists() -> None:
     ]
 
 
-def test_numeric_strings_stay_text() -> None:
-    assert metrics({"level": "25.5"}) == [("level", NAN, None, "25.5")]
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("25.5", 25.5), ("-3", -3.0), ("0", 0.0), ("1e3", 1000.0), ("-0.5E-2", -0.005)],
+)
+def test_strings_that_are_json_numbers_are_numbers(text: str, number: float) -> None:
+    assert metrics({"temperature": text}) == [("temperature", number, None, None)]
+    assert metrics({"value": text, "unit": "celsius"}) == [("temperature", number, "celsius", None)]
+    assert metrics(text) == [("temperature", number, None, None)]  # a bare JSON string
+
+
+@pytest.mark.parametrize(
+    "text", ["25.5 ", " 25", "+1", "0012", "1.", ".5", "NaN", "Infinity", "0x1f", "1_000", "25,5"]
+)
+def test_strings_that_are_not_exactly_json_numbers_stay_text(text: str) -> None:
+    assert metrics({"level": text}) == [("level", NAN, None, text)]
+
+
+def test_numeric_strings_can_stay_text() -> None:
+    batch = batch_of((TOPIC, {"level": "25.5"}), options=ParseOptions(numeric_strings=False))
+    assert (batch.value_text, math.isnan(batch.value[0])) == (["25.5"], True)
 
 
 def test_nan_infinity_and_huge_numbers_are_kept_as_floats() -> None:
@@ -614,6 +638,7 @@ def test_reject_reasons_are_strings() -> None:
         "invalid_utf8",
         "not_json",
         "no_usable_field",
+        "retained_duplicate",
     ]
     assert RejectReason.NOT_JSON == "not_json"
     assert isinstance(RejectReason.EMPTY, str)
@@ -657,7 +682,9 @@ def nested(levels: int) -> dict[str, Any]:
 
 
 def test_constants() -> None:
-    assert (MAX_REJECT_PAYLOAD, MAX_DEPTH, MAX_ROWS_PER_MESSAGE) == (4096, 8, 1000)
+    assert (MAX_REJECT_PAYLOAD, MAX_DEPTH, MAX_ROWS_PER_MESSAGE) == (4096, 8, 10_000)
+    assert MAX_TIMESTAMP_TEXT == 64
+    assert ParseOptions().max_rows_per_message == MAX_ROWS_PER_MESSAGE
 
 
 def test_objects_nested_up_to_max_depth_are_read() -> None:
@@ -694,21 +721,117 @@ def test_lists_count_as_levels() -> None:
         pytest.param({"a": [{"b": list(range(600))}] * 3}, ["a.0.b.0", "a.0.b.1"], 600, id="deep"),
     ],
 )
-def test_a_message_keeps_its_first_max_rows(
+def test_a_message_keeps_its_first_max_rows_and_counts_the_cut_ones(
     payload: Any, first_metrics: list[str], period: int
 ) -> None:
-    batch = batch_of((TOPIC, payload), (TOPIC, {"value": -1}))
-    assert len(batch) == MAX_ROWS_PER_MESSAGE + 1
+    limit = 1000
+    options = ParseOptions(max_rows_per_message=limit)
+    batch = batch_of((TOPIC, payload), (TOPIC, {"value": -1}), options=options)
+    assert len(batch) == limit + 1
     assert batch.metric[:2] == first_metrics
-    assert batch.value == [float(i % period) for i in range(MAX_ROWS_PER_MESSAGE)] + [-1.0]
+    assert batch.value == [float(i % period) for i in range(limit)] + [-1.0]
     assert batch.truncated_messages == 1
+    assert batch.rows_cut == (1800 if period == 600 else 1500) - limit
     assert (batch.messages, batch.parsed_messages) == (2, 2)
 
 
+def test_the_default_limit_keeps_a_batched_sensors_few_thousand_readings() -> None:
+    readings = [{"value": i, "timestamp": 1_765_276_245_000 + i} for i in range(1500)]
+    batch = batch_of((TOPIC, readings))
+    assert len(batch) == 1500
+    assert (batch.truncated_messages, batch.rows_cut) == (0, 0)
+
+
 def test_exactly_max_rows_is_not_truncation() -> None:
-    batch = batch_of((TOPIC, {f"f{i}": i for i in range(MAX_ROWS_PER_MESSAGE)}))
-    assert len(batch) == MAX_ROWS_PER_MESSAGE
-    assert batch.truncated_messages == 0
+    options = ParseOptions(max_rows_per_message=1000)
+    batch = batch_of((TOPIC, {f"f{i}": i for i in range(1000)}), options=options)
+    assert len(batch) == 1000
+    assert (batch.truncated_messages, batch.rows_cut) == (0, 0)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True, "10"])
+def test_max_rows_per_message_must_be_a_positive_integer(limit: Any) -> None:
+    with pytest.raises(ValueError, match="max_rows_per_message"):
+        ParseOptions(max_rows_per_message=limit)
+
+
+# --- work linear in the message -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("digits", [60_000, 1_000_000])
+def test_a_huge_digit_timestamp_is_not_a_timestamp_and_costs_linear_time(digits: int) -> None:
+    # The scientific-notation pattern backtracked quadratically: 60,000 digits took 18 s.
+    started = time.perf_counter()
+    batch = batch_of((TOPIC, {"value": 1, "timestamp": "1" * digits}))
+    assert batch.timestamp_fallbacks == 1
+    assert batch.value == [1.0]
+    assert time.perf_counter() - started < 2.0  # quadratic would take hours; this is ~10 ms
+
+
+def test_timestamps_up_to_the_text_limit_are_read() -> None:
+    padded = " " * (MAX_TIMESTAMP_TEXT - len(ISO0)) + ISO0
+    assert batch_of((TOPIC, {"value": 1, "timestamp": padded})).timestamp_ns == [T0]
+    too_long = " " + padded
+    assert batch_of((TOPIC, {"value": 1, "timestamp": too_long})).timestamp_fallbacks == 1
+
+
+# --- zone-less device clocks ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zone", ["Asia/Bangkok", "+07:00", "+0700"])
+def test_naive_timestamps_are_read_in_the_naive_timezone(zone: str) -> None:
+    options = ParseOptions(naive_timezone=zone)
+    local = {"value": 1, "timestamp": "2025-12-09T17:30:45"}  # 10:30:45 UTC
+    marked = {"value": 2, "timestamp": "2025-12-09T10:30:45Z"}  # an explicit zone wins
+    batch = batch_of((TOPIC, local), (TOPIC, marked), options=options)
+    assert batch.timestamp_ns == [T0, T0]
+    assert batch_of((TOPIC, local)).timestamp_ns == [T0 + 7 * 3600 * S]  # default: UTC
+
+
+def test_the_naive_timezone_follows_daylight_saving_time() -> None:
+    options = ParseOptions(naive_timezone="Europe/Berlin")
+    winter = {"value": 1, "timestamp": "2025-01-15T12:00:00"}
+    summer = {"value": 1, "timestamp": "2025-07-15T12:00:00"}
+    batch = batch_of((TOPIC, winter), (TOPIC, summer), options=options)
+    assert [pd.Timestamp(ns, tz="UTC").hour for ns in batch.timestamp_ns] == [11, 10]
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "+25:00", "", 7])
+def test_an_unknown_naive_timezone_is_a_config_error(zone: Any) -> None:
+    from tesaiot_data.errors import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match="naive_timezone"):
+        ParseOptions(naive_timezone=zone)
+
+
+# --- retained redeliveries ------------------------------------------------------------------
+
+
+def test_a_retained_redelivery_of_the_last_payload_becomes_a_reject() -> None:
+    last: dict[str, int] = {}
+    live = RawMessage(TOPIC, b'{"value": 1}', RECEIVED)
+    first = parse_batch([live._replace(retain=True)], last_payloads=last)  # on subscribing
+    assert (len(first), first.retained_messages) == (1, 1)
+    again = parse_batch([live._replace(retain=True, received_at=RECEIVED + 9)], last_payloads=last)
+    assert len(again) == 0
+    assert [r.reason for r in again.rejects] == [RejectReason.RETAINED_DUPLICATE]
+    assert again.rejects[0].payload == b'{"value": 1}'
+    # A live repeat is kept (a device may send the same value twice); a new retained
+    # payload is kept; without the caller's memory nothing is dropped.
+    assert len(parse_batch([live], last_payloads=last)) == 1
+    newer = RawMessage(TOPIC, b'{"value": 2}', RECEIVED, retain=True)
+    assert len(parse_batch([newer], last_payloads=last)) == 1
+    assert len(parse_batch([newer, newer])) == 2
+
+
+def test_the_retained_memory_is_bounded_by_topics() -> None:
+    last: dict[str, int] = {}
+    messages = (
+        RawMessage(f"device/d{i}/telemetry/t", b"1", RECEIVED)
+        for i in range(parsing.LAST_PAYLOADS_MAX + 10)
+    )
+    parse_batch(messages, last_payloads=last)
+    assert len(last) <= parsing.LAST_PAYLOADS_MAX
 
 
 # --- batches --------------------------------------------------------------------------------

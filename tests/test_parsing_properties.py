@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -172,3 +173,31 @@ def test_epoch_numbers_pick_their_unit_by_magnitude(ns: int, per_unit: int, as_t
     batch = parse_batch([RawMessage("device/d/telemetry", payload, 1.0)])
     assert batch.timestamp_ns == [number * per_unit]
     assert batch.timestamp_fallbacks == 0
+
+
+MEGABYTE = 1_000_000
+
+
+def _one_megabyte_messages(char: str) -> list[RawMessage]:
+    text = char * MEGABYTE
+    quoted = json.dumps(text)
+    return [
+        RawMessage("device/d/telemetry/s", text.encode("utf-8", "surrogatepass"), 1.0),
+        RawMessage("device/d/telemetry/s", b'{"timestamp": %s, "v": 1}' % quoted.encode(), 1.0),
+        RawMessage("device/d/telemetry/s", b'{"v": %s}' % quoted.encode(), 1.0),
+        RawMessage("device/d/telemetry/s", b'{"%s": 1}' % quoted[1:-1].encode(), 1.0),
+        RawMessage(f"device/{text}/telemetry/s", b"1", 1.0),
+    ]
+
+
+@given(st.characters())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_megabyte_of_one_repeated_character_parses_in_linear_time(char: str) -> None:
+    # Issue: 60,000 digits in a timestamp took 18 s (a backtracking pattern) and froze the
+    # process past its keepalive. Quadratic work on 1 MB would take hours; linear takes ms.
+    messages = _one_megabyte_messages(char)
+    started = time.perf_counter()
+    batch = parse_batch(messages)
+    elapsed = time.perf_counter() - started
+    assert batch.messages == len(messages)
+    assert elapsed < 1.0, f"{elapsed:.2f} s for {char!r}"

@@ -160,6 +160,73 @@ def test_bad_values_fail_where_they_are_made(changes: dict[str, object], fragmen
         Settings(token=TOKEN, **changes)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "device/+/telemetry/#",
+        "device/abc/telemetry/#",
+        "device/+/telemetry",
+        "#",
+        "+",
+        "+/+",
+        "/",
+        "device//telemetry/#",
+        "device/dev 1/telemetry/#",
+        "device/ä/telemetry/#",
+        "x" * 65_535,
+        "ä" * 32_767,  # 65,534 bytes in UTF-8
+        "$share/collectors/device/+/telemetry/#",
+        "$share/g/#",
+        "$SYS/#",
+    ],
+)
+def test_valid_subscription_filters_are_accepted(topic: str) -> None:
+    assert Settings(token=TOKEN, topic=topic).topic == topic
+
+
+@pytest.mark.parametrize(
+    ("topic", "fragment"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("device/#/telemetry", "'#' must be a whole level and the last one"),
+        ("a/b#", "'#' must be a whole level"),
+        ("#/", "'#'"),
+        ("device/##", "'#'"),
+        ("device/a+/telemetry", "'+' must be a whole level"),
+        ("device/+a/telemetry/#", "'+'"),
+        ("device/++/telemetry/#", "'+'"),
+        ("device/\x00/telemetry/#", "NUL"),
+        ("x" * 65_536, "65536 bytes"),
+        ("ä" * 32_768, "65536 bytes"),
+        ("device/\udcff/telemetry/#", "lone surrogate"),
+        ("$share/g", "$share/<group>/<filter>"),
+        ("$share/g/", "$share/<group>/<filter>"),
+        ("$share//device/#", "group"),
+        ("$share/a+b/device/#", "group"),
+        ("$share/#/device/#", "group"),
+        ("$share/g/device/a#", "'#'"),
+    ],
+)
+def test_invalid_subscription_filters_fail_naming_the_variable_and_a_good_value(
+    topic: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(token=TOKEN, topic=topic)
+    message = str(info.value)
+    assert fragment in message
+    assert "MQTT_SUBSCRIBE_TOPIC" in message
+    assert "device/+/telemetry/#" in message  # a good value
+    assert len(message) < 500  # a huge topic is shortened, not repeated
+    message.encode("utf-8")  # printable, even for a topic with a lone surrogate
+
+
+def test_an_invalid_filter_in_the_environment_fails_in_from_env() -> None:
+    environ = {"MQTT_API_TOKEN": TOKEN, "MQTT_SUBSCRIBE_TOPIC": "device/a+/telemetry"}
+    with pytest.raises(ConfigError, match="MQTT_SUBSCRIBE_TOPIC='device/a\\+/telemetry'"):
+        Settings.from_env(None, environ=environ)
+
+
 def test_from_env_reads_the_platform_variables(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("not parsed here")

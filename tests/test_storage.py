@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tesaiot_data.errors import NotARecordingError, RecordingError
 from tesaiot_data.parsing import Reject, RejectReason
 from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame
 from tesaiot_data.storage import (
@@ -34,6 +37,7 @@ from tesaiot_data.storage import (
     write_frame,
     write_rejects,
 )
+from tests.small_disk import fill, remount_read_only, small_disk
 
 T0 = pd.Timestamp("2025-12-09T23:59:58", tz="UTC")
 UTC_NS = pd.DatetimeTZDtype(unit="ns", tz="UTC")
@@ -92,6 +96,11 @@ def assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 def leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def raw_metadata(path: Path) -> dict[bytes, bytes]:
+    """A file's key-value metadata as pyarrow reads it (read_metadata is for recordings)."""
+    return dict(pq.read_metadata(path).metadata or {})
 
 
 def reject(index: int, payload: bytes = b"\xff\xfe{not json") -> Reject:
@@ -393,7 +402,7 @@ def test_recorder_rejects_sidecar(tmp_path: Path) -> None:
     sidecar = tmp_path / "s.rejects.parquet"
     assert sidecar.is_file()
     assert read_metadata(recorder.path)["rejects"] == "4"
-    assert read_metadata(sidecar)["who"] == "test"
+    assert raw_metadata(sidecar)[b"tesaiot.who"] == b"test"
     for source in (recorder.path, sidecar):
         back = load_rejects(source)
         assert list(back.columns) == [
@@ -739,7 +748,9 @@ def test_write_rejects_and_reason_strings(tmp_path: Path) -> None:
     table = pq.read_table(path)
     assert table.schema.field("reason").type == pa.dictionary(pa.int32(), pa.string())
     assert table.schema.field("payload").type == pa.binary()
-    assert read_metadata(path) == {"k": "v", "rows": "3", "version": read_metadata(path)["version"]}
+    meta = raw_metadata(path)
+    assert meta[b"tesaiot.k"] == b"v"
+    assert meta[b"tesaiot.rows"] == b"3"
 
 
 def test_missing_device_id_is_refused(tmp_path: Path) -> None:
@@ -752,3 +763,364 @@ def test_missing_device_id_is_refused(tmp_path: Path) -> None:
         recorder.add(frame)
     assert recorder.rows == 0
     assert not (tmp_path / "bad.parquet").exists()
+
+
+# --- files that are not recordings -----------------------------------------------------------
+
+
+def _rejects_sidecar(folder: Path) -> Path:
+    return write_rejects([reject(1), reject(2)], folder / "s.rejects.parquet")
+
+
+def _renamed_sidecar(folder: Path) -> Path:
+    return write_rejects([reject(1)], folder / "bad-messages.parquet")
+
+
+def _csv(folder: Path) -> Path:
+    path = folder / "s.csv"
+    plain(make_frame(5)).to_csv(path, index=False)
+    return path
+
+
+def _half_copied(folder: Path) -> Path:
+    whole = write_frame(make_frame(500), folder / "whole.parquet").read_bytes()
+    path = folder / "copy.parquet"
+    path.write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+def _empty_file(folder: Path) -> Path:
+    path = folder / "empty.parquet"
+    path.write_bytes(b"")
+    return path
+
+
+def _other_parquet(folder: Path) -> Path:
+    path = folder / "other.parquet"
+    pd.DataFrame({"city": ["Bangkok"], "population": [10_000_000]}).to_parquet(path)
+    return path
+
+
+def _text_in_value(folder: Path) -> Path:
+    path = folder / "text-values.parquet"
+    plain(make_frame(3)).assign(value=["a", "b", "c"]).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        pytest.param(_rejects_sidecar, r"use load_rejects\(\)", id="rejects-sidecar"),
+        pytest.param(_renamed_sidecar, r"use load_rejects\(\)", id="renamed-sidecar"),
+        pytest.param(_csv, "a recording is a Parquet file", id="csv"),
+        pytest.param(_half_copied, "a recording is a Parquet file", id="truncated-parquet"),
+        pytest.param(_empty_file, "a recording is a Parquet file", id="empty-file"),
+        pytest.param(_other_parquet, "a recording is a Parquet file", id="other-columns"),
+    ],
+)
+def test_a_file_that_is_not_a_recording_is_refused_with_a_hint(
+    tmp_path: Path, make: Callable[[Path], Path], hint: str
+) -> None:
+    path = make(tmp_path)
+    for reader in (load_recording, read_metadata):
+        with pytest.raises(NotARecordingError, match=hint) as caught:
+            reader(path)
+        assert str(path) in str(caught.value)
+        assert isinstance(caught.value, ValueError)
+
+
+def test_columns_of_the_wrong_type_are_not_a_recording(tmp_path: Path) -> None:
+    with pytest.raises(NotARecordingError, match="cannot be read as a recording"):
+        load_recording(_text_in_value(tmp_path))
+
+
+def test_a_stray_file_in_a_dataset_is_named(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "ds")
+    writer.add(make_frame(10))
+    (written,) = writer.flush()
+    stray = written.with_name("part-zzz.parquet")
+    _rejects_sidecar(tmp_path).replace(stray)
+    for reader in (load_recording, read_metadata):
+        with pytest.raises(NotARecordingError, match=re.escape("part-zzz.parquet")):
+            reader(tmp_path / "ds")
+
+
+def test_parquet_from_another_tool_with_the_columns_still_loads(tmp_path: Path) -> None:
+    frame = make_frame(40)
+    loose = plain(frame).drop(columns=["unit"])  # plain strings, microseconds, no unit column
+    loose["timestamp"] = loose["timestamp"].astype("datetime64[us, UTC]")
+    path = tmp_path / "pandas.parquet"
+    loose.to_parquet(path)
+    expected = frame.assign(
+        timestamp=frame["timestamp"].dt.floor("us"), unit=pd.Categorical([None] * len(frame))
+    )
+    assert_same_rows(load_recording(path), expected)
+    assert read_metadata(path) == {}
+
+
+# --- mixed types, dedupe of text readings, unused categories ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [
+        ("device_id", ["dev-1", 7, "dev-2"]),
+        ("value_text", ["open", 3, None]),
+        ("unit", ["C", 2.5, None]),
+        ("value", ["warm", 21.5, 22.0]),
+        pytest.param(
+            "timestamp",
+            ["not a time", 1, 2],
+            marks=pytest.mark.filterwarnings("ignore:Could not infer format"),
+        ),
+    ],
+)
+def test_a_column_of_mixed_types_is_a_value_error_naming_it(
+    tmp_path: Path, column: str, values: list[object]
+) -> None:
+    frame = make_frame(3)
+    frame[column] = pd.Series(values, dtype=object)
+    with pytest.raises(ValueError, match=repr(column)):
+        write_frame(frame, tmp_path / "mixed.parquet")
+    with pytest.raises(ValueError, match=repr(column)):
+        Recorder(tmp_path / "r.parquet").add(frame)
+    assert not (tmp_path / "mixed.parquet").exists()
+
+
+def test_dedupe_keeps_distinct_text_readings_of_one_second(tmp_path: Path) -> None:
+    second = pd.Timestamp("2025-12-10T08:00:00", tz="UTC")
+    rows = [
+        # (timestamp, received after, metric, value_text)
+        (second, 0.1, "ai_prediction", "person"),
+        (second, 0.2, "ai_prediction", "glass_break"),
+        (second, 0.3, "state", "open"),
+        (second, 0.4, "state", "closed"),
+        (second, 5.0, "ai_prediction", "person"),  # the one real redelivery, 5 s later
+        (second + pd.Timedelta(seconds=1), 1.1, "state", "open"),
+        (second + pd.Timedelta(seconds=1), 1.2, "state", "closed"),
+    ]
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.DatetimeIndex([r[0] for r in rows]).as_unit("ns"),
+            "received_at": pd.DatetimeIndex(
+                [second + pd.Timedelta(seconds=r[1]) for r in rows]
+            ).as_unit("ns"),
+            "device_id": pd.Categorical(["cam-1"] * len(rows)),
+            "sensor_type": pd.Categorical(["camera"] * len(rows)),
+            "metric": pd.Categorical([r[2] for r in rows]),
+            "value": np.nan,
+            "unit": pd.Categorical([None] * len(rows)),
+            "value_text": pd.Categorical([r[3] for r in rows]),
+        }
+    )
+    path = write_frame(frame, tmp_path / "text.parquet")
+    back = load_recording(path, dedupe=True)
+    assert len(back) == 6
+    assert_same_rows(back, frame.drop(index=4))
+
+
+def test_dedupe_keeps_rows_that_differ_only_in_unit_or_sensor_type(tmp_path: Path) -> None:
+    frame = make_frame(1)
+    frame["unit"] = pd.Categorical(["C"])
+    other_unit = frame.assign(unit=pd.Categorical(["F"]))
+    other_sensor = frame.assign(sensor_type=pd.Categorical(["backup"]))
+    data = pd.concat([plain(frame), plain(other_unit), plain(other_sensor)], ignore_index=True)
+    assert len(load_recording(write_frame(data, tmp_path / "d.parquet"), dedupe=True)) == 3
+
+
+def _with_unused_categories(rows: int, unused: int) -> pd.DataFrame:
+    """A frame whose string columns share a dictionary of `unused` strings the rows never use,
+    like the rolling window's after many messages with unique text."""
+    frame = make_frame(rows)
+    extra = pd.Index([f"seen-long-ago-{i:06d}" for i in range(unused)])
+    for name in CATEGORY_COLUMNS:
+        column = frame[name].array
+        categories = extra.append(column.categories)
+        codes = np.where(column.codes >= 0, column.codes.astype(np.int64) + unused, -1)
+        frame[name] = pd.Categorical.from_codes(codes, categories=categories)
+    return frame
+
+
+def test_files_carry_only_the_categories_their_rows_use(tmp_path: Path) -> None:
+    frame = _with_unused_categories(20, 200_000)
+    assert len(frame["value_text"].cat.categories) > 200_000
+    lean = write_frame(make_frame(20), tmp_path / "lean.parquet")
+    path = write_frame(frame, tmp_path / "snapshot.parquet")
+    size = path.stat().st_size
+    assert size < 20_000
+    assert abs(size - lean.stat().st_size) < 1_000  # the size follows the rows, not the window
+    back = load_recording(path)
+    assert_same_rows(back, frame)
+    for name in CATEGORY_COLUMNS:
+        assert set(back[name].cat.categories) == set(frame[name].dropna().astype(str))
+
+    with Recorder(tmp_path / "r.parquet") as recorder:
+        recorder.add(frame)
+        recorder.flush()
+        assert recorder.parts_dir.joinpath("part-000001.parquet").stat().st_size < 20_000
+        recorder.add(_with_unused_categories(20, 1_000))
+    assert recorder.path.stat().st_size < 20_000
+    assert_same_rows(load_recording(recorder.path), pd.concat([plain(frame)] * 2))
+
+
+def test_each_dataset_day_carries_only_its_own_categories(tmp_path: Path) -> None:
+    # Devices 0-1 report before midnight, 2-3 after: each day's file names only its own.
+    frame = make_frame(4, start=T0, step_ns=1_000_000_000, devices=4)
+    writer = DatasetWriter(tmp_path / "ds")
+    writer.add(frame)
+    written = writer.flush()
+    assert len(written) == 2
+    for path in written:
+        table = pq.read_table(path)
+        rows = set(table.column("device_id").to_pylist())
+        dictionary = table.column("device_id").chunk(0).dictionary.to_pylist()
+        assert sorted(dictionary) == sorted(rows)
+    assert_same_rows(load_recording(tmp_path / "ds"), frame)
+
+
+# --- recording failures ----------------------------------------------------------------------
+
+
+def test_two_recorders_on_one_path_the_second_fails_at_construction(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "r.parquet"
+    first = Recorder(path)
+    assert first.parts_dir.is_dir()  # made at once: it is what keeps a second recorder out
+    with pytest.raises(FileExistsError, match="another recorder") as caught:
+        Recorder(path)
+    assert "hint:" in str(caught.value)
+    first.add(make_frame(5))
+    first.stop()
+    assert_same_rows(load_recording(path), make_frame(5))
+
+
+def test_counts_and_error_of_a_recorder_whose_folder_was_removed(tmp_path: Path) -> None:
+    path = tmp_path / "r.parquet"
+    recorder = Recorder(path, flush_every=0)
+    assert recorder.rows_on_disk == 0
+    assert recorder.error is None
+    recorder.add(make_frame(10))
+    recorder.flush()
+    assert recorder.rows_on_disk == 10
+    shutil.rmtree(recorder.parts_dir)  # a clean-up script, or the user, removes it
+    recorder.add(make_frame(7, seed=1))
+    with pytest.raises(FileNotFoundError) as caught:
+        recorder.flush()
+    assert recorder.error is caught.value
+    assert recorder.rows_on_disk == 10  # what was written; the stop below counts again
+    assert not recorder.parts_dir.exists()  # not made again behind the user's back
+
+    with pytest.raises(RecordingError, match=re.escape(str(path))) as failed:
+        recorder.stop()
+    error = failed.value
+    assert isinstance(error.__cause__, FileNotFoundError)
+    assert error.path == str(path)
+    assert (error.rows_on_disk, error.rows_lost) == (0, 17)
+    assert recorder.rows_on_disk == 0
+    assert recorder.error is error
+    assert "hint:" in str(error)
+    assert recorder.stopped
+    with pytest.raises(RecordingError) as again:
+        recorder.stop()
+    assert again.value is error
+    recorder.add(make_frame(3))  # stopped: dropped, as after a successful stop
+    assert recorder.rows == 17
+    assert recorder.flush() is None
+    assert not path.exists()
+
+
+def _batch(index: int, rows: int = 1000) -> pd.DataFrame:
+    return make_frame(rows, start=T0 + pd.Timedelta(seconds=index), seed=index)
+
+
+def test_a_full_disk_fails_the_flush_keeps_the_rows_and_a_later_flush_writes_them(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        filler = fill(disk, limit=96 * 1024)
+        recorder = Recorder(disk / "r.parquet", flush_every=0)
+        batches: list[pd.DataFrame] = []
+        for index in range(100):
+            batches.append(_batch(index))
+            recorder.add(batches[-1])
+            try:
+                recorder.flush()
+            except OSError as exc:
+                full = exc
+                break
+        else:
+            pytest.fail("the disk never filled up")
+        assert full.errno == errno.ENOSPC
+        assert recorder.error is full
+        assert recorder.rows == 1000 * len(batches)
+        assert recorder.rows_on_disk == 1000 * (len(batches) - 1)  # the last batch is pending
+        assert leftovers(disk) == []
+
+        filler.unlink()  # space again
+        assert recorder.flush() is not None
+        assert recorder.error is None
+        assert recorder.rows_on_disk == recorder.rows
+        expected = pd.concat([plain(b) for b in batches], ignore_index=True)
+        assert_same_rows(load_recording(recorder.path), expected)
+
+        # Full again when stop merges the parts: every row is in the parts, none is lost.
+        fill(disk)
+        with pytest.raises(RecordingError, match="No space left") as failed:
+            recorder.stop()
+        assert (failed.value.rows_on_disk, failed.value.rows_lost) == (recorder.rows, 0)
+        assert failed.value.__cause__ is not None
+        assert getattr(failed.value.__cause__, "errno", None) == errno.ENOSPC
+        assert_same_rows(load_recording(recorder.path), expected)
+        assert leftovers(disk) == []
+
+
+def test_stop_on_a_read_only_disk_raises_with_the_rows_on_disk(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk / "r.parquet"
+        recorder = Recorder(path, flush_every=0)
+        recorder.add(_batch(0, 300), [reject(1)])
+        recorder.flush()
+        recorder.add(_batch(1, 200))
+        remount_read_only(disk)
+        with pytest.raises(OSError, match="Read-only") as flush_failed:
+            recorder.flush()
+        assert flush_failed.value.errno == errno.EROFS
+        with pytest.raises(RecordingError, match="Read-only file system") as failed:
+            recorder.stop()
+        assert failed.value.path == str(path)
+        assert (failed.value.rows_on_disk, failed.value.rows_lost) == (300, 200)
+        assert "300 rows reached disk, 200 rows were lost" in str(failed.value)
+        assert f"load_recording({str(recorder.parts_dir)!r})" in str(failed.value)
+        assert recorder.rows_on_disk == 300
+        assert_same_rows(load_recording(path), _batch(0, 300))
+        assert len(load_rejects(path)) == 1
+
+
+def test_a_full_disk_fails_a_dataset_flush_and_a_later_flush_writes_the_rows(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        filler = fill(disk, limit=96 * 1024)
+        writer = DatasetWriter(disk / "ds")
+        assert writer.error is None
+        batches: list[pd.DataFrame] = []
+        for index in range(100):
+            batches.append(_batch(index))
+            writer.add(batches[-1])
+            try:
+                writer.flush()
+            except OSError as exc:
+                full = exc
+                break
+        else:
+            pytest.fail("the disk never filled up")
+        assert full.errno == errno.ENOSPC
+        assert writer.error is full
+        assert writer.rows_on_disk == writer.rows_written == 1000 * (len(batches) - 1)
+
+        filler.unlink()
+        assert writer.flush() != []
+        assert writer.error is None
+        assert writer.rows_on_disk == 1000 * len(batches)
+        expected = pd.concat([plain(b) for b in batches], ignore_index=True)
+        assert_same_rows(load_recording(disk / "ds"), expected)
+        assert leftovers(disk) == []

@@ -162,10 +162,12 @@ def test_frame_of_holds_just_those_batches_even_after_eviction() -> None:
     second = store.append(batch(2, start=3))
     assert first is not None
     assert second is not None
-    assert store.frame_of([second])["value"].tolist() == [3.0, 4.0]
-    assert store.frame_of([first, second])["value"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    (only,) = store.frames_of([second])
+    assert only["value"].tolist() == [3.0, 4.0]
+    (both,) = store.frames_of([first, second])
+    assert both["value"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert store.frame()["value"].tolist() == [2.0, 3.0, 4.0]
-    assert store.frame_of([]).empty
+    assert store.frames_of([]) == []
     assert store.append(parse_batch([])) is None
 
 
