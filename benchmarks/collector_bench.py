@@ -53,9 +53,10 @@ import pandas as pd
 from tesaiot_data.collector import Collector
 from tesaiot_data.fleet import DeviceFleet, flood
 from tesaiot_data.localbroker import TELEMETRY_FILTER, LocalBroker, PublisherConfig
-from tesaiot_data.parsing import ColumnBatch, RawMessage, parse_batch
+from tesaiot_data.messages import ColumnBatch, RawMessage
+from tesaiot_data.parsing import parse_batch
 from tesaiot_data.settings import Settings
-from tesaiot_data.store import RollingStore
+from tesaiot_data.window import RollingWindow
 
 _DEVICES = 50
 _STALL_TIMEOUT = 20.0  # seconds without progress before a run gives up
@@ -424,12 +425,12 @@ def window_batches(rows: int, start: float) -> Iterator[list[RawMessage]]:
         yield batch
 
 
-def build_window(rows: int) -> tuple[RollingStore, dict[str, float]]:
+def build_window(rows: int) -> tuple[RollingWindow, dict[str, float]]:
     """The collector's store, filled the way `Collector._ingest` fills it (no broker)."""
     start = time.time() - rows * 0.001
     _trim()
     rss0 = _rss()
-    store = RollingStore(window_ns=None, max_rows=1_000_000)
+    store = RollingWindow(window_ns=None, max_rows=1_000_000)
     t0 = time.perf_counter()
     for batch in window_batches(rows, start):
         store.append(parse_batch(batch), now_ns=time.time_ns())
@@ -447,14 +448,14 @@ def build_window(rows: int) -> tuple[RollingStore, dict[str, float]]:
 def traced_bytes_per_row(rows: int) -> dict[str, float]:
     """Bytes tracemalloc sees the store keep (arrays, dictionaries, chunk objects) per row.
 
-    The messages are parsed before tracing starts, so only `RollingStore.append` and what
+    The messages are parsed before tracing starts, so only `RollingWindow.append` and what
     it keeps are traced (parsing a million messages under tracemalloc takes minutes).
     """
     parsed: list[ColumnBatch] = [
         parse_batch(batch) for batch in window_batches(rows, time.time() - rows * 0.001)
     ]
     gc.collect()
-    store = RollingStore(window_ns=None, max_rows=1_000_000)
+    store = RollingWindow(window_ns=None, max_rows=1_000_000)
     tracemalloc.start()
     try:
         for batch in parsed:
@@ -470,7 +471,7 @@ def traced_bytes_per_row(rows: int) -> dict[str, float]:
     return {"traced_per_row": held / store.rows, "with_cache_per_row": with_cache / store.rows}
 
 
-def time_frames(store: RollingStore, repeat: int) -> dict[str, list[float]]:
+def time_frames(store: RollingWindow, repeat: int) -> dict[str, list[float]]:
     """frame() timings: after new data (cache invalid), again (cached), and filtered."""
     one_batch = next(window_batches(10, time.time()))
     device = one_batch[0].topic.split("/")[1]
@@ -652,7 +653,7 @@ def _report_window(
     print()
     rows = int(memory["rows"])
     held = traced["traced_per_row"]
-    print(f"WINDOW of {rows:,} rows (50 devices x 4 metrics; RollingStore fed by parse_batch)")
+    print(f"WINDOW of {rows:,} rows (50 devices x 4 metrics; RollingWindow fed by parse_batch)")
     print(
         f"  bytes/row: nbytes() {memory['nbytes_per_row']:.1f}; tracemalloc {held:.1f} "
         f"[{_mark(held <= 40)} <=40]; RSS delta {memory['rss_per_row']:.1f}; "

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
         TLSError,
         TokenError,
     )
-    from tesaiot_data.parsing import RawMessage, Reject, RejectReason, Row, parse_message
+    from tesaiot_data.messages import RawMessage, Reject, RejectReason
+    from tesaiot_data.parsing import ParseOptions, Row, parse_message
     from tesaiot_data.settings import BrokerURL, Settings, mask_token
     from tesaiot_data.storage import load_recording, load_rejects, read_metadata
 
@@ -53,7 +54,8 @@ _EXPORTS = {
         "TesaiotError",
         "TokenError",
     ),
-    "parsing": ("RawMessage", "Reject", "RejectReason", "Row", "parse_message"),
+    "messages": ("RawMessage", "Reject", "RejectReason"),
+    "parsing": ("ParseOptions", "Row", "parse_message"),
     "settings": ("BrokerURL", "Settings", "mask_token"),
     "storage": ("load_recording", "load_rejects", "read_metadata"),
 }
@@ -70,6 +72,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeoutError",
     "NotARecordingError",
+    "ParseOptions",
     "RawMessage",
     "Recording",
     "RecordingError",

@@ -11,13 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-import pandas as pd
-
 from tesaiot_data.client import TESAIoTMQTTClient
 from tesaiot_data.collector import Collector, CollectorStats, Recording
 from tesaiot_data.errors import TesaiotError
 from tesaiot_data.settings import Settings
 from tesaiot_data.storage import load_recording, load_rejects, read_metadata
+from tesaiot_data.timestamps import duration_seconds
 
 __all__ = ["main"]
 
@@ -39,16 +38,11 @@ class _ConsolePrinter(TESAIoTMQTTClient):
 
 def _duration(text: str) -> float:
     try:
-        seconds = (
-            pd.Timedelta(text).total_seconds()
-            if not text.replace(".", "").isdigit()
-            else float(text)
-        )
+        return duration_seconds(text, name="duration")
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 5min)") from exc
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError("the duration must be positive")
-    return seconds
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive duration (e.g. 30s, 5min)"
+        ) from exc
 
 
 def _settings(args: argparse.Namespace) -> Settings:

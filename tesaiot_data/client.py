@@ -28,7 +28,8 @@ from tesaiot_data.errors import (
     TesaiotError,
     TLSError,
 )
-from tesaiot_data.parsing import RawMessage, decode_payload, parse_topic
+from tesaiot_data.messages import RawMessage
+from tesaiot_data.parsing import decode_payload, parse_topic
 from tesaiot_data.settings import BrokerURL, Settings
 
 __all__ = ["BatchHandler", "ClientStats", "TESAIoTMQTTClient"]

@@ -11,25 +11,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
 from tesaiot_data.errors import RecordingError
-from tesaiot_data.parsing import (
-    MAX_DEPTH,
-    MAX_ROWS_PER_MESSAGE,
-    ParseOptions,
-    RawMessage,
-    Reject,
-    parse_batch,
-)
+from tesaiot_data.messages import RawMessage, Reject
+from tesaiot_data.parsing import MAX_DEPTH, MAX_ROWS_PER_MESSAGE, ParseOptions, parse_batch
 from tesaiot_data.schema import empty_frame
 from tesaiot_data.settings import Settings
 from tesaiot_data.storage import DatasetWriter, Recorder, write_frame
-from tesaiot_data.store import Chunk, RollingStore
+from tesaiot_data.timestamps import TimeLike, duration_seconds, since_ns
+from tesaiot_data.window import Chunk, RollingWindow
 
 if TYPE_CHECKING:
     from tesaiot_data.dashboard import Dashboard
@@ -42,15 +37,6 @@ _HOUSEKEEPING_PERIOD = 0.25  # seconds between evictions, flush checks and rate 
 _RATE_WINDOW = 5.0  # seconds over which the current rate is measured
 _MAX_REJECTS_KEPT = 1_000
 _WARN_EVERY = 60.0  # seconds between repeated warnings of one kind (cut rows, clock skew)
-
-TimeLike: TypeAlias = "str | pd.Timedelta | pd.Timestamp | datetime"
-
-
-def _seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
-    seconds = pd.Timedelta(value).total_seconds() if not isinstance(value, int | float) else value
-    if seconds <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive duration")
-    return float(seconds)
 
 
 def _utc_iso(epoch: float) -> str:
@@ -123,7 +109,7 @@ class CollectorStats:
 class _Feed:
     """Rows on their way from the ingest thread to one recorder or dataset writer.
 
-    The ingest thread only appends the store's chunks here; the housekeeping thread turns
+    The ingest thread only appends the window's chunks here; the housekeeping thread turns
     what gathered into frames and hands them on. Building a frame and an Arrow table for
     every batch on the ingest thread cost 60 % of the ingest rate (benchmarks/README.md).
     A write that fails (disk full, folder removed) is logged once, not once per flush; the
@@ -158,7 +144,7 @@ class _Feed:
                 rejects, self._rejects = self._rejects, []
             if not (chunks or rejects):
                 return
-            frames = RollingStore.frames_of(chunks)
+            frames = RollingWindow.frames_of(chunks)
             if isinstance(self.sink, Recorder):
                 for frame in frames[:-1]:
                     self.sink.add(frame)
@@ -315,9 +301,9 @@ class Collector:
         elif overrides:
             settings = settings.replace(**overrides)
         self.settings = settings
-        window_ns = None if window is None else int(_seconds(window, name="window") * 1e9)
-        self._store = RollingStore(window_ns=window_ns, max_rows=max_rows)
-        self._snapshot_every = _seconds(snapshot_every, name="snapshot_every")
+        window_ns = None if window is None else int(duration_seconds(window, name="window") * 1e9)
+        self._window = RollingWindow(window_ns=window_ns, max_rows=max_rows)
+        self._snapshot_every = duration_seconds(snapshot_every, name="snapshot_every")
         self._queue_size = queue_size
         self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self._parse_options = ParseOptions(
@@ -325,7 +311,7 @@ class Collector:
             numeric_strings=numeric_strings,
             naive_timezone=naive_timezone,
         )
-        self._clock_skew_ns = int(_seconds(clock_skew, name="clock_skew") * 1e9)
+        self._clock_skew_ns = int(duration_seconds(clock_skew, name="clock_skew") * 1e9)
         self._last_payloads: dict[str, int] = {}  # per topic, for retained redeliveries
 
         self._client: TESAIoTMQTTClient | None = None
@@ -414,7 +400,7 @@ class Collector:
             feeds, self._feeds, self._dataset = self._feeds, (), None
         failures = [error for feed in feeds if (error := self._finish(feed)) is not None]
         self._failed_sinks += len(failures)
-        logger.info("collector stopped: %s rows held", self._store.rows)
+        logger.info("collector stopped: %s rows held", self._window.rows)
         if failures:
             raise failures[0]
 
@@ -458,7 +444,7 @@ class Collector:
 
     def __repr__(self) -> str:
         state = "running" if self._client is not None else "stopped"
-        return f"<Collector {self.settings.url} {state}, {self._store.rows} rows>"
+        return f"<Collector {self.settings.url} {state}, {self._window.rows} rows>"
 
     @property
     def running(self) -> bool:
@@ -500,7 +486,7 @@ class Collector:
             devices = [devices]
         if isinstance(metrics, str):
             metrics = [metrics]
-        return self._store.frame(since_ns=_since_ns(since), devices=devices, metrics=metrics)
+        return self._window.frame(since_ns=since_ns(since), devices=devices, metrics=metrics)
 
     def latest(self) -> pd.DataFrame:
         """Return the newest row of each (device_id, metric), with its age in seconds."""
@@ -546,9 +532,9 @@ class Collector:
             dropped=dropped,
             failed=failed,
             pending=pending,
-            rows=self._store.rows,
-            rows_total=self._store.appended,
-            rows_evicted=self._store.evicted,
+            rows=self._window.rows,
+            rows_total=self._window.appended,
+            rows_evicted=self._window.evicted,
             rejects_by_reason=MappingProxyType(dict(self._rejects_by_reason)),
             timestamp_fallbacks=self._fallbacks,
             truncated_messages=self._truncated,
@@ -567,7 +553,7 @@ class Collector:
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the window's row arrays."""
-        return self._store.nbytes()
+        return self._window.nbytes()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every message received so far is in the frame (or rejected).
@@ -653,7 +639,7 @@ class Collector:
     def _ingest(self, batch: Sequence[RawMessage]) -> None:
         """Runs on the client's worker thread with every batch of raw messages."""
         parsed = parse_batch(batch, options=self._parse_options, last_payloads=self._last_payloads)
-        chunk = self._store.append(parsed, now_ns=time.time_ns())
+        chunk = self._window.append(parsed, now_ns=time.time_ns())
         for feed in self._feeds:
             feed.put(chunk, parsed.rejects)
         if parsed.rejects:
@@ -699,7 +685,7 @@ class Collector:
     def _housekeep(self) -> None:
         while not self._stopping.wait(_HOUSEKEEPING_PERIOD):
             try:
-                self._store.evict(time.time_ns())
+                self._window.evict(time.time_ns())
                 self._sample_rate()
                 for feed in self._feeds:
                     if isinstance(feed.sink, Recorder):
@@ -733,23 +719,3 @@ def _count_skewed(chunk: Chunk, skew_ns: int) -> int:
     # Compared without a subtraction, which could overflow int64 for a year-2262 reading.
     stamp, received = chunk.timestamp, chunk.received
     return int(np.count_nonzero((stamp > received + skew_ns) | (stamp < received - skew_ns)))
-
-
-def _since_ns(since: TimeLike | None) -> int | None:
-    if since is None:
-        return None
-    if isinstance(since, str | pd.Timedelta) and not _looks_like_time(since):
-        return time.time_ns() - int(pd.Timedelta(since).total_seconds() * 1e9)
-    stamp = pd.Timestamp(since)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int(stamp.value)
-
-
-def _looks_like_time(value: str | pd.Timedelta) -> bool:
-    if isinstance(value, pd.Timedelta):
-        return False
-    try:
-        pd.Timedelta(value)
-    except ValueError:
-        return True
-    return False

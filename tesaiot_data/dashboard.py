@@ -42,6 +42,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from tesaiot_data.timestamps import duration_seconds
+
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, CollectorStats, Recording
 
@@ -103,13 +105,6 @@ _TABLE_STYLE = (
     ".tesaiot-latest th,.tesaiot-latest td{padding:2px 10px;text-align:left;"
     "border-bottom:1px solid #ddd}.tesaiot-latest td.num{text-align:right}</style>"
 )
-
-
-def _period_seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
-    seconds = value if isinstance(value, int | float) else pd.Timedelta(value).total_seconds()
-    if not seconds > 0:
-        raise ValueError(f"{name}={value!r} must be a positive duration, for example '1s'")
-    return float(seconds)
 
 
 def _window_options(window: str | pd.Timedelta) -> tuple[list[tuple[str, str]], str]:
@@ -468,7 +463,7 @@ class Dashboard(widgets.VBox):
         **box_options: Any,
     ) -> None:
         self._collector = collector
-        self._period = max(_MIN_PERIOD, _period_seconds(refresh, name="refresh"))
+        self._period = max(_MIN_PERIOD, duration_seconds(refresh, name="refresh"))
         window_options, window_value = _window_options(window)
         chosen = None if devices is None else sorted(set(devices))
         self._follow_all_devices = chosen is None

@@ -52,32 +52,32 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone, tzinfo
-from enum import Enum
-from typing import TYPE_CHECKING, Any, NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any
 
 from tesaiot_data.errors import ConfigError
+from tesaiot_data.messages import (
+    MAX_REJECT_PAYLOAD,
+    ColumnBatch,
+    RawMessage,
+    Reject,
+    RejectReason,
+)
+from tesaiot_data.timestamps import MAX_TIMESTAMP_TEXT, NaiveZone, seconds_ns, timestamp_ns
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
     "MAX_DEPTH",
-    "MAX_REJECT_PAYLOAD",
     "MAX_ROWS_PER_MESSAGE",
     "MAX_TIMESTAMP_TEXT",
-    "ColumnBatch",
     "ParseOptions",
     "ParseResult",
-    "RawMessage",
-    "Reject",
-    "RejectReason",
     "Row",
     "decode_payload",
     "parse_batch",
@@ -87,14 +87,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAX_REJECT_PAYLOAD = 4096
-"""Bytes of the raw payload kept in a `Reject`."""
 MAX_DEPTH = 8
 """Containers (objects, arrays) nested deeper than this are dropped."""
 MAX_ROWS_PER_MESSAGE = 10_000
 """Default for `ParseOptions.max_rows_per_message`: batched sensors send a few thousand."""
-MAX_TIMESTAMP_TEXT = 64
-"""Longer texts are not read as timestamps (the longest ISO 8601 form is about 35)."""
 LAST_PAYLOADS_MAX = 100_000
 """Topics whose last payload `parse_batch` remembers for the retained check; beyond it the
 memory starts afresh (a retained redelivery on a forgotten topic is then kept as a row)."""
@@ -103,71 +99,15 @@ _MAX_DETAIL = 200
 _TOPIC_CACHE_MAX_LENGTH = 512  # longer topics are parsed every time rather than pinned in memory
 _NAN = float("nan")
 _INF = float("inf")
-_NS_MIN = -(2**63) + 1  # pd.Timestamp.min; -2**63 itself is NaT
-_NS_MAX = 2**63 - 1
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MICROSECOND = timedelta(microseconds=1)
+_ONE_SECOND = timedelta(seconds=1)
 _RESERVED = frozenset(("timestamp", "ts", "time", "device_id", "sensor_type", "unit"))
 _CACHE_SIZE = 4096
-_ISO = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[Tt ](\d{2}:\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
-    r"( ?(?:[Zz]|[+-]\d{2}(?::?\d{2})?))?",
-    re.ASCII,
-)
-_DECIMAL = re.compile(r"([+-]?)(\d{1,20})(?:\.(\d*))?", re.ASCII)
-_SCIENTIFIC = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d{1,3}", re.ASCII)
 # RFC 8259's number grammar; each step is deterministic, so matching is linear.
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 _NUMBER_START = frozenset("-0123456789")
-_OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})", re.ASCII)
-# (magnitude limit, ns per unit, fraction digits kept) for seconds, ms, us; beyond them ns
-_EPOCH_UNITS = ((10**11, 10**9, 9), (10**14, 10**6, 6), (10**17, 10**3, 3))
 _JSON_NAMES = {dict: "object", list: "array", type(None): "null"}
 _TOPIC_HELP = "expected device/<device_id>/telemetry[/<sensor>...]"
-
-
-class RejectReason(str, Enum):
-    """Why a message produced no row."""
-
-    BAD_TOPIC = "bad_topic"
-    """The topic is not `device/<id>/telemetry[/<sensor>...]`."""
-    EMPTY = "empty"
-    """The payload is empty or only whitespace."""
-    INVALID_UTF8 = "invalid_utf8"
-    """The payload is not UTF-8 text."""
-    NOT_JSON = "not_json"
-    """The payload is text but not JSON (or JSON nested too deeply for the decoder)."""
-    NO_FIELDS = "no_usable_field"
-    """The payload is JSON but nothing in it gives a row (`{}`, `null`, only a timestamp)."""
-    RETAINED_DUPLICATE = "retained_duplicate"
-    """A retained message the broker sent again (on a reconnect) that equals the last
-    message taken on its topic; its rows are already held."""
-
-
-def _naive_zone(value: str | tzinfo | None) -> tzinfo | None:
-    if value is None or isinstance(value, tzinfo):
-        return value
-    if not isinstance(value, str):
-        raise ConfigError(
-            f"naive_timezone={value!r} is not a time zone",
-            hint="pass an IANA name such as 'Asia/Bangkok', an offset such as '+07:00', or None",
-        )
-    if (match := _OFFSET.fullmatch(value.strip())) is not None:
-        sign, hours, minutes = match.groups()
-        offset = timedelta(hours=int(hours), minutes=int(minutes))
-        if offset >= timedelta(hours=24):
-            raise ConfigError(
-                f"naive_timezone={value!r} is out of range", hint="use -23:59..+23:59"
-            )
-        return timezone(-offset if sign == "-" else offset)
-    try:
-        return ZoneInfo(value.strip())
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(
-            f"naive_timezone={value!r} is not a known time zone ({exc})",
-            hint="pass an IANA name such as 'Asia/Bangkok' or an offset such as '+07:00'",
-        ) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,8 +129,7 @@ class ParseOptions:
     max_rows_per_message: int = MAX_ROWS_PER_MESSAGE
     numeric_strings: bool = True
     naive_timezone: str | tzinfo | None = None
-    _zone: tzinfo | None = field(init=False, repr=False, compare=False)
-    _offsets: dict[str, int | None] = field(init=False, repr=False, compare=False)
+    _naive: NaiveZone | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_rows_per_message, bool) or not (
@@ -200,53 +139,10 @@ class ParseOptions:
                 f"max_rows_per_message={self.max_rows_per_message!r} must be an integer >= 1",
                 hint=f"the default is {MAX_ROWS_PER_MESSAGE:,}",
             )
-        object.__setattr__(self, "_zone", _naive_zone(self.naive_timezone))
-        object.__setattr__(self, "_offsets", {})
-
-    def naive_offset(self, minute: str) -> int | None:
-        """Seconds east of UTC of the naive zone at local `YYYY-MM-DD[THH:MM]`; cached."""
-        zone = self._zone
-        if zone is None:
-            return 0
-        offsets = self._offsets
-        try:
-            return offsets[minute]
-        except KeyError:
-            pass
-        try:
-            hour, minute_ = (int(minute[11:13]), int(minute[14:16])) if len(minute) > 10 else (0, 0)
-            local = datetime(int(minute[0:4]), int(minute[5:7]), int(minute[8:10]), hour, minute_)
-            delta = local.replace(tzinfo=zone).utcoffset()
-            offset = None if delta is None else int(delta.total_seconds())
-        except (ValueError, OverflowError):
-            offset = None
-        if len(offsets) >= _CACHE_SIZE:
-            offsets.clear()  # atomic, so safe to share between threads
-        offsets[minute] = offset
-        return offset
+        object.__setattr__(self, "_naive", NaiveZone.parse(self.naive_timezone))
 
 
 _DEFAULT_OPTIONS = ParseOptions()
-
-
-class RawMessage(NamedTuple):
-    """A message as it came off the wire.
-
-    A named tuple rather than a frozen dataclass: one is made for every message on the
-    network thread, and a tuple costs half as much to build.
-
-    Args:
-        topic: The MQTT topic.
-        payload: The raw payload.
-        received_at: When it arrived, in epoch seconds (`time.time()`).
-        retain: The MQTT retain flag: True when the broker sent a stored (retained) message,
-            as it does on every (re)subscription, rather than a live one.
-    """
-
-    topic: str
-    payload: bytes
-    received_at: float
-    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,27 +171,6 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
-class Reject:
-    """A message that produced no row, kept so that it can be counted and looked at.
-
-    Args:
-        topic: The MQTT topic.
-        payload: The raw payload, cut to `MAX_REJECT_PAYLOAD` bytes.
-        payload_size: The payload's original length in bytes.
-        reason: Why it was rejected.
-        detail: A short explanation, for example the JSON decoder's message.
-        received_at: When it arrived, in epoch seconds.
-    """
-
-    topic: str
-    payload: bytes
-    payload_size: int
-    reason: RejectReason
-    detail: str
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
 class ParseResult:
     """What one message became.
 
@@ -308,76 +183,6 @@ class ParseResult:
     rows: tuple[Row, ...]
     reject: Reject | None
     timestamp_fallbacks: int
-
-
-class ColumnBatch:
-    """Rows of many messages, column by column, ready to become a DataFrame.
-
-    `parse_batch` appends to it. All row columns always have the same length, and
-    `messages == parsed_messages + len(rejects)`.
-
-    Attributes:
-        timestamp_ns: Row timestamps, epoch nanoseconds UTC.
-        received_ns: Receive times, epoch nanoseconds UTC.
-        device_id: Device ids.
-        sensor_type: Sensor types.
-        metric: Metric names.
-        value: Values; NaN for text rows.
-        unit: Units, or None.
-        value_text: Texts of text rows, else None.
-        rejects: Messages that gave no row.
-        messages: Messages fed in.
-        parsed_messages: Messages that gave at least one row.
-        timestamp_fallbacks: Rows whose timestamp is the receive time.
-        truncated_messages: Parsed messages that lost rows to `MAX_DEPTH` or
-            `ParseOptions.max_rows_per_message`.
-        rows_cut: Rows not kept because their message reached `max_rows_per_message`.
-        retained_messages: Parsed messages that carried the MQTT retain flag.
-    """
-
-    __slots__ = (
-        "device_id",
-        "messages",
-        "metric",
-        "parsed_messages",
-        "received_ns",
-        "rejects",
-        "retained_messages",
-        "rows_cut",
-        "sensor_type",
-        "timestamp_fallbacks",
-        "timestamp_ns",
-        "truncated_messages",
-        "unit",
-        "value",
-        "value_text",
-    )
-
-    def __init__(self) -> None:
-        self.timestamp_ns: list[int] = []
-        self.received_ns: list[int] = []
-        self.device_id: list[str] = []
-        self.sensor_type: list[str] = []
-        self.metric: list[str] = []
-        self.value: list[float] = []
-        self.unit: list[str | None] = []
-        self.value_text: list[str | None] = []
-        self.rejects: list[Reject] = []
-        self.messages = 0
-        self.parsed_messages = 0
-        self.timestamp_fallbacks = 0
-        self.truncated_messages = 0
-        self.rows_cut = 0
-        self.retained_messages = 0
-
-    def __len__(self) -> int:
-        return len(self.value)
-
-    def __repr__(self) -> str:
-        return (
-            f"ColumnBatch(rows={len(self)}, messages={self.messages}, "
-            f"rejects={len(self.rejects)}, timestamp_fallbacks={self.timestamp_fallbacks})"
-        )
 
 
 # --- topics -------------------------------------------------------------------------------
@@ -433,166 +238,6 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
     """
     info = _topic_info(topic)
     return None if info is None else (info[0], info[1])
-
-
-# --- timestamps ---------------------------------------------------------------------------
-
-
-def _in_range(ns: int) -> int | None:
-    return ns if _NS_MIN <= ns <= _NS_MAX else None
-
-
-def _minute_seconds(text: str) -> int | None:
-    """Epoch seconds of `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM`; None when no such time."""
-    try:
-        days = date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal()
-    except ValueError:
-        return None
-    hour, minute = (int(text[11:13]), int(text[14:16])) if len(text) > 10 else (0, 0)
-    if hour > 23 or minute > 59:
-        return None
-    return (days - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60
-
-
-def _zone_seconds(zone: str) -> int | None:
-    """Seconds east of UTC of `Z`, `+07:00`, `+0700` or `+07`; None when out of range."""
-    zone = zone.strip()
-    if zone in ("Z", "z"):
-        return 0
-    hours, minutes = int(zone[1:3]), int(zone[-2:]) if len(zone) > 3 else 0
-    if hours > 23 or minutes > 59:
-        return None
-    offset = hours * 3600 + minutes * 60
-    return -offset if zone[0] == "-" else offset
-
-
-# The date-and-minute and the zone of ISO timestamps repeat from message to message, so their
-# (slow) conversions are cached; both caches are bounded.
-_minute_cache: dict[str, int | None] = {}
-_zone_cache: dict[str, int | None] = {}
-
-
-def _cached(
-    cache: dict[str, int | None], key: str, convert: Callable[[str], int | None]
-) -> int | None:
-    try:
-        return cache[key]
-    except KeyError:
-        value = convert(key)
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()  # atomic, so safe to share between threads
-        cache[key] = value
-        return value
-
-
-def _iso_ns(text: str, match: re.Match[str], options: ParseOptions) -> int | None:
-    clock, second, fraction, zone = match.groups()
-    minute = text[:16] if clock else text[:10]
-    base = _cached(_minute_cache, minute, _minute_seconds)
-    if base is None:
-        return None
-    if not zone and options._zone is not None:
-        local = options.naive_offset(minute)
-        if local is None:
-            return None
-        base -= local
-    if second:
-        seconds = int(second)
-        if seconds > 59:  # leap seconds are not representable either
-            return None
-        base += seconds
-    if zone:
-        offset = _cached(_zone_cache, zone, _zone_seconds)
-        if offset is None:
-            return None
-        base -= offset
-    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
-    return _in_range(base * 1_000_000_000 + nanos)
-
-
-def _epoch_int_ns(number: int) -> int | None:
-    magnitude = -number if number < 0 else number
-    for limit, scale, _ in _EPOCH_UNITS:
-        if magnitude < limit:
-            return _in_range(number * scale)
-    return _in_range(number)
-
-
-def _epoch_float_ns(number: float) -> int | None:
-    if not math.isfinite(number):
-        return None
-    magnitude = abs(number)
-    # Rounded to the microsecond: a float holds no more for today's epoch seconds.
-    if magnitude < 1e11:
-        return _in_range(round(number * 1e6) * 1000)
-    if magnitude < 1e14:
-        return _in_range(round(number * 1e3) * 1000)
-    if magnitude < 1e17:
-        return _in_range(round(number) * 1000)
-    return _in_range(round(number))
-
-
-def _epoch_text_ns(match: re.Match[str]) -> int | None:
-    sign, whole, fraction = match.groups()
-    number = int(whole)
-    for limit, scale, digits in _EPOCH_UNITS:
-        if number < limit:
-            nanos = number * scale
-            if fraction:
-                nanos += int(fraction[:digits].ljust(digits, "0"))
-            break
-    else:
-        nanos = number
-    return _in_range(-nanos if sign == "-" else nanos)
-
-
-_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ns, for the fast path
-_SECONDS_MAX = 4096
-
-
-def _text_ns(text: str, options: ParseOptions = _DEFAULT_OPTIONS) -> int | None:
-    if len(text) > MAX_TIMESTAMP_TEXT:  # keeps every step below linear in the message size
-        return None
-    # Fast path for what the platform's devices send, "2025-12-09T10:30:45.123Z": the
-    # second is looked up (a stream repeats it), the milliseconds added. 3x the regex path.
-    if len(text) == 24 and text[19] == "." and text[23] == "Z":
-        millis = text[20:23]
-        if millis.isascii() and millis.isdigit():
-            head = text[:19]
-            second = _SECONDS.get(head)
-            if second is None and (second := _text_ns(head + "Z")) is not None:
-                if len(_SECONDS) >= _SECONDS_MAX:
-                    _SECONDS.clear()
-                _SECONDS[head] = second
-            if second is not None:
-                return second + int(millis) * 1_000_000
-    if (match := _ISO.fullmatch(text)) is not None:
-        return _iso_ns(text, match, options)
-    if (match := _DECIMAL.fullmatch(text)) is not None:
-        return _epoch_text_ns(match)
-    if _SCIENTIFIC.fullmatch(text) is not None:
-        return _epoch_float_ns(float(text))
-    stripped = text.strip()
-    return _text_ns(stripped, options) if stripped and stripped != text else None
-
-
-def _timestamp_ns(raw: object, options: ParseOptions) -> int | None:
-    if isinstance(raw, str):
-        return _text_ns(raw, options)
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return _epoch_int_ns(raw)
-    if isinstance(raw, float):
-        return _epoch_float_ns(raw)
-    return None  # an object or array: not a timestamp
-
-
-def _seconds_ns(seconds: float) -> int | None:
-    try:
-        return _in_range(round(seconds * 1_000_000) * 1000)
-    except (TypeError, ValueError, OverflowError):  # not a number, NaN, infinite
-        return None
 
 
 # --- payloads -----------------------------------------------------------------------------
@@ -831,7 +476,7 @@ class _Writer:
             else:
                 self._object(obj, "", sensor, None, depth, top=True)
             if raw is not None and len(self.metric) > start:
-                stamp = _timestamp_ns(raw, self.options)
+                stamp = timestamp_ns(raw, self.options._naive)
         elif kind is list:
             if depth > MAX_DEPTH:
                 self.clipped = True
@@ -954,7 +599,7 @@ def parse_batch(
     feed = writer.feed
     for message in messages:
         received_s = message.received_at
-        received_ns = _seconds_ns(received_s)
+        received_ns = seconds_ns(received_s)
         if received_ns is None:
             received_ns = time.time_ns()
             received_s = received_ns / 1e9
@@ -976,9 +621,9 @@ def _received(received_at: float | datetime | pd.Timestamp) -> tuple[float, int]
             aware = received_at
             if aware.tzinfo is None or aware.utcoffset() is None:
                 aware = aware.replace(tzinfo=timezone.utc)
-            ns = _in_range((aware - _EPOCH) // _ONE_MICROSECOND * 1000)
+            ns = seconds_ns((aware - _EPOCH) / _ONE_SECOND)
     elif isinstance(received_at, (int, float)) and not isinstance(received_at, bool):
-        ns = _seconds_ns(received_at)
+        ns = seconds_ns(received_at)
         if ns is not None:
             return float(received_at), ns
     else:

@@ -33,7 +33,7 @@ from tesaiot_data.errors import NotARecordingError, RecordingError
 from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame, to_canonical
 
 if TYPE_CHECKING:
-    from tesaiot_data.parsing import Reject
+    from tesaiot_data.messages import Reject
 
 __all__ = [
     "PARQUET_COMPRESSION",

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from tesaiot_data.parsing import Reject, RejectReason
+from tesaiot_data.messages import Reject, RejectReason
 from tesaiot_data.storage import Recorder
 
 T0 = pd.Timestamp("2025-12-09T12:00:00", tz="UTC")

@@ -35,7 +35,7 @@ from tesaiot_data import (
 )
 from tesaiot_data.errors import StreamError
 from tesaiot_data.localbroker import LocalBroker
-from tesaiot_data.parsing import RawMessage
+from tesaiot_data.messages import RawMessage
 from tests.fake_broker import FakeBroker, publish, publish_with_a_lying_topic_length
 from tests.helpers import free_port, new_paho_client, wait_for
 

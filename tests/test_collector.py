@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tesaiot_data import AuthError, Collector, Settings, load_recording, load_rejects, read_metadata
 from tesaiot_data.fleet import DeviceFleet, flood
 from tesaiot_data.localbroker import LocalBroker
-from tesaiot_data.parsing import RawMessage
+from tesaiot_data.messages import RawMessage
 from tesaiot_data.schema import COLUMNS
 from tests.helpers import wait_for
 

@@ -23,7 +23,7 @@ import pytest
 from tesaiot_data import Collector, RecordingError, Settings, load_recording
 from tesaiot_data.fleet import _publish_packet, flood
 from tesaiot_data.localbroker import LocalBroker, PublisherConfig
-from tesaiot_data.parsing import RawMessage
+from tesaiot_data.messages import RawMessage
 from tests.helpers import new_paho_client, wait_for
 
 pytestmark = pytest.mark.broker
@@ -97,7 +97,7 @@ def test_200k_unique_texts_and_devices_keep_memory_and_files_bounded_by_the_wind
     assert counts_add_up(collector)
     assert stats.pending == 0
     assert stats.rows == 1000
-    entries = collector._store.dictionary_entries
+    entries = collector._window.dictionary_entries
     # 1,000 rows held carry at most ~700 distinct ids and texts; the old store kept 200,000+.
     assert entries["device_id"] < 10_000, entries
     assert entries["value_text"] < 20_000, entries

@@ -30,7 +30,7 @@ from tesaiot_data.dashboard import (
     status_text,
 )
 from tesaiot_data.fleet import DeviceFleet
-from tesaiot_data.parsing import RawMessage
+from tesaiot_data.messages import RawMessage
 from tesaiot_data.settings import Settings
 from tests.helpers import wait_for
 

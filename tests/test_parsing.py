@@ -13,17 +13,13 @@ import pandas as pd
 import pytest
 
 from tesaiot_data import parsing
+from tesaiot_data.messages import MAX_REJECT_PAYLOAD, ColumnBatch, RawMessage, Reject, RejectReason
 from tesaiot_data.parsing import (
     MAX_DEPTH,
-    MAX_REJECT_PAYLOAD,
     MAX_ROWS_PER_MESSAGE,
     MAX_TIMESTAMP_TEXT,
-    ColumnBatch,
     ParseOptions,
     ParseResult,
-    RawMessage,
-    Reject,
-    RejectReason,
     Row,
     decode_payload,
     parse_batch,

@@ -11,15 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tesaiot_data.parsing import (
-    MAX_REJECT_PAYLOAD,
-    MAX_ROWS_PER_MESSAGE,
-    ColumnBatch,
-    RawMessage,
-    decode_payload,
-    parse_batch,
-    parse_message,
-)
+from tesaiot_data.messages import MAX_REJECT_PAYLOAD, ColumnBatch, RawMessage
+from tesaiot_data.parsing import MAX_ROWS_PER_MESSAGE, decode_payload, parse_batch, parse_message
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tesaiot_data.errors import NotARecordingError, RecordingError
-from tesaiot_data.parsing import Reject, RejectReason
+from tesaiot_data.messages import Reject, RejectReason
 from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame
 from tesaiot_data.storage import (
     PARQUET_COMPRESSION,

@@ -1,4 +1,4 @@
-"""A bounded, rolling, columnar store of telemetry rows that hands out pandas frames."""
+"""The rolling window: a bounded, columnar deque of telemetry rows that hands out frames."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tesaiot_data.parsing import ColumnBatch
+from tesaiot_data.messages import ColumnBatch
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame
 
-__all__ = ["Chunk", "RollingStore"]
+__all__ = ["Chunk", "RollingWindow"]
 
 _UTC = pd.DatetimeTZDtype(unit="ns", tz="UTC")
 # Batches are merged into chunks of about this many rows, so that a slow stream (one row
@@ -33,7 +33,7 @@ _COMPACT_MIN_BYTES = 32 * 1024 * 1024
 class _Dictionary:
     """A string <-> code mapping shared by the chunks of one column made in one generation.
 
-    Codes only grow within a generation; `RollingStore` starts a new, compacted generation
+    Codes only grow within a generation; `RollingWindow` starts a new, compacted generation
     when most strings belong to rows that are gone, so memory follows the rows held.
     """
 
@@ -87,7 +87,7 @@ class Chunk:
     codes: dict[str, np.ndarray]
     categories: dict[str, list[str]]
     """Per column, the strings the codes index: the dictionary generation the chunk was
-    made in. Shared, append-only lists, so a chunk stays readable after the store moved on."""
+    made in. Shared, append-only lists, so a chunk stays readable after the window moved on."""
 
     def __len__(self) -> int:
         return len(self.received)
@@ -126,7 +126,7 @@ class Chunk:
         return sum(a.nbytes for a in arrays)
 
 
-class RollingStore:
+class RollingWindow:
     """Telemetry rows kept in arrival order, bounded by age (receive time) and count.
 
     Appends come from one ingest thread; `frame()` may be called from any thread and
@@ -167,7 +167,7 @@ class RollingStore:
             now_ns: The current time for the age limit; default the newest receive time.
 
         Returns:
-            The rows as stored (see `frame_of()`), or None when there were none.
+            The rows as stored (see `frames_of()`), or None when there were none.
         """
         if not len(batch):
             return None
@@ -198,7 +198,7 @@ class RollingStore:
         """Return the rows of chunks from `append()` as canonical frames, in order.
 
         For read-only consumers (recorders, dataset writers). Chunks stay readable after they
-        were evicted and after the store compacted its dictionaries; one frame is made per run
+        were evicted and after the window compacted its dictionaries; one frame is made per run
         of chunks of the same dictionary generation (usually one). A single chunk's frame
         shares its arrays.
 
@@ -213,7 +213,7 @@ class RollingStore:
         for end in range(1, len(chunks) + 1):
             if end == len(chunks) or chunks[end].categories is not chunks[start].categories:
                 run = chunks[start:end]
-                frames.append(RollingStore._build(run, run[0].categories))
+                frames.append(RollingWindow._build(run, run[0].categories))
                 start = end
         return frames
 
@@ -394,7 +394,7 @@ class RollingStore:
             wanted["metric"] = dictionaries["metric"].lookup(metric_set)
         if since_ns is not None or wanted:
             chunks = [c for c in (self._select(c, since_ns, wanted) for c in chunks) if len(c)]
-        if len(chunks) == 1:  # _build would share the store's arrays
+        if len(chunks) == 1:  # _build would share the window's arrays
             chunks = [chunks[0], chunks[0].take(slice(0, 0))]
         frame = self._build(chunks, chunks[0].categories if chunks else self._generation)
         self._cache = (key, frame)

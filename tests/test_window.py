@@ -1,4 +1,4 @@
-"""RollingStore: the collector's bounded columnar window, tested without a broker."""
+"""RollingWindow: the collector's bounded columnar window, tested without a broker."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tesaiot_data.parsing import RawMessage, parse_batch
+from tesaiot_data.messages import RawMessage
+from tesaiot_data.parsing import parse_batch
 from tesaiot_data.schema import COLUMNS
-from tesaiot_data.store import RollingStore
+from tesaiot_data.window import RollingWindow
 
 T0 = 1_765_276_245.0  # 2025-12-09T10:30:45Z
 SECOND = 1_000_000_000
@@ -34,9 +35,9 @@ def batch(count: int, *, start: int = 0, at: float = T0, devices: int = 3, step:
 
 
 def test_frame_has_the_canonical_columns_and_dtypes() -> None:
-    store = RollingStore(window_ns=None, max_rows=100)
-    store.append(batch(5))
-    frame = store.frame()
+    window = RollingWindow(window_ns=None, max_rows=100)
+    window.append(batch(5))
+    frame = window.frame()
     assert tuple(frame.columns) == COLUMNS
     assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert str(frame["received_at"].dtype) == "datetime64[ns, UTC]"
@@ -51,93 +52,93 @@ def test_frame_has_the_canonical_columns_and_dtypes() -> None:
 
 
 def test_empty_store_gives_an_empty_canonical_frame() -> None:
-    frame = RollingStore(window_ns=None, max_rows=10).frame()
+    frame = RollingWindow(window_ns=None, max_rows=10).frame()
     assert frame.empty
     assert tuple(frame.columns) == COLUMNS
     assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]"
 
 
 def test_max_rows_evicts_the_oldest_rows_exactly() -> None:
-    store = RollingStore(window_ns=None, max_rows=250)
+    window = RollingWindow(window_ns=None, max_rows=250)
     for k in range(10):
-        store.append(batch(100, start=k * 100))
-    frame = store.frame()
+        window.append(batch(100, start=k * 100))
+    frame = window.frame()
     assert len(frame) == 250
     assert frame["value"].tolist() == [float(v) for v in range(750, 1000)]
-    assert store.evicted == 750
-    assert store.appended == 1000
+    assert window.evicted == 750
+    assert window.appended == 1000
 
 
 def test_window_evicts_by_receive_time() -> None:
-    store = RollingStore(window_ns=10 * SECOND, max_rows=1_000_000)
-    store.append(batch(10, at=T0, step=1.0))  # received T0 .. T0+9
-    assert store.rows == 10
-    evicted = store.evict(int((T0 + 14.5) * SECOND))  # cutoff T0+4.5: drops 0..4
+    window = RollingWindow(window_ns=10 * SECOND, max_rows=1_000_000)
+    window.append(batch(10, at=T0, step=1.0))  # received T0 .. T0+9
+    assert window.rows == 10
+    evicted = window.evict(int((T0 + 14.5) * SECOND))  # cutoff T0+4.5: drops 0..4
     assert evicted == 5
-    assert store.frame()["value"].tolist() == [5.0, 6.0, 7.0, 8.0, 9.0]
-    store.evict(int((T0 + 100) * SECOND))
-    assert store.rows == 0
-    assert store.frame().empty
+    assert window.frame()["value"].tolist() == [5.0, 6.0, 7.0, 8.0, 9.0]
+    window.evict(int((T0 + 100) * SECOND))
+    assert window.rows == 0
+    assert window.frame().empty
 
 
 def test_memory_stays_bounded_over_many_batches() -> None:
-    store = RollingStore(window_ns=None, max_rows=20_000)
+    window = RollingWindow(window_ns=None, max_rows=20_000)
     for k in range(300):
-        store.append(batch(500, start=k * 500))
-    assert store.rows == 20_000
+        window.append(batch(500, start=k * 500))
+    assert window.rows == 20_000
     # 3 x 8-byte columns + 5 one-byte codes = 29 bytes a row; the unsealed tail uses int32 codes
-    assert store.nbytes() <= 20_000 * 45
+    assert window.nbytes() <= 20_000 * 45
 
 
 def test_filters_match_pandas_filtering_of_the_whole_frame() -> None:
-    store = RollingStore(window_ns=None, max_rows=10_000)
+    window = RollingWindow(window_ns=None, max_rows=10_000)
     for k in range(5):
-        store.append(batch(200, start=k * 200, devices=4))
-    everything = store.frame()
+        window.append(batch(200, start=k * 200, devices=4))
+    everything = window.frame()
     since = everything["received_at"].iloc[300]
-    got = store.frame(since_ns=since.value, devices=["dev-1", "dev-3"], metrics=["temperature"])
+    got = window.frame(since_ns=since.value, devices=["dev-1", "dev-3"], metrics=["temperature"])
     expected = everything[
         (everything["received_at"] >= since) & everything["device_id"].isin(["dev-1", "dev-3"])
     ]
     assert got["value"].tolist() == expected["value"].tolist()
-    assert store.frame(devices=["nobody"]).empty
-    assert store.frame(metrics=["humidity"]).empty
+    assert window.frame(devices=["nobody"]).empty
+    assert window.frame(metrics=["humidity"]).empty
 
 
 def test_text_rows_and_new_categories_after_earlier_chunks() -> None:
-    store = RollingStore(window_ns=None, max_rows=100)
-    store.append(batch(2))
-    store.append(
+    window = RollingWindow(window_ns=None, max_rows=100)
+    window.append(batch(2))
+    window.append(
         parse_batch([RawMessage("device/late/telemetry/ai", b'{"value": "anomaly"}', T0 + 1)])
     )
-    frame = store.frame()
+    frame = window.frame()
     assert frame["device_id"].astype(str).tolist() == ["dev-0", "dev-1", "late"]
     assert frame["value_text"].astype(object).tolist()[-1] == "anomaly"
     assert np.isnan(frame["value"].iloc[-1])
 
 
 def test_frame_is_cached_until_data_changes_and_owned_by_the_caller() -> None:
-    store = RollingStore(window_ns=None, max_rows=100)
-    store.append(batch(3))
-    first = store.frame()
-    first.loc[0, "value"] = -1.0  # the caller's edit must not reach the store or the cache
-    second = store.frame()
+    window = RollingWindow(window_ns=None, max_rows=100)
+    window.append(batch(3))
+    first = window.frame()
+    first.loc[0, "value"] = -1.0  # the caller's edit must not reach the window or the cache
+    second = window.frame()
     assert second["value"].tolist() == [0.0, 1.0, 2.0]
-    version = store.version
-    store.append(batch(1, start=3))
-    assert store.version != version
-    assert store.frame()["value"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    version = window.version
+    window.append(batch(1, start=3))
+    assert window.version != version
+    assert window.frame()["value"].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
 def test_frame_from_another_thread_while_ingesting_is_never_torn() -> None:
-    store = RollingStore(window_ns=None, max_rows=5_000)
+    window = RollingWindow(window_ns=None, max_rows=5_000)
     errors: list[BaseException] = []
     done = threading.Event()
 
     def read() -> None:
         try:
             while not done.is_set():
-                frame = store.frame()
+                frame = window.frame()
                 values = frame["value"].to_numpy()
                 # Rows are numbered in arrival order: any window is a run of consecutive numbers.
                 if len(values):
@@ -149,28 +150,28 @@ def test_frame_from_another_thread_while_ingesting_is_never_torn() -> None:
     reader = threading.Thread(target=read)
     reader.start()
     for k in range(400):
-        store.append(batch(50, start=k * 50))
+        window.append(batch(50, start=k * 50))
     done.set()
     reader.join()
     assert not errors, errors[0]
-    assert store.rows == 5_000
+    assert window.rows == 5_000
 
 
 def test_frame_of_holds_just_those_batches_even_after_eviction() -> None:
-    store = RollingStore(window_ns=None, max_rows=3)
-    first = store.append(batch(3))
-    second = store.append(batch(2, start=3))
+    window = RollingWindow(window_ns=None, max_rows=3)
+    first = window.append(batch(3))
+    second = window.append(batch(2, start=3))
     assert first is not None
     assert second is not None
-    (only,) = store.frames_of([second])
+    (only,) = window.frames_of([second])
     assert only["value"].tolist() == [3.0, 4.0]
-    (both,) = store.frames_of([first, second])
+    (both,) = window.frames_of([first, second])
     assert both["value"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert store.frame()["value"].tolist() == [2.0, 3.0, 4.0]
-    assert store.frames_of([]) == []
-    assert store.append(parse_batch([])) is None
+    assert window.frame()["value"].tolist() == [2.0, 3.0, 4.0]
+    assert window.frames_of([]) == []
+    assert window.append(parse_batch([])) is None
 
 
 def test_max_rows_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_rows"):
-        RollingStore(window_ns=None, max_rows=0)
+        RollingWindow(window_ns=None, max_rows=0)
