@@ -421,7 +421,7 @@ def window_batches(rows: int, start: float) -> Iterator[list[RawMessage]]:
                 f'{{"value": {rng.uniform(0, 100):.2f}, "unit": "{unit}", '
                 f'"timestamp": "{stamp}.{int((at - whole) * 1000):03d}Z"}}'
             )
-            batch.append(RawMessage(topic, payload.encode(), at))
+            batch.append(RawMessage(topic, payload.encode(), round(at * 1e9)))
         yield batch
 
 

@@ -28,7 +28,7 @@ def standard(i: int, rng: random.Random) -> RawMessage:
     at = _START + i * 0.01
     payload = {"value": round(rng.uniform(20, 30), 2), "unit": "celsius", "timestamp": _iso(at)}
     return RawMessage(
-        f"device/dev-{i % 50}/telemetry/temperature", json.dumps(payload).encode(), at
+        f"device/dev-{i % 50}/telemetry/temperature", json.dumps(payload).encode(), round(at * 1e9)
     )
 
 
@@ -67,7 +67,7 @@ def mixed(i: int, rng: random.Random) -> RawMessage:
     else:
         topic = f"device/{device}/telemetry/batch"
         payload = [{"value": rng.random(), "timestamp": _iso(at - k)} for k in range(3)]
-    return RawMessage(topic, json.dumps(payload).encode(), at)
+    return RawMessage(topic, json.dumps(payload).encode(), round(at * 1e9))
 
 
 def run(

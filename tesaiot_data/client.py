@@ -186,7 +186,7 @@ class TESAIoTMQTTClient:
         self._dropped = 0
         self._reconnects = 0
         self._connected_at: float | None = None
-        self._last_message_at: float | None = None
+        self._last_message_at: int | None = None  # epoch ns
         self._ever_connected = False
         self._connack_at: float | None = None  # monotonic time of the current CONNACK
         self._short_connections: deque[float] = deque(maxlen=_CLASH_COUNT)  # when they ended
@@ -276,7 +276,7 @@ class TESAIoTMQTTClient:
             reconnects=self._reconnects,
             connected=self.connected,
             connected_since=_utc(self._connected_at) if self._connected_at else None,
-            last_message_at=_utc(self._last_message_at) if self._last_message_at else None,
+            last_message_at=_utc(self._last_message_at / 1e9) if self._last_message_at else None,
         )
 
     def connect(self, *, timeout: float | None = None) -> None:
@@ -556,8 +556,8 @@ class TESAIoTMQTTClient:
     # thread; so every callback catches everything and turns it into a logged, visible stop.
 
     def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # Runs on the network thread: keep it to an append.
-        now = time.time()
+        # Runs on the network thread: keep it to an append. The one receive time, in ns.
+        now = time.time_ns()
         self._last_message_at = now
         self._received += 1
         try:

@@ -503,7 +503,9 @@ class Collector:
         rejects = list(self._rejects)
         return pd.DataFrame(
             {
-                "received_at": pd.to_datetime([r.received_at for r in rejects], unit="s", utc=True),
+                "received_at": pd.to_datetime(
+                    pd.array([r.received_ns for r in rejects], dtype="int64"), unit="ns", utc=True
+                ),
                 "topic": [r.topic for r in rejects],
                 "reason": pd.Categorical([r.reason.value for r in rejects]),
                 "detail": [r.detail for r in rejects],

@@ -44,14 +44,15 @@ class RawMessage(NamedTuple):
     Args:
         topic: The MQTT topic.
         payload: The raw payload.
-        received_at: When it arrived, in epoch seconds (`time.time()`).
+        received_ns: When it arrived, in epoch nanoseconds UTC (`time.time_ns()`, stamped
+            once on the network thread).
         retain: The MQTT retain flag: True when the broker sent a stored (retained) message,
             as it does on every (re)subscription, rather than a live one.
     """
 
     topic: str
     payload: bytes
-    received_at: float
+    received_ns: int
     retain: bool = False
 
 
@@ -65,7 +66,7 @@ class Reject:
         payload_size: The payload's original length in bytes.
         reason: Why it was rejected.
         detail: A short explanation, for example the JSON decoder's message.
-        received_at: When it arrived, in epoch seconds.
+        received_ns: When it arrived, in epoch nanoseconds UTC.
     """
 
     topic: str
@@ -73,7 +74,7 @@ class Reject:
     payload_size: int
     reason: RejectReason
     detail: str
-    received_at: float
+    received_ns: int
 
 
 class ColumnBatch:

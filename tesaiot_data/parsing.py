@@ -103,6 +103,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_SECOND = timedelta(seconds=1)
 _RESERVED = frozenset(("timestamp", "ts", "time", "device_id", "sensor_type", "unit"))
 _CACHE_SIZE = 4096
+_NS_MIN = -(2**63) + 1  # pd.Timestamp.min; -2**63 itself is NaT
+_NS_MAX = 2**63 - 1
 # RFC 8259's number grammar; each step is deterministic, so matching is linear.
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 _NUMBER_START = frozenset("-0123456789")
@@ -356,30 +358,28 @@ class _Writer:
         self.cut = 0
         self.clipped = False
 
-    def feed(
-        self, topic: str, payload: bytes, received_s: float, received_ns: int, retain: bool
-    ) -> None:
+    def feed(self, topic: str, payload: bytes, received_ns: int, retain: bool) -> None:
         batch = self.batch
         batch.messages += 1
         if type(payload) is not bytes:
             payload = _as_bytes(payload)
         info = _topic_info(topic)
         if info is None:
-            self._reject(topic, payload, RejectReason.BAD_TOPIC, _TOPIC_HELP, received_s)
+            self._reject(topic, payload, RejectReason.BAD_TOPIC, _TOPIC_HELP, received_ns)
             return
         last = self.last_payloads
         if last is not None:
             key = hash(payload)
             if retain and last.get(topic) == key:
                 detail = "the broker sent the retained message again; it equals the last one taken"
-                self._reject(topic, payload, RejectReason.RETAINED_DUPLICATE, detail, received_s)
+                self._reject(topic, payload, RejectReason.RETAINED_DUPLICATE, detail, received_ns)
                 return
             if len(last) >= LAST_PAYLOADS_MAX and topic not in last:
                 last.clear()  # bounded by topics, never by messages
             last[topic] = key
         obj, reason, detail = _loads(payload)
         if reason is not None:
-            self._reject(topic, payload, reason, detail, received_s)
+            self._reject(topic, payload, reason, detail, received_ns)
             return
         start = len(self.metric)
         fallbacks = batch.timestamp_fallbacks
@@ -399,13 +399,13 @@ class _Writer:
             batch.timestamp_fallbacks = fallbacks
             self.cut = 0
             detail = _short(f"internal error: {exc!r}")
-            self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_s)
+            self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_ns)
             return
         if not rows:
             detail = f"no number, boolean or text in the JSON {_JSON_NAMES.get(type(obj), 'value')}"
             if self.clipped:
                 detail += f" within {MAX_DEPTH} levels of nesting"
-            self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_s)
+            self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_ns)
             return
         if rows == 1:
             self.received.append(received_ns)
@@ -421,7 +421,7 @@ class _Writer:
             batch.rows_cut += self.cut
 
     def _reject(
-        self, topic: object, payload: bytes, reason: RejectReason, detail: str, received_s: float
+        self, topic: object, payload: bytes, reason: RejectReason, detail: str, received_ns: int
     ) -> None:
         if not isinstance(topic, str):
             topic = repr(topic)
@@ -436,7 +436,7 @@ class _Writer:
                 payload_size=len(payload),
                 reason=reason,
                 detail=detail,
-                received_at=received_s,
+                received_ns=received_ns,
             )
         )
 
@@ -579,8 +579,8 @@ def parse_batch(
     """Parse many messages into columns; the collector's hot path.
 
     Never raises for any topic or payload: each message becomes one or more rows or exactly
-    one reject. A `received_at` that is not a usable number (NaN, infinite) is replaced by
-    the current time. Work is linear in the size of each message.
+    one reject. A `received_ns` that is not an integer within what `datetime64[ns]` holds
+    is replaced by the current time. Work is linear in the size of each message.
 
     Args:
         messages: The messages, in arrival order.
@@ -598,16 +598,14 @@ def parse_batch(
     writer = _Writer(batch, options or _DEFAULT_OPTIONS, last_payloads)
     feed = writer.feed
     for message in messages:
-        received_s = message.received_at
-        received_ns = seconds_ns(received_s)
-        if received_ns is None:
+        received_ns = message.received_ns
+        if type(received_ns) is not int or not _NS_MIN <= received_ns <= _NS_MAX:
             received_ns = time.time_ns()
-            received_s = received_ns / 1e9
-        feed(message.topic, message.payload, received_s, received_ns, message.retain)
+        feed(message.topic, message.payload, received_ns, message.retain)
     return batch
 
 
-def _received(received_at: float | datetime | pd.Timestamp) -> tuple[float, int]:
+def _received_ns(received_at: float | datetime | pd.Timestamp) -> int:
     import pandas as pd  # noqa: PLC0415  (parse_batch, the hot path, needs no pandas)
 
     ns: int | None
@@ -624,16 +622,12 @@ def _received(received_at: float | datetime | pd.Timestamp) -> tuple[float, int]
             ns = seconds_ns((aware - _EPOCH) / _ONE_SECOND)
     elif isinstance(received_at, (int, float)) and not isinstance(received_at, bool):
         ns = seconds_ns(received_at)
-        if ns is not None:
-            return float(received_at), ns
     else:
         raise TypeError(
             f"received_at must be epoch seconds, a datetime or a pandas Timestamp, "
             f"not {type(received_at).__name__}"
         )
-    if ns is None:
-        ns = time.time_ns()
-    return ns / 1e9, ns
+    return time.time_ns() if ns is None else ns
 
 
 def parse_message(
@@ -661,9 +655,9 @@ def parse_message(
     """
     import pandas as pd  # noqa: PLC0415  (parse_batch, the hot path, needs no pandas)
 
-    received_s, received_ns = _received(received_at)
+    received_ns = _received_ns(received_at)
     batch = ColumnBatch()
-    _Writer(batch, options or _DEFAULT_OPTIONS).feed(topic, payload, received_s, received_ns, False)
+    _Writer(batch, options or _DEFAULT_OPTIONS).feed(topic, payload, received_ns, False)
     if batch.rejects:
         return ParseResult(rows=(), reject=batch.rejects[0], timestamp_fallbacks=0)
     received = pd.Timestamp(received_ns, unit="ns", tz="UTC")

@@ -865,10 +865,7 @@ def _compact_dictionaries(table: pa.Table) -> pa.Table:
 
 
 def _rejects_to_table(rejects: Sequence[Reject]) -> pa.Table:
-    seconds = np.array([r.received_at for r in rejects], dtype="float64")
-    # Whole seconds and the fraction apart: float64 nanoseconds since 1970 would lose ~100 ns.
-    whole = np.floor(seconds)
-    ns = whole.astype("int64") * 10**9 + np.round((seconds - whole) * 1e9).astype("int64")
+    ns = np.array([r.received_ns for r in rejects], dtype="int64")
     reasons = [getattr(r.reason, "value", r.reason) for r in rejects]
     return pa.table(
         [

@@ -49,7 +49,7 @@ def reject(index: int) -> Reject:
         payload_size=4096,
         reason=RejectReason.NOT_JSON,
         detail="bad",
-        received_at=T0.timestamp() + index,
+        received_ns=T0.value + index * 10**9,
     )
 
 

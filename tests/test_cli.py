@@ -204,7 +204,7 @@ def _reject() -> Reject:
         payload_size=9,
         reason=RejectReason.NOT_JSON,
         detail="bad",
-        received_at=1_765_324_800.0,
+        received_ns=1_765_324_800 * 10**9,
     )
 
 

@@ -336,7 +336,9 @@ def test_the_batch_path_never_raises_and_accounts_for_every_message(
 ) -> None:
     settings = Settings(token="tesa_mqtt_demo_" + "H" * 32, broker_url="mqtt://127.0.0.1:1")
     collector = Collector(settings, max_rows=1_000, window=None)
-    collector._ingest([RawMessage(topic, payload, 1_765_276_245.0) for topic, payload in messages])
+    collector._ingest(
+        [RawMessage(topic, payload, 1_765_276_245 * 10**9) for topic, payload in messages]
+    )
     stats = collector.stats
     assert stats.messages + stats.rejected == len(messages)
     assert len(collector.frame()) == stats.rows_total

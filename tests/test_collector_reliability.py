@@ -304,7 +304,7 @@ def test_wrong_device_clocks_are_counted_as_clock_skew(
         ("device/ancient/telemetry/t", {"value": 3, "timestamp": "1677-09-22T00:00:00Z"}),
         ("device/local/telemetry/t", {"value": 4, "timestamp": local}),
     ]
-    raw = [RawMessage(t, json.dumps(body).encode(), received) for t, body in messages]
+    raw = [RawMessage(t, json.dumps(body).encode(), round(received * 1e9)) for t, body in messages]
     collector._ingest(raw)
     assert collector.stats.clock_skew_rows == 3
 

@@ -306,7 +306,9 @@ def _offline_collector() -> Collector:
 def _reading(device: str, value: float, stamp: pd.Timestamp, received: float) -> RawMessage:
     payload = {"value": value, "unit": "celsius", "timestamp": stamp.isoformat()}
     return RawMessage(
-        f"device/{device}/telemetry/temperature", json.dumps(payload).encode(), received
+        f"device/{device}/telemetry/temperature",
+        json.dumps(payload).encode(),
+        round(received * 1e9),
     )
 
 

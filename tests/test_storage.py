@@ -110,7 +110,7 @@ def reject(index: int, payload: bytes = b"\xff\xfe{not json") -> Reject:
         payload_size=len(payload) + 1000,
         reason=RejectReason.NOT_JSON if index % 2 else RejectReason.BAD_TOPIC,
         detail=f"detail {index}",
-        received_at=1_765_324_800.25 + index,
+        received_ns=1_765_324_800_250_000_000 + index * 10**9,
     )
 
 
@@ -419,7 +419,7 @@ def test_recorder_rejects_sidecar(tmp_path: Path) -> None:
         assert list(back["topic"]) == [r.topic for r in rejects]
         assert list(back["detail"]) == [r.detail for r in rejects]
         assert back["received_at"].dtype == UTC_NS
-        expected_times = pd.to_datetime([r.received_at for r in rejects], unit="s", utc=True)
+        expected_times = pd.to_datetime([r.received_ns for r in rejects], unit="ns", utc=True)
         assert list(back["received_at"]) == list(expected_times)
 
 

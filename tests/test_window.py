@@ -27,7 +27,7 @@ def batch(count: int, *, start: int = 0, at: float = T0, devices: int = 3, step:
                 i,
                 round((at + i * step) * 1000),
             ),
-            at + (i - start) * step,
+            round((at + (i - start) * step) * SECOND),
         )
         for i in range(start, start + count)
     ]
@@ -109,7 +109,13 @@ def test_text_rows_and_new_categories_after_earlier_chunks() -> None:
     window = RollingWindow(window_ns=None, max_rows=100)
     window.append(batch(2))
     window.append(
-        parse_batch([RawMessage("device/late/telemetry/ai", b'{"value": "anomaly"}', T0 + 1)])
+        parse_batch(
+            [
+                RawMessage(
+                    "device/late/telemetry/ai", b'{"value": "anomaly"}', round((T0 + 1) * SECOND)
+                )
+            ]
+        )
     )
     frame = window.frame()
     assert frame["device_id"].astype(str).tolist() == ["dev-0", "dev-1", "late"]
