@@ -50,9 +50,11 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pandas as pd
 
+from tesaiot_data._paho import new_client
 from tesaiot_data.collector import Collector
-from tesaiot_data.fleet import DeviceFleet, flood
-from tesaiot_data.localbroker import TELEMETRY_FILTER, LocalBroker, PublisherConfig
+from tesaiot_data.demo.broker import TELEMETRY_FILTER, LocalBroker, PublisherConfig
+from tesaiot_data.demo.fleet import DeviceFleet
+from tesaiot_data.demo.flood import fleet_packets, flood
 from tesaiot_data.messages import ColumnBatch, RawMessage
 from tesaiot_data.parsing import parse_batch
 from tesaiot_data.settings import Settings
@@ -67,6 +69,7 @@ _WINDOW_METRICS = ("temperature", "humidity", "pressure", "battery")
 _UNITS = {"temperature": "celsius", "humidity": "percent", "pressure": "hPa", "battery": "volt"}
 _BATCH = 1_000  # messages per parse_batch call when filling the window directly
 _FRAME_REPEAT = 5
+_MANY_DEVICES = 100_000  # the window's memory again with this many distinct device ids
 
 
 # --- the publisher process -----------------------------------------------------------------
@@ -222,7 +225,7 @@ class Bench:
                 self.broker.publisher(), devices=_DEVICES, mixed_shapes=False, malformed=0
             )
             path = self.workdir / f"packets-{count}.bin"
-            path.write_bytes(fleet.packets(count))
+            path.write_bytes(fleet_packets(fleet, count))
             self._packet_files[count] = path
         return path
 
@@ -256,13 +259,8 @@ class Bench:
 def _bare_client(bench: Bench, transport: str) -> mqtt.Client:
     settings = bench.settings(transport)
     url = settings.url
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]  # as in client.py
-        client_id=f"bench-bare-{os.getpid()}-{time.monotonic_ns()}",
-        clean_session=True,
-        transport=url.transport,
-        protocol=mqtt.MQTTv311,
-    )
+    # Built as TESAIoTMQTTClient builds its own (tesaiot_data._paho), so only on_message differs.
+    client = new_client(f"bench-bare-{os.getpid()}-{time.monotonic_ns()}", transport=url.transport)
     client.username_pw_set(settings.token, settings.token)
     if url.transport == "websockets":
         client.ws_set_options(path=url.path)
@@ -402,12 +400,12 @@ def _device_ids(count: int) -> list[str]:
     ]
 
 
-def window_batches(rows: int, start: float) -> Iterator[list[RawMessage]]:
-    """Standard-shape messages, 50 devices x 4 metrics round robin, 1 ms apart."""
+def window_batches(rows: int, start: float, devices: int = _DEVICES) -> Iterator[list[RawMessage]]:
+    """Standard-shape messages, `devices` devices x 4 metrics round robin, 1 ms apart."""
     rng = random.Random(3)
     topics = [
         (f"device/{device}/telemetry/{metric}", _UNITS[metric])
-        for device in _device_ids(_DEVICES)
+        for device in _device_ids(devices)
         for metric in _WINDOW_METRICS
     ]
     for first in range(0, rows, _BATCH):
@@ -445,14 +443,14 @@ def build_window(rows: int) -> tuple[RollingWindow, dict[str, float]]:
     }
 
 
-def traced_bytes_per_row(rows: int) -> dict[str, float]:
+def traced_bytes_per_row(rows: int, devices: int = _DEVICES) -> dict[str, float]:
     """Bytes tracemalloc sees the store keep (arrays, dictionaries, chunk objects) per row.
 
     The messages are parsed before tracing starts, so only `RollingWindow.append` and what
     it keeps are traced (parsing a million messages under tracemalloc takes minutes).
     """
     parsed: list[ColumnBatch] = [
-        parse_batch(batch) for batch in window_batches(rows, time.time() - rows * 0.001)
+        parse_batch(batch) for batch in window_batches(rows, time.time() - rows * 0.001, devices)
     ]
     gc.collect()
     store = RollingWindow(window_ns=None, max_rows=1_000_000)
@@ -648,7 +646,10 @@ def _report_throughput(results: dict[str, Case]) -> None:
 
 
 def _report_window(
-    memory: dict[str, float], traced: dict[str, float], frames: dict[str, list[float]]
+    memory: dict[str, float],
+    traced: dict[str, float],
+    frames: dict[str, list[float]],
+    many: dict[str, float],
 ) -> None:
     print()
     rows = int(memory["rows"])
@@ -658,6 +659,11 @@ def _report_window(
         f"  bytes/row: nbytes() {memory['nbytes_per_row']:.1f}; tracemalloc {held:.1f} "
         f"[{_mark(held <= 40)} <=40]; RSS delta {memory['rss_per_row']:.1f}; "
         f"tracemalloc incl. the cached frame() {traced['with_cache_per_row']:.1f}"
+    )
+    held_many = many["traced_per_row"]
+    print(
+        f"  bytes/row with {_MANY_DEVICES:,} distinct device ids (x 4 metrics): tracemalloc "
+        f"{held_many:.1f} [{_mark(held_many <= 40)} <=40]"
     )
     print(f"  filled in {memory['build_s']:.1f} s ({rows / memory['build_s']:,.0f} rows/s)")
 
@@ -774,7 +780,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         frames = time_frames(store, _FRAME_REPEAT)
         del store
         _trim()
-        window = (memory, traced_bytes_per_row(options.window_rows), frames)
+        many = traced_bytes_per_row(options.window_rows, _MANY_DEVICES)
+        window = (memory, traced_bytes_per_row(options.window_rows), frames, many)
 
     print()
     if results:

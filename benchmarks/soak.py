@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tesaiot_data import Collector, load_recording
-from tesaiot_data.fleet import _publish_packet, flood
-from tesaiot_data.localbroker import LocalBroker
+from tesaiot_data.demo.broker import LocalBroker
+from tesaiot_data.demo.flood import flood, publish_packet
 
 
 def _rss_mb() -> float:
@@ -55,7 +55,7 @@ def _packets(start: int, count: int) -> bytes:
             20 + i % 10,
             i % 10,
         )
-        out.append(_publish_packet(f"device/{device}/telemetry/camera", payload))
+        out.append(publish_packet(f"device/{device}/telemetry/camera", payload))
     return b"".join(out)
 
 

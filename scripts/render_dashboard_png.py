@@ -35,8 +35,8 @@ from matplotlib.patches import FancyBboxPatch
 
 from tesaiot_data import Collector
 from tesaiot_data.dashboard import Dashboard
-from tesaiot_data.fleet import DeviceFleet
-from tesaiot_data.localbroker import LocalBroker
+from tesaiot_data.demo.broker import LocalBroker
+from tesaiot_data.demo.fleet import DeviceFleet
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 WIDTH, HEIGHT = 1260, 800  # pixels of the composed image (at 100 dpi)

@@ -7,12 +7,14 @@ stays quick and reads nothing (no environment, no .env file).
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
+
+from tesaiot_data._version import __version__
 
 if TYPE_CHECKING:
     from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
     from tesaiot_data.collector import Collector, CollectorStats, Recording
+    from tesaiot_data.dashboard import Dashboard
     from tesaiot_data.errors import (
         AuthError,
         BrokerNotFoundError,
@@ -28,18 +30,14 @@ if TYPE_CHECKING:
         TokenError,
     )
     from tesaiot_data.messages import RawMessage, Reject, RejectReason
+    from tesaiot_data.parquet import load_recording, load_rejects, read_metadata
     from tesaiot_data.parsing import ParseOptions, Row, parse_message
     from tesaiot_data.settings import BrokerURL, Settings, mask_token
-    from tesaiot_data.storage import load_recording, load_rejects, read_metadata
-
-try:
-    __version__ = version("tesaiot-data")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
 
 _EXPORTS = {
     "client": ("ClientStats", "TESAIoTMQTTClient"),
     "collector": ("Collector", "CollectorStats", "Recording"),
+    "dashboard": ("Dashboard",),
     "errors": (
         "AuthError",
         "BrokerNotFoundError",
@@ -57,7 +55,7 @@ _EXPORTS = {
     "messages": ("RawMessage", "Reject", "RejectReason"),
     "parsing": ("ParseOptions", "Row", "parse_message"),
     "settings": ("BrokerURL", "Settings", "mask_token"),
-    "storage": ("load_recording", "load_rejects", "read_metadata"),
+    "parquet": ("load_recording", "load_rejects", "read_metadata"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -71,6 +69,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectTimeoutError",
+    "Dashboard",
     "NotARecordingError",
     "ParseOptions",
     "RawMessage",

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tesaiot_data.client import TESAIoTMQTTClient
-from tesaiot_data.collector import Collector, CollectorStats, Recording
+from tesaiot_data.collector import Collector, Recording
 from tesaiot_data.errors import TesaiotError
+from tesaiot_data.parquet import load_recording, load_rejects, read_metadata
 from tesaiot_data.settings import Settings
-from tesaiot_data.storage import load_recording, load_rejects, read_metadata
+from tesaiot_data.status import status_line
 from tesaiot_data.timestamps import duration_seconds
 
 __all__ = ["main"]
@@ -60,18 +61,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(args.env_file, **overrides)
 
 
-def _status_line(stats: CollectorStats, *, rows_recorded: int | None = None) -> str:
-    state = "connected" if stats.connected else "reconnecting"
-    parts = [
-        f"{state}",
-        f"{stats.rate:7.0f} msg/s",
-        f"{stats.rows:>9,} rows in window",
-        f"{stats.rejected:,} rejects",
-        f"{stats.reconnects} reconnects",
-    ]
-    if rows_recorded is not None:
-        parts.insert(3, f"{rows_recorded:,} recorded")
-    return " | ".join(parts)
+def _status_line(collector: Collector, recording: Recording) -> str:
+    return status_line(collector.stats, running=collector.running, rows_recorded=recording.rows)
 
 
 def _watch(
@@ -174,7 +165,7 @@ def _cmd_record(args: argparse.Namespace, out: TextIO) -> int:
             _watch(
                 collector,
                 duration=args.duration,
-                line=lambda: _status_line(collector.stats, rows_recorded=recording.rows),
+                line=lambda: _status_line(collector, recording),
                 out=out,
             )
         except BaseException:
@@ -206,7 +197,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             _watch(
                 collector,
                 duration=args.duration,
-                line=lambda: _status_line(collector.stats, rows_recorded=recording.rows),
+                line=lambda: _status_line(collector, recording),
                 out=out,
             )
             path = recording.stop()

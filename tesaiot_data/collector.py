@@ -19,10 +19,10 @@ import pandas as pd
 from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
 from tesaiot_data.errors import RecordingError
 from tesaiot_data.messages import RawMessage, Reject
+from tesaiot_data.parquet import write_batches
 from tesaiot_data.parsing import MAX_DEPTH, MAX_ROWS_PER_MESSAGE, ParseOptions, parse_batch
-from tesaiot_data.schema import empty_frame
 from tesaiot_data.settings import Settings
-from tesaiot_data.storage import DatasetWriter, Recorder, write_frame
+from tesaiot_data.sinks import DatasetWriter, Recorder, Sink
 from tesaiot_data.timestamps import TimeLike, duration_seconds, since_ns
 from tesaiot_data.window import Chunk, RollingWindow
 
@@ -107,16 +107,16 @@ class CollectorStats:
 
 
 class _Feed:
-    """Rows on their way from the ingest thread to one recorder or dataset writer.
+    """Rows on their way from the ingest thread to one sink (a recording, the dataset).
 
     The ingest thread only appends the window's chunks here; the housekeeping thread turns
-    what gathered into frames and hands them on. Building a frame and an Arrow table for
-    every batch on the ingest thread cost 60 % of the ingest rate (benchmarks/README.md).
-    A write that fails (disk full, folder removed) is logged once, not once per flush; the
-    sink keeps the rows and the next flush tries again.
+    what gathered into Arrow record batches and hands them on. Converting every batch on
+    the ingest thread cost 60 % of the ingest rate (benchmarks/README.md). A write that
+    fails (disk full, folder removed) is logged once, not once per flush; the sink keeps
+    the rows and the next flush tries again.
     """
 
-    def __init__(self, sink: Recorder | DatasetWriter) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.pending_rows = 0
         self.error: BaseException | None = None
@@ -127,7 +127,7 @@ class _Feed:
 
     @property
     def where(self) -> Path:
-        return self.sink.path if isinstance(self.sink, Recorder) else self.sink.root
+        return self.sink.path
 
     def put(self, chunk: Chunk | None, rejects: Sequence[Reject]) -> None:
         with self._lock:
@@ -144,16 +144,12 @@ class _Feed:
                 rejects, self._rejects = self._rejects, []
             if not (chunks or rejects):
                 return
-            frames = RollingWindow.frames_of(chunks)
-            if isinstance(self.sink, Recorder):
-                for frame in frames[:-1]:
-                    self.sink.add(frame)
-                self.sink.add(frames[-1] if frames else empty_frame(), rejects)
-            else:
-                for frame in frames:
-                    self.sink.add(frame)
+            batches = RollingWindow.batches_of(chunks)
+            for batch in batches[:-1]:
+                self.sink.add(batch)
+            self.sink.add(batches[-1] if batches else None, rejects)
             with self._lock:
-                self.pending_rows -= sum(len(frame) for frame in frames)
+                self.pending_rows -= sum(len(chunk) for chunk in chunks)
 
     def flush(self) -> None:
         """Drain and write now; a failure is logged once and kept in `error`, never raised."""
@@ -315,8 +311,7 @@ class Collector:
         self._last_payloads: dict[str, int] = {}  # per topic, for retained redeliveries
 
         self._client: TESAIoTMQTTClient | None = None
-        self._dataset: _Feed | None = None  # auto-persist
-        self._feeds: tuple[_Feed, ...] = ()  # every recording, and the dataset
+        self._feeds: tuple[_Feed, ...] = ()  # every recording, and the auto-persist dataset
         self._rejects: deque[Reject] = deque(maxlen=_MAX_REJECTS_KEPT)
         self._rejects_by_reason: Counter[str] = Counter()
         self._messages = 0
@@ -335,7 +330,6 @@ class Collector:
         self._rate_samples: deque[tuple[float, int]] = deque()
         self._stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
-        self._next_snapshot = 0.0
         self._lock = threading.Lock()  # recordings attach and detach from any thread
 
     # ------------------------------------------------------------- lifecycle
@@ -364,10 +358,11 @@ class Collector:
         self._stopped_at = None
         self._rate_samples.clear()
         if self._snapshot_dir is not None:
-            self._dataset = _Feed(DatasetWriter(self._snapshot_dir, metadata=self._metadata()))
+            dataset = DatasetWriter(
+                self._snapshot_dir, flush_every=self._snapshot_every, metadata=self._metadata()
+            )
             with self._lock:  # recordings made before start() keep their place
-                self._feeds = (*self._feeds, self._dataset)
-            self._next_snapshot = time.monotonic() + self._snapshot_every
+                self._feeds = (*self._feeds, _Feed(dataset))
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="tesaiot-collector-housekeeping", daemon=True
         )
@@ -397,7 +392,7 @@ class Collector:
         self._last_error = client.error
         self._stopped_at = time.time()
         with self._lock:
-            feeds, self._feeds, self._dataset = self._feeds, (), None
+            feeds, self._feeds = self._feeds, ()
         failures = [error for feed in feeds if (error := self._finish(feed)) is not None]
         self._failed_sinks += len(failures)
         logger.info("collector stopped: %s rows held", self._window.rows)
@@ -409,10 +404,7 @@ class Collector:
         sink = feed.sink
         try:
             feed.drain()
-            if isinstance(sink, Recorder):
-                sink.stop()
-            else:
-                sink.flush()
+            sink.close()
         except Exception as exc:
             error = (
                 exc
@@ -422,7 +414,8 @@ class Collector:
                     hint="free disk space or check the folder; load_recording() reads what "
                     "reached disk",
                     path=str(feed.where),
-                    rows_on_disk=getattr(sink, "rows_on_disk", 0),
+                    rows_on_disk=sink.rows_on_disk,
+                    rows_lost=sink.rows - sink.rows_on_disk,
                 )
             )
             if error is not exc:
@@ -574,16 +567,21 @@ class Collector:
     def snapshot(self, path: str | Path | None = None) -> Path:
         """Write the current window to one Parquet file now.
 
+        The window's rows go to disk as Arrow record batches, without a DataFrame.
+
         Args:
             path: The file; default `snapshot-<UTC time>.parquet` in `snapshot_dir` or here.
 
         Returns:
             The path written.
+
+        Raises:
+            OSError: The file could not be written; an old file at `path` is left as it was.
         """
         if path is None:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
             path = (self._snapshot_dir or Path.cwd()) / f"snapshot-{stamp}.parquet"
-        return write_frame(self.frame(), path, metadata=self._metadata())
+        return write_batches(self._window.batches(), path, metadata=self._metadata())
 
     def record(self, path: str | Path, *, flush_every: float = 5.0) -> Recording:
         """Record every row from now until the recording is stopped.
@@ -690,14 +688,9 @@ class Collector:
                 self._window.evict(time.time_ns())
                 self._sample_rate()
                 for feed in self._feeds:
-                    if isinstance(feed.sink, Recorder):
-                        feed.drain()
-                        if feed.sink.flush_due():
-                            feed.flush()  # logs a failure once and keeps the rows
-                dataset = self._dataset
-                if dataset is not None and time.monotonic() >= self._next_snapshot:
-                    self._next_snapshot = time.monotonic() + self._snapshot_every
-                    dataset.flush()
+                    feed.drain()
+                    if feed.sink.flush_due():
+                        feed.flush()  # logs a failure once and keeps the rows
             except Exception:  # a bug; the thread goes on so that collection never stops
                 self._warn("housekeeping", "housekeeping failed", exc_info=True)
 

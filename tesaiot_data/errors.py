@@ -65,7 +65,7 @@ class StreamError(TesaiotError, RuntimeError):
 
 
 class BrokerNotFoundError(TesaiotError, FileNotFoundError):
-    """The local Mosquitto broker (or openssl, which makes its certificates) is not installed."""
+    """The local Mosquitto broker (or its dynamic-security plugin, if required) is not installed."""
 
 
 class NotARecordingError(TesaiotError, ValueError):

@@ -1,7 +1,8 @@
-"""The telemetry frame's columns and dtypes, shared by the collector and the Parquet files."""
+"""The telemetry columns, their pandas dtypes and Arrow schemas: one home for all of them."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -9,9 +10,12 @@ __all__ = [
     "ARROW_SCHEMA",
     "CATEGORY_COLUMNS",
     "COLUMNS",
+    "REJECTS_SCHEMA",
     "TIME_COLUMNS",
+    "TIME_TYPE",
     "empty_frame",
     "to_canonical",
+    "used_categories",
 ]
 
 COLUMNS = (
@@ -27,17 +31,33 @@ COLUMNS = (
 TIME_COLUMNS = ("timestamp", "received_at")
 CATEGORY_COLUMNS = ("device_id", "sensor_type", "metric", "unit", "value_text")
 
-#: The one Arrow schema of every Parquet file this package writes.
+#: Arrow's type of both time columns: int64 nanoseconds since the epoch, UTC.
+TIME_TYPE = pa.timestamp("ns", tz="UTC")
+_STRINGS = pa.dictionary(pa.int32(), pa.string())
+
+#: The one Arrow schema of every telemetry batch and Parquet file this package writes.
 ARROW_SCHEMA = pa.schema(
     [
-        pa.field("timestamp", pa.timestamp("ns", tz="UTC"), nullable=False),
-        pa.field("received_at", pa.timestamp("ns", tz="UTC"), nullable=False),
-        pa.field("device_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-        pa.field("sensor_type", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-        pa.field("metric", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("timestamp", TIME_TYPE, nullable=False),
+        pa.field("received_at", TIME_TYPE, nullable=False),
+        pa.field("device_id", _STRINGS, nullable=False),
+        pa.field("sensor_type", _STRINGS, nullable=False),
+        pa.field("metric", _STRINGS, nullable=False),
         pa.field("value", pa.float64()),
-        pa.field("unit", pa.dictionary(pa.int32(), pa.string())),
-        pa.field("value_text", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("unit", _STRINGS),
+        pa.field("value_text", _STRINGS),
+    ]
+)
+
+#: The schema of a recording's rejects sidecar (`<stem>.rejects.parquet`).
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("received_at", TIME_TYPE, nullable=False),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("reason", _STRINGS, nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("payload", pa.binary()),
+        pa.field("payload_size", pa.int64(), nullable=False),
     ]
 )
 
@@ -95,3 +115,33 @@ def _convert(name: str, column: pd.Series) -> pd.Series:
     if not isinstance(column.dtype, pd.CategoricalDtype):
         return column.astype("category")
     return column
+
+
+def used_categories(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return the entries of a dictionary that `codes` use, and the codes remapped to them.
+
+    Files and frames carry only the strings their rows use: a rolling window's dictionaries
+    are shared by many rows and only grow, and a small file must not hold every string the
+    collector ever saw. O(rows + size) when the dictionary is no larger than the rows, and
+    a sort of the codes when it is, so a few rows never touch a large dictionary.
+
+    Args:
+        codes: Integer codes into a dictionary of `size` entries; negative means missing.
+        size: How many entries the dictionary has.
+
+    Returns:
+        `(used, remapped)`: the positions of the used entries, ascending, and the codes as
+        positions in `used` (missing values stay -1); None when every entry is used.
+    """
+    if size <= codes.size:  # a count per entry is cheap: O(rows + size), no sort
+        shifted = codes.astype(np.intp) + 1  # missing values (-1) count in slot 0
+        used_mask = np.bincount(shifted, minlength=size + 1)[1:] > 0
+        if used_mask.all():
+            return None
+        remap = np.concatenate(([-1], np.cumsum(used_mask) - 1))
+        return np.flatnonzero(used_mask), remap[shifted]
+    used, inverse = np.unique(codes, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    if used.size and used[0] < 0:
+        return used[1:], inverse - 1
+    return used, inverse

@@ -1,4 +1,9 @@
-"""The rolling window: a bounded, columnar deque of telemetry rows that hands out frames."""
+"""The rolling window: a bounded, columnar deque of telemetry rows.
+
+It hands out pandas frames to users (`frame()`) and Arrow record batches to the sinks
+(`batches_of()`, `batches()`): a chunk's int64 nanoseconds, float64 values and dictionary
+codes are an Arrow record batch with dictionary columns, so the way to disk needs no pandas.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tesaiot_data.messages import ColumnBatch
-from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame
+from tesaiot_data.schema import (
+    ARROW_SCHEMA,
+    CATEGORY_COLUMNS,
+    COLUMNS,
+    TIME_TYPE,
+    empty_frame,
+    used_categories,
+)
 
 __all__ = ["Chunk", "RollingWindow"]
 
@@ -125,6 +138,28 @@ class Chunk:
         arrays = [self.timestamp, self.received, self.value, *self.codes.values()]
         return sum(a.nbytes for a in arrays)
 
+    def to_arrow(self) -> pa.RecordBatch:
+        """Return the rows as an Arrow record batch in `schema.ARROW_SCHEMA`.
+
+        The time and value columns share the chunk's arrays (no copy; NaN values become
+        nulls, as a Parquet reader expects). Each string column is a dictionary array of
+        only the strings these rows use, so a batch of a few rows never carries the whole
+        dictionary generation.
+
+        Returns:
+            One record batch of `len(self)` rows.
+        """
+        columns: dict[str, pa.Array] = {
+            "timestamp": pa.array(self.timestamp.view("M8[ns]"), type=TIME_TYPE),
+            "received_at": pa.array(self.received.view("M8[ns]"), type=TIME_TYPE),
+            "value": pa.array(self.value, type=pa.float64(), from_pandas=True),
+        }
+        for name in CATEGORY_COLUMNS:
+            columns[name] = _dictionary_array(self.codes[name], self.categories[name])
+        return pa.RecordBatch.from_arrays(
+            [columns[name] for name in ARROW_SCHEMA.names], schema=ARROW_SCHEMA
+        )
+
 
 class RollingWindow:
     """Telemetry rows kept in arrival order, bounded by age (receive time) and count.
@@ -167,7 +202,7 @@ class RollingWindow:
             now_ns: The current time for the age limit; default the newest receive time.
 
         Returns:
-            The rows as stored (see `frames_of()`), or None when there were none.
+            The rows as stored (see `batches_of()`), or None when there were none.
         """
         if not len(batch):
             return None
@@ -194,28 +229,39 @@ class RollingWindow:
         return chunk
 
     @staticmethod
-    def frames_of(chunks: Sequence[Chunk]) -> list[pd.DataFrame]:
-        """Return the rows of chunks from `append()` as canonical frames, in order.
+    def batches_of(chunks: Sequence[Chunk]) -> list[pa.RecordBatch]:
+        """Return the rows of chunks from `append()` as Arrow record batches, in order.
 
-        For read-only consumers (recorders, dataset writers). Chunks stay readable after they
-        were evicted and after the window compacted its dictionaries; one frame is made per run
-        of chunks of the same dictionary generation (usually one). A single chunk's frame
-        shares its arrays.
+        For the sinks (recorders, dataset writers), which write them to Parquet as they
+        are. Chunks stay readable after they were evicted and after the window compacted
+        its dictionaries; one batch is made per run of chunks of the same dictionary
+        generation (usually one), holding only the strings its rows use. A single chunk's
+        batch shares its time and value arrays.
 
         Args:
             chunks: Chunks returned by `append()`, in arrival order.
 
         Returns:
-            One frame per generation run; empty when `chunks` is.
+            One batch per generation run, each in `schema.ARROW_SCHEMA`; empty when
+            `chunks` is.
         """
-        frames = []
+        batches = []
         start = 0
         for end in range(1, len(chunks) + 1):
             if end == len(chunks) or chunks[end].categories is not chunks[start].categories:
-                run = chunks[start:end]
-                frames.append(RollingWindow._build(run, run[0].categories))
+                batches.append(Chunk.concat(chunks[start:end]).to_arrow())
                 start = end
-        return frames
+        return batches
+
+    def batches(self) -> list[pa.RecordBatch]:
+        """Return the rows held now as Arrow record batches (see `batches_of()`).
+
+        Returns:
+            The held rows in arrival order: one batch, or none when the window is empty.
+        """
+        with self._lock:
+            chunks = [*self._sealed, *self._tail]
+        return self.batches_of(chunks)
 
     def evict(self, now_ns: int) -> int:
         """Drop rows older than the window at time `now_ns`; return how many went."""
@@ -414,7 +460,6 @@ class RollingWindow:
         return chunk
 
     @staticmethod
-    @staticmethod
     def _build(chunks: Sequence[Chunk], generation: Mapping[str, list[str]]) -> pd.DataFrame:
         if not chunks:
             return empty_frame()
@@ -426,21 +471,28 @@ class RollingWindow:
         }
         for name in CATEGORY_COLUMNS:
             codes, names = _used_only(merged.codes[name], generation[name])
-            data[name] = pd.Categorical.from_codes(codes, categories=names, validate=False)
+            categories = pd.Index(names, dtype=object)
+            data[name] = pd.Categorical.from_codes(codes, categories=categories, validate=False)
         return pd.DataFrame({name: data[name] for name in COLUMNS}, copy=False)
 
 
-def _used_only(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, pd.Index]:
+def _used_only(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, list[str]]:
     """The rows' codes and categories with only the strings the rows use.
 
     O(rows + distinct strings of the generation) in numpy, and O(strings used) in Python, so
     a frame or file of a few rows never copies a large dictionary.
     """
-    used = np.zeros(len(values) + 1, dtype=bool)
-    used[codes] = True  # a missing string, code -1, marks the extra last slot
-    if used[:-1].all():
-        return codes, pd.Index(list(values[: len(used) - 1]), dtype=object)
-    kept = np.flatnonzero(used[:-1])
-    remap = np.full(len(used), -1, dtype=np.int32)
-    remap[kept] = np.arange(len(kept), dtype=np.int32)
-    return remap[codes], pd.Index([values[i] for i in kept.tolist()], dtype=object)
+    size = len(values)  # the ingest thread may append to the shared list meanwhile
+    compact = used_categories(codes, size)
+    if compact is None:
+        return codes, values[:size]
+    kept, remapped = compact
+    return remapped, [values[i] for i in kept.tolist()]
+
+
+def _dictionary_array(codes: np.ndarray, values: list[str]) -> pa.DictionaryArray:
+    codes, strings = _used_only(codes, values)
+    indices = np.asarray(codes, dtype=np.int32)  # no copy for an unsealed chunk's codes
+    missing = indices < 0
+    array = pa.array(indices, type=pa.int32(), mask=missing if missing.any() else None)
+    return pa.DictionaryArray.from_arrays(array, pa.array(strings, type=pa.string()))

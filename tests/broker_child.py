@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import sys
 
-from tesaiot_data import localbroker
-from tesaiot_data.localbroker import LocalBroker
+import tesaiot_data.demo.broker as broker_module
+from tesaiot_data.demo.broker import LocalBroker
 
 
 def main(args: list[str]) -> None:
     if "--watchdog" in args:
-        localbroker._USE_PDEATHSIG = False
+        broker_module._USE_PDEATHSIG = False
     broker = LocalBroker().start()
     print(json.dumps({"pid": broker.pid, "workdir": str(broker.workdir)}), flush=True)
     sys.stdin.read()

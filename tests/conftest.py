@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from tesaiot_data.collector import Collector
+from tesaiot_data.demo.broker import LocalBroker
+from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.errors import RecordingError
-from tesaiot_data.fleet import DeviceFleet
-from tesaiot_data.localbroker import LocalBroker
 from tesaiot_data.settings import Settings
 from tests.helpers import Subscriber
 

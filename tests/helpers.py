@@ -1,20 +1,18 @@
-"""Test helpers: poll instead of sleeping, find a free port, collect MQTT messages.
+"""Test helpers: poll instead of sleeping, collect MQTT messages.
 
 Everything here works with paho-mqtt 1.6 and 2.x, because the client tests also run under 1.6.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import paho.mqtt.client as mqtt
-
-from tesaiot_data.localbroker import LocalBroker, PublisherConfig
+from tesaiot_data._paho import new_client, reason_code
+from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
 
 T = TypeVar("T")
 
@@ -43,29 +41,14 @@ def wait_for(
         time.sleep(period)
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def new_paho_client(client_id: str, *, clean_session: bool = True, transport: str = "tcp") -> Any:
-    """A paho MQTT 3.1.1 client on either paho major version."""
-    options: dict[str, Any] = {
-        "client_id": client_id,
-        "clean_session": clean_session,
-        "protocol": mqtt.MQTTv311,
-        "transport": transport,
-    }
-    if hasattr(mqtt, "CallbackAPIVersion"):  # paho 2.x
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **options)
-    return mqtt.Client(**options)
+    """A paho MQTT 3.1.1 client on either paho major version (see `tesaiot_data._paho`)."""
+    return new_client(client_id, clean_session=clean_session, transport=transport)
 
 
 def reason_value(code: Any) -> int:
     """The number of a paho 2.x ReasonCode or a paho 1.6 int."""
-    return int(getattr(code, "value", code))
+    return reason_code(code)
 
 
 class Subscriber:

@@ -33,11 +33,11 @@ from tesaiot_data import (
     TLSError,
     load_rejects,
 )
+from tesaiot_data.demo.broker import LocalBroker, free_port
 from tesaiot_data.errors import StreamError
-from tesaiot_data.localbroker import LocalBroker
 from tesaiot_data.messages import RawMessage
 from tests.fake_broker import FakeBroker, publish, publish_with_a_lying_topic_length
-from tests.helpers import free_port, new_paho_client, wait_for
+from tests.helpers import new_paho_client, wait_for
 
 pytestmark = pytest.mark.broker
 

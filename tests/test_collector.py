@@ -20,8 +20,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tesaiot_data import AuthError, Collector, Settings, load_recording, load_rejects, read_metadata
-from tesaiot_data.fleet import DeviceFleet, flood
-from tesaiot_data.localbroker import LocalBroker
+from tesaiot_data.demo.broker import LocalBroker
+from tesaiot_data.demo.fleet import DeviceFleet
+from tesaiot_data.demo.flood import fleet_packets, flood
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.schema import COLUMNS
 from tests.helpers import wait_for
@@ -229,7 +230,7 @@ def test_frame_in_a_tight_loop_from_another_thread_while_ingesting(
     reader = threading.Thread(target=read)
     reader.start()
     fleet = DeviceFleet(broker.publisher(), devices=20, mixed_shapes=False, seed=10)
-    flood(broker.publisher(), fleet.packets(30_000))
+    flood(broker.publisher(), fleet_packets(fleet, 30_000))
     wait_for(lambda: collector.stats.received == 30_000, timeout=30)
     assert collector.wait_idle(30)
     stop.set()
@@ -245,7 +246,7 @@ def test_a_flood_of_200k_messages_stays_bounded_and_counts_add_up(
 ) -> None:
     collector = collectors(broker.settings(qos=0), max_rows=50_000, window=None).start()
     fleet = DeviceFleet(broker.publisher(), devices=50, seed=11, malformed=0.01)
-    flood(broker.publisher(), fleet.packets(200_000))
+    flood(broker.publisher(), fleet_packets(fleet, 200_000))
     wait_for(lambda: collector.stats.received == 200_000, timeout=120, message="messages missing")
     assert collector.wait_idle(60)
     stats = collector.stats

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from tesaiot_data import Collector, RecordingError, Settings, load_recording
-from tesaiot_data.fleet import _publish_packet, flood
-from tesaiot_data.localbroker import LocalBroker, PublisherConfig
+from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
+from tesaiot_data.demo.flood import flood, publish_packet
 from tesaiot_data.messages import RawMessage
 from tests.helpers import new_paho_client, wait_for
 
@@ -71,7 +71,7 @@ def test_200k_unique_texts_and_devices_keep_memory_and_files_bounded_by_the_wind
 
     def churn(start: int, count: int) -> bytes:
         return b"".join(
-            _publish_packet(
+            publish_packet(
                 f"device/dev-{i:07d}/telemetry/camera",
                 b'{"_msgid": "%08x.%06x", "frame": "%s", "temperature": %d}'
                 % (i * 2654435761 % 2**32, i, b"Q" * 200 + b"%07d" % i, i % 40),

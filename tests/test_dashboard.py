@@ -27,11 +27,11 @@ from tesaiot_data.dashboard import (
     downsample,
     latest_table_html,
     short_ids,
-    status_text,
 )
-from tesaiot_data.fleet import DeviceFleet
+from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.settings import Settings
+from tesaiot_data.status import status_line
 from tests.helpers import wait_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -366,11 +366,11 @@ def test_status_shows_no_rate_once_stopped() -> None:
     collector._ingest([_reading("d1", 1.0, pd.Timestamp.now(tz="UTC"), time.time())] * 100)
     # The last rate a collector measured before it stopped.
     stats = dataclasses.replace(collector.stats, rate=20.0)
-    assert status_text(stats, running=False) == (
+    assert status_line(stats, running=False) == (
         "stopped | 100 rows in window | 0 rejects | 0 reconnects"
     )
-    assert status_text(stats, running=True).startswith("reconnecting | 20 msg/s |")
-    revoked = status_text(dataclasses.replace(stats, error="not authorized"), running=True)
+    assert status_line(stats, running=True).startswith("reconnecting | 20 msg/s |")
+    revoked = status_line(dataclasses.replace(stats, error="not authorized"), running=True)
     assert revoked.startswith("stopped: not authorized | 100 rows")
 
 

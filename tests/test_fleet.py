@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from tesaiot_data.demo.broker import LocalBroker, PublisherConfig, free_port
+from tesaiot_data.demo.fleet import SENSORS, DeviceFleet
 from tesaiot_data.errors import AuthError, ConfigError, ConnectError
-from tesaiot_data.fleet import SENSORS, DeviceFleet
-from tesaiot_data.localbroker import LocalBroker, PublisherConfig
-from tests.helpers import Subscriber, free_port, wait_for
+from tests.helpers import Subscriber, wait_for
 
 pytestmark = pytest.mark.broker
 

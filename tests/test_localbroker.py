@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tesaiot_data import localbroker
+import tesaiot_data.demo.broker as broker_module
+from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
 from tesaiot_data.errors import BrokerNotFoundError, TesaiotError, TokenError
-from tesaiot_data.localbroker import LocalBroker, PublisherConfig
 from tesaiot_data.settings import BrokerURL
 from tests.helpers import SUBACK_FAILURE, Subscriber, new_paho_client, wait_for
 
@@ -265,7 +265,7 @@ def test_start_reports_a_taken_port() -> None:
 def test_start_shows_the_log_when_mosquitto_exits(monkeypatch: pytest.MonkeyPatch) -> None:
     broker = LocalBroker()
     # Let the taken port slip past the check, as in a race with another program.
-    monkeypatch.setattr(localbroker, "_port_is_free", lambda _port, _host: True)
+    monkeypatch.setattr(broker_module, "_port_is_free", lambda _port, _host: True)
     try:
         with socket.socket() as squatter:
             squatter.bind(("127.0.0.1", broker.tcp_port))

@@ -370,6 +370,93 @@ def test_a_byte_order_mark_is_skipped() -> None:
     assert metrics(b'\xef\xbb\xbf{"value": 1}') == [("temperature", 1.0, None, None)]
 
 
+# --- orjson first, json for what orjson refuses ---------------------------------------------
+
+
+def nested_list(levels: int, inner: bytes = b"1") -> bytes:
+    return b"[" * levels + inner + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b'{"a": NaN, "b": -Infinity}', id="nan-infinity"),
+        pytest.param(b'{"a": 1e400}', id="float-beyond-range"),
+        pytest.param(b'{"a": 1%s}' % (b"0" * 400), id="integer-beyond-float-range"),
+        pytest.param(b'{"a": 18446744073709551616, "b": -9223372036854775809}', id="int-65-bits"),
+        pytest.param(b'{"\\udc00k": "\\ud800x"}', id="lone-surrogate-escapes"),
+        pytest.param(b'\xef\xbb\xbf{"value": 1}', id="byte-order-mark"),
+        pytest.param(b'{"x": 1, "d": %s}' % nested_list(900), id="nested-900"),
+    ],
+)
+def test_payloads_orjson_refuses_or_reads_differently_give_the_rows_json_gives(
+    payload: bytes,
+) -> None:
+    assert parsing._orjson_loads is not json.loads  # the fast path is really orjson
+    value, reason, detail = parsing._loads_json(payload)
+    assert (reason, detail) == (None, "")
+    assert repr(columns(batch_of((TOPIC, payload)))) == repr(
+        columns(batch_of((TOPIC, json.dumps(value, allow_nan=True).encode())))
+    )
+
+
+def test_integers_beyond_64_bits_give_the_nearest_float() -> None:
+    payload = b'{"a": 18446744073709551617, "b": -9223372036854775809, "c": %s}' % (b"9" * 300)
+    assert metrics(payload) == [
+        ("a", float(2**64 + 1), None, None),
+        ("b", float(-(2**63) - 1), None, None),
+        ("c", float(10**300 - 1), None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"[18446744073709551616, -9223372036854775809]", [2**64, -(2**63) - 1]),
+        (b'{"id": 123456789012345678901234567890}', {"id": 123456789012345678901234567890}),
+        (b"9223372036854775807", 2**63 - 1),
+    ],
+)
+def test_decode_payload_keeps_integers_of_any_size_exact(payload: bytes, expected: Any) -> None:
+    assert decode_payload(payload) == expected
+    assert repr(decode_payload(payload)) == repr(expected)  # ints, not floats
+
+
+@pytest.mark.parametrize("levels", [1_100, 5_000])
+def test_json_nested_beyond_what_the_decoders_take_is_not_json(levels: int) -> None:
+    reject = only_reject(TOPIC, nested_list(levels))
+    assert reject.reason is RejectReason.NOT_JSON
+    assert reject.detail == "JSON nested too deeply to decode"
+
+
+def test_json_nested_deeply_but_within_orjsons_limit_keeps_its_shallow_fields() -> None:
+    # json gave up near 1,000 levels (Python's recursion limit); orjson reads 1,024.
+    batch = batch_of((TOPIC, b'{"x": 1, "deep": %s}' % nested_list(1_000)))
+    assert (batch.metric, batch.truncated_messages) == (["x"], 1)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "detail"),
+    [
+        (b"", RejectReason.EMPTY, "the payload is empty"),
+        (b" \t\r\n", RejectReason.EMPTY, "the payload is only whitespace"),
+        (b"\x0c", RejectReason.EMPTY, "the payload is only whitespace"),  # str.strip's space
+        (b'{"value": 1', RejectReason.NOT_JSON, "Expecting ',' delimiter: line 1 column 12"),
+        (b"\xef\xbb\xbf{", RejectReason.NOT_JSON, "Unexpected UTF-8 BOM"),
+        (b"hello", RejectReason.NOT_JSON, "Expecting value: line 1 column 1 (char 0)"),
+        (b"\xff", RejectReason.INVALID_UTF8, "'utf-8' codec can't decode byte 0xff"),
+        (b'"\xed\xa0\x80"', RejectReason.INVALID_UTF8, "'utf-8' codec can't decode byte 0xed"),
+    ],
+)
+def test_rejects_keep_the_reasons_and_details_of_json(
+    payload: bytes, reason: RejectReason, detail: str
+) -> None:
+    reject = only_reject(TOPIC, payload)
+    assert reject.reason is reason
+    assert reject.detail.startswith(detail)
+    assert parsing._loads(payload)[1:] == parsing._loads_json(payload)[1:]
+
+
 # --- bare values and arrays -----------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tesaiot_data import parsing
 from tesaiot_data.messages import MAX_REJECT_PAYLOAD, ColumnBatch, RawMessage
 from tesaiot_data.parsing import MAX_ROWS_PER_MESSAGE, decode_payload, parse_batch, parse_message
 
@@ -196,3 +197,33 @@ def test_a_megabyte_of_one_repeated_character_parses_in_linear_time(char: str) -
     elapsed = time.perf_counter() - started
     assert batch.messages == len(messages)
     assert elapsed < 1.0, f"{elapsed:.2f} s for {char!r}"
+
+
+def same_json(fast: Any, reference: Any) -> bool:
+    """Whether orjson's value equals json's: NaN as NaN, integers beyond 64 bits as floats."""
+    if type(reference) is int and type(fast) is float:
+        return not -(2**63) <= reference < 2**64 and fast == float(reference)
+    if type(reference) is float and math.isnan(reference):
+        return type(fast) is float and math.isnan(fast)
+    if type(reference) is list:
+        return (
+            type(fast) is list
+            and len(fast) == len(reference)
+            and all(same_json(a, b) for a, b in zip(fast, reference, strict=True))
+        )
+    if type(reference) is dict:
+        return (
+            type(fast) is dict
+            and list(fast) == list(reference)
+            and all(same_json(fast[key], reference[key]) for key in reference)
+        )
+    return type(fast) is type(reference) and fast == reference
+
+
+@FAST
+@given(st.one_of(payloads, st.builds(lambda value: json.dumps(value).encode(), scalars)))
+def test_orjson_first_decodes_as_json_alone_did(payload: bytes) -> None:
+    value, reason, detail = parsing._loads(payload)
+    ref_value, ref_reason, ref_detail = parsing._loads_json(payload)
+    assert (reason, detail) == (ref_reason, ref_detail)
+    assert same_json(value, ref_value)

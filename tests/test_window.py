@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.parsing import parse_batch
-from tesaiot_data.schema import COLUMNS
+from tesaiot_data.schema import ARROW_SCHEMA, COLUMNS
 from tesaiot_data.window import RollingWindow
 
 T0 = 1_765_276_245.0  # 2025-12-09T10:30:45Z
@@ -163,19 +165,90 @@ def test_frame_from_another_thread_while_ingesting_is_never_torn() -> None:
     assert window.rows == 5_000
 
 
-def test_frame_of_holds_just_those_batches_even_after_eviction() -> None:
+def test_batches_of_hold_just_those_chunks_even_after_eviction() -> None:
     window = RollingWindow(window_ns=None, max_rows=3)
     first = window.append(batch(3))
     second = window.append(batch(2, start=3))
     assert first is not None
     assert second is not None
-    (only,) = window.frames_of([second])
-    assert only["value"].tolist() == [3.0, 4.0]
-    (both,) = window.frames_of([first, second])
-    assert both["value"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    (only,) = window.batches_of([second])
+    assert only.column("value").to_pylist() == [3.0, 4.0]
+    (both,) = window.batches_of([first, second])
+    assert both.column("value").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert window.frame()["value"].tolist() == [2.0, 3.0, 4.0]
-    assert window.frames_of([]) == []
+    assert window.batches_of([]) == []
     assert window.append(parse_batch([])) is None
+
+
+def test_a_chunk_is_an_arrow_batch_of_the_one_schema_sharing_its_arrays() -> None:
+    window = RollingWindow(window_ns=None, max_rows=100)
+    chunk = window.append(batch(4))
+    assert chunk is not None
+    arrow = chunk.to_arrow()
+    assert arrow.schema.equals(ARROW_SCHEMA)
+    assert arrow.num_rows == 4
+    # Times and values are the chunk's own memory, not copies.
+    assert arrow.column("timestamp").buffers()[1].address == chunk.timestamp.ctypes.data
+    assert arrow.column("received_at").buffers()[1].address == chunk.received.ctypes.data
+    assert arrow.column("value").buffers()[1].address == chunk.value.ctypes.data
+    assert arrow.column("received_at").cast(pa.int64()).to_pylist() == chunk.received.tolist()
+    assert arrow.column("device_id").to_pylist() == ["dev-0", "dev-1", "dev-2", "dev-0"]
+    assert arrow.column("unit").dictionary.to_pylist() == ["celsius"]
+    assert arrow.column("value_text").null_count == 4
+    # The same rows as the frame a user gets.
+    frame = window.frame()
+    back = pa.Table.from_batches([arrow]).to_pandas()
+    pd.testing.assert_frame_equal(back, frame, check_categorical=False)
+
+
+def test_a_batch_carries_only_the_strings_its_rows_use_and_nan_as_null() -> None:
+    window = RollingWindow(window_ns=None, max_rows=100)
+    window.append(batch(30, devices=30))  # 30 device names in the dictionary
+    text = parse_batch(
+        [
+            RawMessage("device/late/telemetry/state", b'{"value": "open"}', round(T0 * SECOND)),
+            RawMessage("device/late/telemetry/t", b'{"value": 7}', round(T0 * SECOND)),
+        ]
+    )
+    chunk = window.append(text)
+    assert chunk is not None
+    (arrow,) = window.batches_of([chunk])
+    assert arrow.column("device_id").dictionary.to_pylist() == ["late"]
+    assert arrow.column("metric").dictionary.to_pylist() == ["state", "t"]
+    assert arrow.column("value_text").to_pylist() == ["open", None]
+    assert arrow.column("value").to_pylist() == [None, 7.0]  # NaN in the frame, null here
+    assert window.frame()["value"].isna().sum() == 1
+
+
+def test_batches_follow_dictionary_generations_across_a_compaction() -> None:
+    # Unique device names fill the dictionary until the window compacts it: chunks handed
+    # out before keep the old generation, and a run of chunks per generation is one batch.
+    window = RollingWindow(window_ns=None, max_rows=500)
+    chunks = []
+    for k in range(12):
+        chunk = window.append(batch(500, start=k * 500, devices=10**6))
+        assert chunk is not None
+        chunks.append(chunk)
+    assert window.compactions >= 1
+    runs = 1 + sum(a.categories is not b.categories for a, b in itertools.pairwise(chunks))
+    batches = window.batches_of(chunks)
+    assert len(batches) == runs > 1
+    table = pa.Table.from_batches(batches).unify_dictionaries()
+    assert table.column("value").to_pylist() == [float(v) for v in range(6000)]
+    assert table.column("device_id").to_pylist() == [f"dev-{v}" for v in range(6000)]
+    for arrow in batches:  # only the names of its own rows, not the generation's
+        assert len(arrow.column("device_id").dictionary) == arrow.num_rows
+
+
+def test_batches_hold_the_rows_of_frame() -> None:
+    window = RollingWindow(window_ns=None, max_rows=250)
+    assert window.batches() == []
+    for k in range(10):
+        window.append(batch(100, start=k * 100))
+    (held,) = window.batches()
+    assert held.num_rows == 250
+    back = pa.Table.from_batches([held]).to_pandas()
+    pd.testing.assert_frame_equal(back, window.frame(), check_categorical=False)
 
 
 def test_max_rows_must_be_positive() -> None:

@@ -7,7 +7,11 @@ username and password, and an ACL that lets the token only read `device/+/teleme
 The broker does not outlive the process that started it, even one killed with SIGKILL (a
 notebook kernel killed for memory): on Linux the kernel sends Mosquitto SIGTERM when its parent
 dies (`PR_SET_PDEATHSIG`); elsewhere a tiny watchdog process does, when the pipe from the parent
-closes. The CA's private key is deleted as soon as it has signed the server certificate.
+closes.
+
+The certificates come from `trustme` (built on `cryptography`), in this process: the CA's
+private key lives only in memory, signs the server certificate once and is gone. On disk are
+the CA certificate (`ca_file`), the server certificate and the server key (mode 0600).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import datetime
 import functools
 import hashlib
 import json
@@ -38,10 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import trustme
+
 from tesaiot_data.errors import BrokerNotFoundError, ConfigError, TesaiotError, TokenError
 from tesaiot_data.settings import Settings, mask_token
 
-__all__ = ["LocalBroker", "PublisherConfig"]
+__all__ = ["LocalBroker", "PublisherConfig", "free_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,23 +63,19 @@ _INSTALL_HINT = (
     "conda install -c conda-forge mosquitto, or brew install mosquitto (macOS); "
     "or point TESAIOT_MOSQUITTO at the mosquitto executable"
 )
-_OPENSSL_HINT = (
-    "install the openssl command line tool: apt-get install openssl, "
-    "conda install -c conda-forge openssl, or brew install openssl"
-)
 _MOSQUITTO_PLACES = (
     "/usr/sbin/mosquitto",
     "/usr/local/sbin/mosquitto",
     "/opt/homebrew/sbin/mosquitto",
 )
-_OPENSSL_PLACES = ("/usr/bin/openssl", "/usr/local/bin/openssl", "/opt/homebrew/bin/openssl")
 _TOKEN_ALPHABET = string.ascii_letters + string.digits
 # mosquitto_passwd 2.0's defaults, which the dynsec plugin shares: PBKDF2-SHA512,
 # 101 iterations, a 12-byte salt.
 _PBKDF2_ITERATIONS = 101
 _SALT_BYTES = 12
 _DYNSEC_NAME = "mosquitto_dynamic_security.so"
-_CERT_DAYS = 3
+_CERT_DAYS = 3  # the server certificate's validity; the CA's key is gone anyway
+_CERT_ORGANIZATION = "tesaiot-data local broker"
 _STOP_TIMEOUT = 5.0
 _LOG_TAIL_LINES = 15
 
@@ -107,27 +110,6 @@ for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
 _ANONYMOUS_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x05\x00\x00"
 _CONNACK = b"\x20"
 
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-prompt = no
-
-[dn]
-CN = tesaiot-data local broker
-
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1
-authorityKeyIdentifier = keyid
-"""
-
 
 @dataclass(frozen=True)
 class PublisherConfig:
@@ -160,22 +142,37 @@ class PublisherConfig:
         )
 
 
-def _find_executable(name: str, places: tuple[str, ...], hint: str, given: str | None) -> str:
-    if given:
-        path = shutil.which(given)
-        if path is None:
-            raise BrokerNotFoundError(f"{name} executable {given!r} was not found", hint=hint)
-        return path
-    for candidate in (shutil.which(name), *places):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise BrokerNotFoundError(f"{name} was not found on PATH nor in {', '.join(places)}", hint=hint)
+def free_port(*, host: str = HOST) -> int:
+    """Return a TCP port that nothing listens on, at the time of asking.
 
+    Another program may take it before you bind it; the broker checks again when it starts.
 
-def _free_port(host: str) -> int:
+    Args:
+        host: The address to bind; `"0.0.0.0"` for a port free on every interface.
+
+    Returns:
+        The port number.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _find_mosquitto(given: str | None) -> str:
+    if given:
+        path = shutil.which(given)
+        if path is None:
+            raise BrokerNotFoundError(
+                f"mosquitto executable {given!r} was not found", hint=_INSTALL_HINT
+            )
+        return path
+    for candidate in (shutil.which("mosquitto"), *_MOSQUITTO_PLACES):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerNotFoundError(
+        f"mosquitto was not found on PATH nor in {', '.join(_MOSQUITTO_PLACES)}",
+        hint=_INSTALL_HINT,
+    )
 
 
 def _port_is_free(port: int, host: str) -> bool:
@@ -241,10 +238,11 @@ def _new_token() -> str:
     return DEMO_TOKEN_PREFIX + "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(32))
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, data: str | bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(text)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data.encode() if isinstance(data, str) else data)
+    path.chmod(0o600)  # a file that was there before keeps its mode through os.open
 
 
 def _size(path: Path) -> int:
@@ -464,8 +462,8 @@ class LocalBroker:
             which Mosquitto 2.0 grants every subscription and only filters what it delivers.
 
     Raises:
-        BrokerNotFoundError: mosquitto or openssl is not installed (or the dynamic-security
-            plugin, when `dynsec=True`).
+        BrokerNotFoundError: mosquitto is not installed (or the dynamic-security plugin, when
+            `dynsec=True`).
         TokenError: The given token is not a TESAIoT MQTT token.
     """
 
@@ -480,13 +478,7 @@ class LocalBroker:
         workdir: Path | None = None,
         dynsec: bool | None = None,
     ) -> None:
-        self._mosquitto = _find_executable(
-            "mosquitto",
-            _MOSQUITTO_PLACES,
-            _INSTALL_HINT,
-            mosquitto or os.environ.get("TESAIOT_MOSQUITTO"),
-        )
-        self._openssl = _find_executable("openssl", _OPENSSL_PLACES, _OPENSSL_HINT, None)
+        self._mosquitto = _find_mosquitto(mosquitto or os.environ.get("TESAIOT_MOSQUITTO"))
         self._dynsec_plugin = None if dynsec is False else _find_dynsec(self._mosquitto)
         if dynsec and self._dynsec_plugin is None:
             raise BrokerNotFoundError(
@@ -509,9 +501,9 @@ class LocalBroker:
         self._publisher_password = secrets.token_urlsafe(18)
         # Mosquitto 2.0.11 opens websockets listeners on every interface (see _config), so
         # their ports must be free on every interface, not only on loopback.
-        self.wss_port: int = _free_port(_ANY)
-        self.tcp_port: int = _free_port(HOST)
-        self.ws_port: int | None = _free_port(_ANY) if ws_plain else None
+        self.wss_port: int = free_port(host=_ANY)
+        self.tcp_port: int = free_port(host=HOST)
+        self.ws_port: int | None = free_port(host=_ANY) if ws_plain else None
 
         owned = workdir is None
         path = (
@@ -681,7 +673,8 @@ class LocalBroker:
     def restart(self, *, timeout: float = 10.0) -> None:
         """Stop and start again with the same ports, accounts and persisted sessions.
 
-        The certificates are kept too (the CA's key, long deleted, is not needed).
+        The certificates are kept too (the CA's key, which never reached the disk, is not
+        needed).
 
         Args:
             timeout: Seconds to wait for the broker to come back.
@@ -795,7 +788,7 @@ class LocalBroker:
         else:
             security = [f"password_file {path / 'passwd'}", f"acl_file {path / 'acl'}"]
         lines = [
-            "# Written by tesaiot_data.localbroker; remade for every LocalBroker.",
+            "# Written by tesaiot_data.demo.broker; remade for every LocalBroker.",
             "per_listener_settings false",
             "allow_anonymous false",
             *security,
@@ -832,50 +825,19 @@ class LocalBroker:
         return "\n".join(lines)
 
     def _make_certificates(self) -> None:
-        # The CA's key is needed only to sign the server certificate, once: it is deleted
-        # right after, so neither a crash nor a kill -9 can leave it on disk for long.
-        try:
-            self._sign_certificates()
-        finally:
-            for name in ("ca.key", "server.csr", "openssl.cnf"):
-                (self.workdir / name).unlink(missing_ok=True)
-        (self.workdir / "server.key").chmod(0o600)
-
-    def _sign_certificates(self) -> None:
-        config = self.workdir / "openssl.cnf"
-        config.write_text(_OPENSSL_CONFIG, encoding="utf-8")
-        serial = f"0x{secrets.token_hex(8)}"
-        days = str(_CERT_DAYS)
-        for key in ("ca.key", "server.key"):
-            # Private from the start (openssl writes keys 0600 on its own, but not every one).
-            _write_private(self.workdir / key, "")
-            self._openssl_run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
-        self._openssl_run(
-            "req", "-new", "-x509", "-config", "openssl.cnf", "-extensions", "ca",
-            "-key", "ca.key", "-subj", "/CN=tesaiot-data local CA", "-days", days,
-            "-set_serial", serial, "-sha256", "-out", "ca.pem",
-        )  # fmt: skip
-        self._openssl_run(
-            "req", "-new", "-config", "openssl.cnf", "-key", "server.key",
-            "-subj", "/CN=localhost", "-out", "server.csr",
-        )  # fmt: skip
-        self._openssl_run(
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-set_serial", f"{serial}1", "-days", days, "-sha256",
-            "-extfile", "openssl.cnf", "-extensions", "server", "-out", "server.pem",
-        )  # fmt: skip
-
-    def _openssl_run(self, *args: str) -> None:
-        result = subprocess.run(
-            [self._openssl, *args],
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            check=False,
+        # The CA's key exists only inside `ca`: it signs the server certificate once and is
+        # dropped with it, so neither a crash nor a kill -9 can leave it behind on disk.
+        ca = trustme.CA(organization_name=_CERT_ORGANIZATION, organization_unit_name="local CA")
+        server = ca.issue_cert(
+            "localhost",
+            HOST,
+            "::1",
+            common_name="localhost",
+            organization_name=_CERT_ORGANIZATION,
+            organization_unit_name="local broker",
+            not_after=datetime.datetime.now(datetime.timezone.utc)
+            + datetime.timedelta(days=_CERT_DAYS),
         )
-        if result.returncode != 0:
-            raise TesaiotError(
-                f"openssl {args[0]} failed while making the local broker's certificates:\n"
-                f"{result.stderr.strip()}",
-                hint=_OPENSSL_HINT,
-            )
+        self.ca_file.write_bytes(ca.cert_pem.bytes())
+        (self.workdir / "server.pem").write_bytes(server.cert_chain_pems[0].bytes())
+        _write_private(self.workdir / "server.key", server.private_key_pem.bytes())

@@ -1,65 +1,36 @@
-"""A live Jupyter dashboard of a running `Collector`: chart, latest values, capture and status.
+"""The dashboard widget: chart, latest values, capture buttons and status, kept up to date.
 
-In a notebook::
-
-    collector = Collector(settings, window="5min").start()
-    collector.dashboard()          # the cell's value: the widget shows and updates itself
-
-The chart is one matplotlib `Figure` drawn with the Agg backend (never pyplot, so nothing is
-registered globally) into one `ipywidgets.Image`. Its axes and lines are reused from frame to
-frame, so hours of refreshing neither flicker nor grow memory. A background thread refreshes
-at most once per `refresh` period, and only when the collector's rows changed; it stops when
-the dashboard is closed or the collector stops. `Dashboard.refresh()` draws at once, for
-scripts, tests and kernels without an event loop.
+A background thread refreshes at most once per `refresh` period, and only when the
+collector's rows changed; it stops when the dashboard is closed or the collector stops.
+`Dashboard.refresh()` draws at once, for scripts, tests and kernels without an event loop.
 
 A new dashboard of a collector closes the collector's previous ones, so running the cell
 again does not leave the old dashboards redrawing in the background.
-
-The time axis is the chosen window up to now, by the devices' timestamps: a device whose
-clock is wrong cannot stretch it. Its points outside the window are left out and counted on
-the chart ("12 points outside the time axis (device clock?)").
 """
 
 from __future__ import annotations
 
-import html
-import io
-import itertools
 import logging
 import threading
-import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
-import matplotlib.dates as mdates
-import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
+from tesaiot_data.dashboard.chart import Chart
+from tesaiot_data.dashboard.format import format_elapsed, latest_table_html
+from tesaiot_data.status import status_line
 from tesaiot_data.timestamps import duration_seconds
 
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, CollectorStats, Recording
 
-__all__ = [
-    "MAX_CELL_CHARS",
-    "MAX_LEGEND_ENTRIES",
-    "MAX_POINTS_PER_LINE",
-    "MAX_TABLE_ROWS",
-    "MAX_TOOLTIP_CHARS",
-    "WINDOWS",
-    "Dashboard",
-    "downsample",
-    "latest_table_html",
-    "short_ids",
-    "status_text",
-]
+__all__ = ["WINDOWS", "Dashboard"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,41 +41,14 @@ WINDOWS: tuple[tuple[str, str], ...] = (
     ("15 min", "15min"),
     ("1 h", "1h"),
 )
-#: A line with more points than this is downsampled (min/max per bucket) before drawing.
-MAX_POINTS_PER_LINE = 2_000
-#: Devices named in the legend; the rest are summed up as "+N more".
-MAX_LEGEND_ENTRIES = 10
-#: Rows shown in the latest-values table; the rest are counted below it.
-MAX_TABLE_ROWS = 60
-#: Characters of a text shown in a table cell; longer texts end in "…".
-MAX_CELL_CHARS = 60
-#: Characters of a long text kept in its cell's tooltip (a base64 image must not fill a page).
-MAX_TOOLTIP_CHARS = 200
 
-_SHORT_ID = 8  # characters of a device id shown in the legend
 _MIN_PERIOD = 0.1  # seconds: the fastest refresh a dashboard accepts
-_FIGSIZE = (9.0, 3.6)  # inches, at _DPI: a 900 x 360 px chart
-_DPI = 100
-_AXIS_PAD = 0.02  # share of the window left free right of "now": room for the newest point
-_NOTE_COLOR = "#b35900"
-_TAB10 = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
-# Ten colours, then the same ten dashed and dotted: 30 lines that all look different.
-_LINE_STYLES = tuple((color, style) for style in ("-", "--", ":") for color in _TAB10)
-_ELLIPSIS = "\u2026"
 # Each collector's live dashboards. Weak both ways: an entry keeps neither the collector nor a
 # dashboard alive (a dashboard refers to its collector, so a strong value would pin the key).
 _live: weakref.WeakKeyDictionary[Collector, weakref.WeakSet[Dashboard]] = (
     weakref.WeakKeyDictionary()
 )
 _live_lock = threading.Lock()
-_TABLE_STYLE = (
-    "<style>.tesaiot-latest{border-collapse:collapse;font-size:12px;font-family:monospace}"
-    ".tesaiot-latest th,.tesaiot-latest td{padding:2px 10px;text-align:left;"
-    "border-bottom:1px solid #ddd}.tesaiot-latest td.num{text-align:right}</style>"
-)
 
 
 def _window_options(window: str | pd.Timedelta) -> tuple[list[tuple[str, str]], str]:
@@ -120,291 +64,6 @@ def _window_options(window: str | pd.Timedelta) -> tuple[list[tuple[str, str]], 
     options.append((custom, custom))
     options.sort(key=lambda option: pd.Timedelta(option[1]))
     return options, custom
-
-
-def short_ids(device_ids: Sequence[str], *, length: int = _SHORT_ID) -> dict[str, str]:
-    """Return the shortest prefixes (at least `length` characters) that tell devices apart.
-
-    Args:
-        device_ids: Full device ids.
-        length: The shortest prefix to use.
-
-    Returns:
-        Each id mapped to its prefix; ids no longer than the prefix are kept whole.
-    """
-    unique = sorted(set(device_ids))
-    size = length
-    while size < max((len(d) for d in unique), default=0):
-        prefixes = {d[:size] for d in unique}
-        if len(prefixes) == len(unique):
-            break
-        size += 4
-    return {d: d[:size] for d in unique}
-
-
-def downsample(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Thin a line to at most `max_points` points, keeping each bucket's minimum and maximum.
-
-    Spikes survive, unlike with every-n-th-point thinning.
-
-    Args:
-        x: The x values (sorted).
-        y: The y values (NaN allowed).
-        max_points: The most points to return (at least 2).
-
-    Returns:
-        The thinned x and y, in x order.
-    """
-    n = len(x)
-    if n <= max_points:
-        return x, y
-    buckets = max(1, max_points // 2)
-    size = -(-n // buckets)  # ceil
-    full = (n // size) * size
-    shaped = y[:full].reshape(-1, size)
-    starts = np.arange(0, full, size)
-    low = starts + np.argmin(np.where(np.isnan(shaped), np.inf, shaped), axis=1)
-    high = starts + np.argmax(np.where(np.isnan(shaped), -np.inf, shaped), axis=1)
-    index = np.unique(np.concatenate([low, high, np.arange(full, n)]))
-    return x[index], y[index]
-
-
-def _format_age(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _format_value(value: float, text: object) -> str:
-    if isinstance(text, str):
-        return text
-    if value is None or not np.isfinite(value):
-        return "-" if value is None or np.isnan(value) else str(value)
-    return f"{value:.6g}"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
-
-
-def _cell(text: str, *, css: str = "") -> str:
-    """A table cell that shows at most MAX_CELL_CHARS; a longer text gets a bounded tooltip."""
-    shown = _clip(text, MAX_CELL_CHARS)
-    attributes = f' class="{css}"' if css else ""
-    if shown != text:
-        attributes += f' title="{html.escape(_clip(text, MAX_TOOLTIP_CHARS))}"'
-    return f"<td{attributes}>{html.escape(shown)}</td>"
-
-
-def _format_elapsed(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def latest_table_html(latest: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """Render `Collector.latest()` rows as an HTML table (every string escaped).
-
-    A text longer than `MAX_CELL_CHARS` is cut short with "…", its first `MAX_TOOLTIP_CHARS`
-    characters in the cell's tooltip, so a camera frame sent as text does not become a
-    table of hundreds of kilobytes.
-
-    Args:
-        latest: Rows with device_id, metric, value, unit, value_text and age_s.
-        max_rows: The most rows to show; the rest are counted below the table.
-
-    Returns:
-        The HTML.
-    """
-    if latest.empty:
-        return "<i>no data yet</i>"
-    shown = latest.head(max_rows)
-    rows = []
-    for device, metric, value, unit, text, age in zip(
-        shown["device_id"].astype(str),
-        shown["metric"].astype(str),
-        shown["value"].to_numpy(dtype=float),
-        shown["unit"].astype(object),
-        shown["value_text"].astype(object),
-        shown["age_s"].to_numpy(dtype=float),
-        strict=True,
-    ):
-        unit_text = unit if isinstance(unit, str) else ""
-        device_title = html.escape(_clip(device, MAX_TOOLTIP_CHARS))
-        rows.append(
-            f'<tr><td title="{device_title}">{html.escape(device[:_SHORT_ID])}</td>'
-            f"{_cell(metric)}{_cell(_format_value(value, text), css='num')}{_cell(unit_text)}"
-            f'<td class="num">{_format_age(age)}</td></tr>'
-        )
-    more = len(latest) - len(shown)
-    footer = f"<div><i>+{more} more rows</i></div>" if more > 0 else ""
-    return (
-        f'{_TABLE_STYLE}<table class="tesaiot-latest"><thead><tr><th>device</th><th>metric</th>'
-        f"<th>value</th><th>unit</th><th>age</th></tr></thead><tbody>{''.join(rows)}</tbody>"
-        f"</table>{footer}"
-    )
-
-
-def status_text(stats: CollectorStats, *, running: bool) -> str:
-    """Return the one-line status: connection, rate, rows, rejects and reconnects.
-
-    A stopped collector (or a stream ended by an error) has no current rate, so none is shown.
-
-    Args:
-        stats: The collector's counters.
-        running: Whether the collector runs.
-
-    Returns:
-        The text.
-    """
-    parts: list[str] = []
-    if stats.error:
-        parts.append(f"stopped: {stats.error}")
-    elif not running:
-        parts.append("stopped")
-    else:
-        parts.append("connected" if stats.connected else "reconnecting")
-        parts.append(f"{stats.rate:.0f} msg/s")
-    parts += [
-        f"{stats.rows:,} rows in window",
-        f"{stats.rejected:,} rejects",
-        f"{stats.reconnects} reconnects",
-    ]
-    return " | ".join(parts)
-
-
-class _Chart:
-    """One Figure, one Axes and one Line2D per device, redrawn into PNG bytes."""
-
-    def __init__(self) -> None:
-        self.figure = Figure(figsize=_FIGSIZE, dpi=_DPI, layout=None)
-        self.canvas = FigureCanvasAgg(self.figure)
-        self.figure.subplots_adjust(left=0.08, right=0.80, top=0.92, bottom=0.14)
-        ax = self.axes = self.figure.add_subplot()
-        locator = mdates.AutoDateLocator(tz=timezone.utc, minticks=3, maxticks=8)
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
-        ax.set_xlabel("time (UTC)")
-        ax.grid(visible=True, alpha=0.3)
-        self.placeholder = ax.text(
-            0.5,
-            0.5,
-            "waiting for data",
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            color="#888888",
-        )
-        self.note = ax.text(
-            0.99,
-            0.02,
-            "",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=8,
-            color=_NOTE_COLOR,
-        )
-        self.lines: dict[str, Line2D] = {}
-        self._styles = itertools.cycle(_LINE_STYLES)
-        self._more = Line2D([], [], linestyle="none", marker="none")
-        self._legend_key: tuple[str, ...] | None = None
-        self._ylabel = ""
-        self._title = ""
-
-    def _line(self, device: str) -> Line2D:
-        line = self.lines.get(device)
-        if line is None:
-            color, style = next(self._styles)
-            (line,) = self.axes.plot(
-                [], [], color=color, linestyle=style, linewidth=1.2, label=device
-            )
-            self.lines[device] = line
-        return line
-
-    def draw(
-        self,
-        metric: str | None,
-        unit: str,
-        data: dict[str, tuple[np.ndarray, np.ndarray]],
-        xlim: tuple[float, float],
-        note: str,
-    ) -> bytes:
-        """Update the lines with `data` (device -> (x in days, y)) and return PNG bytes.
-
-        `xlim` is the time axis in days; `note` is written in the chart's corner.
-        """
-        ax = self.axes
-        for device, line in self.lines.items():
-            if device not in data and line.get_visible():
-                line.set_data([], [])
-                line.set_visible(False)
-        for device, (x, y) in data.items():
-            line = self._line(device)
-            line.set_data(x, y)
-            line.set_visible(True)
-        self.placeholder.set_visible(not data)
-        if not data:
-            waiting = "waiting for data" if metric is None else f"no {metric} values in the window"
-            if self.placeholder.get_text() != waiting:
-                self.placeholder.set_text(waiting)
-        if self.note.get_text() != note:
-            self.note.set_text(note)
-        ax.set_xlim(*xlim)
-        ax.relim(visible_only=True)
-        ax.autoscale_view(scalex=False, scaley=True)
-        label = metric if not unit else f"{metric} [{unit}]"
-        if label != self._ylabel:
-            ax.set_ylabel(label or "")
-            self._ylabel = label or ""
-        title = metric or "no metric yet"
-        if title != self._title:
-            ax.set_title(title, loc="left", fontsize=11)
-            self._title = title
-        self._update_legend(sorted(data))
-        buffer = io.BytesIO()
-        self.canvas.print_png(buffer, pil_kwargs={"compress_level": 1})
-        return buffer.getvalue()
-
-    def _update_legend(self, devices: list[str]) -> None:
-        key = tuple(devices)
-        if key == self._legend_key:
-            return
-        self._legend_key = key
-        old = self.axes.get_legend()
-        if old is not None:
-            old.remove()
-        if not devices:
-            return
-        names = short_ids(devices)
-        shown = devices[:MAX_LEGEND_ENTRIES]
-        handles: list[Any] = [self.lines[d] for d in shown]
-        labels = [names[d] for d in shown]
-        if len(devices) > len(shown):
-            handles.append(self._more)
-            labels.append(f"+{len(devices) - len(shown)} more")
-        self.axes.legend(
-            handles,
-            labels,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            fontsize=8,
-            frameon=False,
-            title="device",
-            title_fontsize=8,
-            handlelength=2.2,
-        )
-
-    def close(self) -> None:
-        self.figure.clear()
-        self.lines.clear()
 
 
 class Dashboard(widgets.VBox):
@@ -479,15 +138,10 @@ class Dashboard(widgets.VBox):
         self._record_lock = threading.RLock()  # start/stop from a click or the timer thread
         self._metric_options: list[str] = [metric] if metric else []
         self._device_options: list[str] = list(chosen or [])
-        self._chart_state = _Chart()
+        self._chart_state = Chart()
 
         #: PNG bytes of the last rendered chart.
         self.chart_png: bytes = b""
-        #: Devices that had a line in the last rendered chart, sorted.
-        self.plotted_devices: list[str] = []
-        #: Points of the last rendered chart's metric and devices, received within the
-        #: window but dated outside the time axis (a device's clock is off); not drawn.
-        self.off_axis_points = 0
         #: The file the last recording was saved to.
         self.saved_path: Path | None = None
         #: How many times the chart was rendered.
@@ -587,6 +241,19 @@ class Dashboard(widgets.VBox):
     def figure(self) -> Figure:
         """The chart's matplotlib Figure (for `figure.savefig(...)`); redrawn in place."""
         return self._chart_state.figure
+
+    @property
+    def plotted_devices(self) -> list[str]:
+        """Devices that had a line in the last rendered chart, sorted."""
+        return self._chart_state.plotted_devices
+
+    @property
+    def off_axis_points(self) -> int:
+        """Points of the last rendered chart's metric and devices dated outside its time axis.
+
+        They were received within the window, but a device's clock is off; not drawn.
+        """
+        return self._chart_state.off_axis_points
 
     @property
     def timer_alive(self) -> bool:
@@ -695,56 +362,15 @@ class Dashboard(widgets.VBox):
         self._sync_options(latest)
         metric = self.metric_selector.value
         selected = list(self.device_selector.value)
-        # The axis is the chosen window up to now, whatever the devices' clocks say: one
-        # reading dated 2262 must not push every other device off the chart.
-        now_ns = time.time_ns()
+        # The unfiltered frame is the one latest() just built (the window caches it), so the
+        # chart filtering it is cheaper than asking the window for a filtered one.
+        frame = collector.frame() if metric is not None and selected else None
         window_ns = int(pd.Timedelta(self.window_selector.value).value)
-        axis_start = np.datetime64(now_ns - window_ns, "ns")
-        axis_end = np.datetime64(now_ns + int(window_ns * _AXIS_PAD), "ns")
-
-        data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        unit = ""
-        off_axis = 0
-        if metric is not None and selected:
-            # The unfiltered frame is the one latest() just built (the store caches it), so
-            # filtering it here is cheaper than asking the store for a filtered one.
-            frame = collector.frame()
-            since = pd.Timestamp(now_ns - window_ns, tz="UTC")
-            keep = (
-                (frame["metric"] == metric).to_numpy()
-                & frame["device_id"].isin(selected).to_numpy()
-                & (frame["received_at"] >= since).to_numpy()
-                & frame["value"].notna().to_numpy()
-            )
-            frame = frame.loc[keep]
-            units = frame["unit"].dropna().astype(str).unique()
-            unit = ", ".join(sorted(units))
-            for device, group in sorted(
-                frame.groupby("device_id", observed=True), key=lambda item: str(item[0])
-            ):
-                stamps = group["timestamp"].dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-                on_axis = (stamps >= axis_start) & (stamps <= axis_end)  # NaT is neither
-                off_axis += len(stamps) - int(on_axis.sum())
-                if not on_axis.any():
-                    continue
-                x = mdates.date2num(stamps[on_axis])
-                y = group["value"].to_numpy(dtype=float)[on_axis]
-                if len(x) > 1 and not np.all(x[1:] >= x[:-1]):
-                    order = np.argsort(x, kind="stable")
-                    x, y = x[order], y[order]
-                data[str(device)] = downsample(x, y, MAX_POINTS_PER_LINE)
-        note = (
-            f"{off_axis:,} point{'' if off_axis == 1 else 's'} outside the time axis "
-            "(device clock?)"
-            if off_axis
-            else ""
+        self.chart_png = self._chart_state.draw(
+            frame, metric=metric, devices=selected, window_ns=window_ns
         )
-        xlim = (float(mdates.date2num(axis_start)), float(mdates.date2num(axis_end)))
-        self.chart_png = self._chart_state.draw(metric, unit, data, xlim, note)
-        self.plotted_devices = sorted(data)
-        self.off_axis_points = off_axis
-        self.frames += 1
         self.chart.value = self.chart_png
+        self.frames += 1
 
         shown = latest.loc[latest["device_id"].isin(selected)] if selected else latest.iloc[:0]
         # latest() orders by the categories' first-seen order; the table reads better sorted.
@@ -794,12 +420,12 @@ class Dashboard(widgets.VBox):
 
     def _update_labels(self, stats: CollectorStats | None = None) -> None:
         stats = stats or self._collector.stats
-        self.status_label.value = status_text(stats, running=self._collector.running)
+        self.status_label.value = status_line(stats, running=self._collector.running)
         recording = self._recording
         if recording is not None:
             self.record_label.value = (
                 f"recording to {recording.path}: {recording.rows:,} rows, "
-                f"{_format_elapsed(recording.elapsed)}"
+                f"{format_elapsed(recording.elapsed)}"
             )
 
     # ----------------------------------------------------------------- events
@@ -873,7 +499,7 @@ class Dashboard(widgets.VBox):
             self.record_label.value = f"recording to {recording.path} failed: {exc}"
         else:
             self.record_label.value = (
-                f"saved {path} ({recording.rows:,} rows, {_format_elapsed(recording.elapsed)})"
+                f"saved {path} ({recording.rows:,} rows, {format_elapsed(recording.elapsed)})"
             )
             self.saved_path = path
         if not self._closed:

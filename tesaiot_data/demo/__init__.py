@@ -6,6 +6,10 @@ In a notebook::
     settings = demo.start()           # local broker + device fleet; returns Settings
     collector = Collector(settings).start()
     # later, for the real platform: Collector(Settings.from_env()).start()
+
+The package's modules: `broker` (`LocalBroker`, a private Mosquitto on loopback that speaks
+the platform's dialect), `fleet` (`DeviceFleet`, simulated devices) and, for tests and
+benchmarks only, `flood` (raw PUBLISH packets written to a bare socket).
 """
 
 from __future__ import annotations
@@ -15,11 +19,20 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from tesaiot_data.fleet import DeviceFleet
-from tesaiot_data.localbroker import LocalBroker, PublisherConfig
+from tesaiot_data.demo.broker import LocalBroker, PublisherConfig, free_port
+from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.settings import Settings
 
-__all__ = ["DemoEnvironment", "DeviceFleet", "LocalBroker", "PublisherConfig", "start", "stop"]
+__all__ = [
+    "DemoEnvironment",
+    "DeviceFleet",
+    "LocalBroker",
+    "PublisherConfig",
+    "current",
+    "free_port",
+    "start",
+    "stop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +79,7 @@ def start(
         Settings that connect to the demo broker over WSS, verifying its generated CA.
 
     Raises:
-        BrokerNotFoundError: Mosquitto (or openssl) is not installed.
+        BrokerNotFoundError: Mosquitto is not installed.
     """
     global _current  # noqa: PLW0603  (one demo per process, like a notebook kernel)
     with _lock:

@@ -10,7 +10,6 @@ import logging
 import math
 import random
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -19,10 +18,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from tesaiot_data.demo.broker import PublisherConfig
 from tesaiot_data.errors import AuthError, ConfigError, ConnectError, ConnectTimeoutError
-from tesaiot_data.localbroker import PublisherConfig
 
-__all__ = ["SENSORS", "DeviceFleet", "flood"]
+__all__ = ["SENSORS", "DeviceFleet"]
 
 logger = logging.getLogger(__name__)
 
@@ -362,27 +361,29 @@ class DeviceFleet:
             if broken:
                 self.malformed_published += 1
 
-    def packets(self, count: int) -> bytes:
-        """Encode the next `count` messages of the stream as MQTT QoS 0 PUBLISH packets.
+    def take(self, count: int) -> list[tuple[str, bytes]]:
+        """Take the next `count` messages of the stream without sending them.
 
-        For `flood()`: encoding first and sending later keeps the sender from being the
-        bottleneck of a load test. The messages are stamped with the current time.
+        For senders other than paho (`tesaiot_data.demo.flood`): the messages count as
+        published, the malformed ones as `malformed_published`. All are stamped with the
+        clock's time of this call.
 
         Args:
             count: How many messages.
 
         Returns:
-            The packets, back to back.
+            (topic, payload) pairs, in stream order.
         """
         now = self._clock()
-        out = bytearray()
-        for _ in range(count):
-            topic, payload, broken = self._next_message(now)
-            out += _publish_packet(topic, payload)
-            if broken:
-                self.malformed_published += 1
-        self.published += count
-        return bytes(out)
+        out: list[tuple[str, bytes]] = []
+        with self._lock:
+            for _ in range(count):
+                topic, payload, broken = self._next_message(now)
+                out.append((topic, payload))
+                if broken:
+                    self.malformed_published += 1
+            self.published += count
+        return out
 
     def _iso(self, epoch_ms: int) -> str:
         second, milli = divmod(epoch_ms, 1000)
@@ -464,60 +465,3 @@ class DeviceFleet:
         if kind == 2:
             return b""
         return b"{}"
-
-
-def _remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        length, digit = divmod(length, 128)
-        out.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _publish_packet(topic: str, payload: bytes) -> bytes:
-    body = _string(topic) + payload
-    return b"\x30" + _remaining_length(len(body)) + body
-
-
-def flood(publisher: PublisherConfig, packets: bytes, *, timeout: float = 60.0) -> None:
-    """Write pre-encoded PUBLISH packets to the broker as fast as its socket takes them.
-
-    A raw MQTT 3.1.1 session over TCP (no paho), for load tests and benchmarks: the sender
-    costs next to nothing, so what is measured is the receiving side.
-
-    Args:
-        publisher: The publisher account of a `LocalBroker`.
-        packets: From `DeviceFleet.packets()`.
-        timeout: Seconds the whole exchange may take.
-
-    Raises:
-        AuthError: The broker refused the publisher account.
-        ConnectError: The broker closed the connection early.
-    """
-    flags = 0xC2  # username, password, clean session
-    body = (
-        _string("MQTT")
-        + bytes([4, flags])
-        + (60).to_bytes(2, "big")
-        + _string(f"flood-{secrets.token_hex(4)}")
-        + _string(publisher.username)
-        + _string(publisher.password)
-    )
-    with socket.create_connection((publisher.host, publisher.port), timeout=timeout) as sock:
-        sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
-        connack = sock.recv(4)
-        if len(connack) < 4 or connack[0] != 0x20:
-            raise ConnectError("the broker closed the flood connection before CONNACK")
-        if connack[3] != 0:
-            raise AuthError(f"the broker refused the publisher account (CONNACK {connack[3]})")
-        sock.sendall(packets)
-        sock.sendall(b"\xe0\x00")  # DISCONNECT: the broker handles everything before it first
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(65536):  # wait for the broker to close its side
-            pass
