@@ -173,7 +173,14 @@ class Dashboard(widgets.VBox):
             rows=12,
             layout=widgets.Layout(width="300px"),
         )
-        self.chart = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        # Shrinks with the notebook's width (a file browser open beside it) instead of
+        # overflowing behind a scroll bar that hides the legend.
+        self.chart = widgets.Image(
+            format="png",
+            layout=widgets.Layout(
+                flex="1 1 0%", min_width="0", height="auto", object_fit="contain"
+            ),
+        )
         self.table = widgets.HTML(value="<i>no data yet</i>")
         self.record_name = widgets.Text(
             value=self._default_record_name(),
@@ -207,7 +214,9 @@ class Dashboard(widgets.VBox):
             children=[
                 self.status_label,
                 widgets.HBox([self.metric_selector, self.window_selector, self.pause_button]),
-                widgets.HBox([self.device_selector, self.chart]),
+                widgets.HBox(
+                    [self.device_selector, self.chart], layout=widgets.Layout(width="100%")
+                ),
                 widgets.HTML("<b>Latest values</b>"),
                 self.table,
                 widgets.HBox([self.record_name, self.record_button, self.snapshot_button]),
