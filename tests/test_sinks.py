@@ -523,23 +523,26 @@ def _batch(index: int, rows: int = 1000) -> pd.DataFrame:
     return make_frame(rows, start=T0 + pd.Timedelta(seconds=index), seed=index)
 
 
+def _add_until_the_disk_is_full(sink: Sink) -> tuple[list[pd.DataFrame], OSError]:
+    """Add and flush batches of 1,000 rows until a flush fails; return them and the error."""
+    batches: list[pd.DataFrame] = []
+    for index in range(100):
+        batches.append(_batch(index))
+        sink.add(batches[-1])
+        try:
+            sink.flush()
+        except OSError as exc:
+            return batches, exc
+    pytest.fail("the disk never filled up")
+
+
 def test_a_full_disk_fails_the_flush_keeps_the_rows_and_a_later_flush_writes_them(
     tmp_path: Path,
 ) -> None:
     with small_disk(tmp_path / "disk") as disk:
         filler = fill(disk, limit=96 * 1024)
         recorder = Recorder(disk / "r.parquet", flush_every=0)
-        batches: list[pd.DataFrame] = []
-        for index in range(100):
-            batches.append(_batch(index))
-            recorder.add(batches[-1])
-            try:
-                recorder.flush()
-            except OSError as exc:
-                full = exc
-                break
-        else:
-            pytest.fail("the disk never filled up")
+        batches, full = _add_until_the_disk_is_full(recorder)
         assert full.errno == errno.ENOSPC
         assert recorder.error is full
         assert recorder.rows == 1000 * len(batches)
@@ -593,17 +596,7 @@ def test_a_full_disk_fails_a_dataset_flush_and_a_later_flush_writes_the_rows(
         filler = fill(disk, limit=96 * 1024)
         writer = DatasetWriter(disk / "ds")
         assert writer.error is None
-        batches: list[pd.DataFrame] = []
-        for index in range(100):
-            batches.append(_batch(index))
-            writer.add(batches[-1])
-            try:
-                writer.flush()
-            except OSError as exc:
-                full = exc
-                break
-        else:
-            pytest.fail("the disk never filled up")
+        batches, full = _add_until_the_disk_is_full(writer)
         assert full.errno == errno.ENOSPC
         assert writer.error is full
         assert writer.rows_on_disk == writer.rows_written == 1000 * (len(batches) - 1)
