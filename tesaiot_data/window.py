@@ -79,6 +79,11 @@ class _Dictionary:
         return np.array([self.codes[n] for n in names if n in self.codes], dtype=np.int32)
 
 
+def _code_dtypes(dictionaries: Mapping[str, _Dictionary]) -> dict[str, type]:
+    # Per column: 100,000 device ids need int32 codes, but their 4 metrics still fit int8.
+    return {name: _smallest_int(len(d.values)) for name, d in dictionaries.items()}
+
+
 def _smallest_int(values: int) -> type[np.signedinteger]:
     if values < 127:
         return np.int8
@@ -116,9 +121,17 @@ class Chunk:
         )
 
     @classmethod
-    def concat(cls, chunks: Sequence[Chunk], *, code_dtype: type | None = None) -> Chunk:
-        """Return the rows of several chunks of one generation as one (itself when alone)."""
-        if len(chunks) == 1 and code_dtype is None:
+    def concat(
+        cls, chunks: Sequence[Chunk], *, code_dtypes: Mapping[str, type] | None = None
+    ) -> Chunk:
+        """Return the rows of several chunks of one generation as one (itself when alone).
+
+        Args:
+            chunks: Chunks of one dictionary generation, in order.
+            code_dtypes: Per string column, the integer type to store its codes in;
+                default int32.
+        """
+        if len(chunks) == 1 and code_dtypes is None:
             return chunks[0]
         return cls(
             np.concatenate([c.timestamp for c in chunks]),
@@ -126,7 +139,7 @@ class Chunk:
             np.concatenate([c.value for c in chunks]),
             {
                 name: np.concatenate([c.codes[name] for c in chunks]).astype(
-                    code_dtype or np.int32, copy=False
+                    (code_dtypes or {}).get(name, np.int32), copy=False
                 )
                 for name in CATEGORY_COLUMNS
             },
@@ -301,16 +314,18 @@ class RollingWindow:
             remaps[name] = remap
             dictionaries[name] = _Dictionary(old.values[i] for i in kept.tolist())
         generation = {name: d.values for name, d in dictionaries.items()}
-        sealed_dtype = _smallest_int(max(len(d.values) for d in dictionaries.values()))
+        sealed_dtypes = _code_dtypes(dictionaries)
+        tail_dtypes = dict.fromkeys(dictionaries, np.int32)
 
-        def recode(chunk: Chunk, dtype: type) -> Chunk:
+        def recode(chunk: Chunk, dtypes: Mapping[str, type]) -> Chunk:
             codes = {
-                name: remaps[name][c].astype(dtype, copy=False) for name, c in chunk.codes.items()
+                name: remaps[name][c].astype(dtypes[name], copy=False)
+                for name, c in chunk.codes.items()
             }
             return Chunk(chunk.timestamp, chunk.received, chunk.value, codes, generation)
 
-        self._sealed = deque(recode(c, sealed_dtype) for c in self._sealed)
-        self._tail = [recode(c, np.int32) for c in self._tail]
+        self._sealed = deque(recode(c, sealed_dtypes) for c in self._sealed)
+        self._tail = [recode(c, tail_dtypes) for c in self._tail]
         self._dictionaries = dictionaries
         self._generation = generation
         live_entries = sum(len(d.values) for d in dictionaries.values())
@@ -320,8 +335,8 @@ class RollingWindow:
         self._compactions += 1
 
     def _seal(self) -> None:
-        code_dtype = _smallest_int(max(len(d.values) for d in self._dictionaries.values()))
-        self._sealed.append(Chunk.concat(self._tail, code_dtype=code_dtype))
+        code_dtypes = _code_dtypes(self._dictionaries)
+        self._sealed.append(Chunk.concat(self._tail, code_dtypes=code_dtypes))
         self._tail = []
         self._tail_rows = 0
 
