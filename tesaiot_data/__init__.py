@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 from tesaiot_data._version import __version__
 
 if TYPE_CHECKING:
+    from tesaiot_data.alerts import AlertEvent, load_alerts
     from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
     from tesaiot_data.collector import Collector, CollectorStats, Recording
+    from tesaiot_data.compaction import CompactionResult, compact_dataset
     from tesaiot_data.dashboard import Dashboard
     from tesaiot_data.errors import (
         AuthError,
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
         ConfigError,
         ConnectError,
         ConnectTimeoutError,
+        MissingExtraError,
         NotARecordingError,
+        QueryError,
         RecordingError,
         StreamError,
         SubscribeError,
@@ -32,11 +36,15 @@ if TYPE_CHECKING:
     from tesaiot_data.messages import RawMessage, Reject, RejectReason
     from tesaiot_data.parquet import load_recording, load_rejects, read_metadata
     from tesaiot_data.parsing import ParseOptions, Row, parse_message
+    from tesaiot_data.replay import Replayer, ReplayResult
     from tesaiot_data.settings import BrokerURL, Settings, mask_token
+    from tesaiot_data.sql import query
 
 _EXPORTS = {
+    "alerts": ("AlertEvent", "load_alerts"),
     "client": ("ClientStats", "TESAIoTMQTTClient"),
     "collector": ("Collector", "CollectorStats", "Recording"),
+    "compaction": ("CompactionResult", "compact_dataset"),
     "dashboard": ("Dashboard",),
     "errors": (
         "AuthError",
@@ -44,7 +52,9 @@ _EXPORTS = {
         "ConfigError",
         "ConnectError",
         "ConnectTimeoutError",
+        "MissingExtraError",
         "NotARecordingError",
+        "QueryError",
         "RecordingError",
         "StreamError",
         "SubscribeError",
@@ -54,29 +64,39 @@ _EXPORTS = {
     ),
     "messages": ("RawMessage", "Reject", "RejectReason"),
     "parsing": ("ParseOptions", "Row", "parse_message"),
+    # The function replay() stays in its module: a package attribute named like a submodule
+    # is replaced by the module as soon as anything imports tesaiot_data.replay.
+    "replay": ("ReplayResult", "Replayer"),
     "settings": ("BrokerURL", "Settings", "mask_token"),
     "parquet": ("load_recording", "load_rejects", "read_metadata"),
+    "sql": ("query",),  # DuckDB is imported on the first query, not here
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
+    "AlertEvent",
     "AuthError",
     "BrokerNotFoundError",
     "BrokerURL",
     "ClientStats",
     "Collector",
     "CollectorStats",
+    "CompactionResult",
     "ConfigError",
     "ConnectError",
     "ConnectTimeoutError",
     "Dashboard",
+    "MissingExtraError",
     "NotARecordingError",
     "ParseOptions",
+    "QueryError",
     "RawMessage",
     "Recording",
     "RecordingError",
     "Reject",
     "RejectReason",
+    "ReplayResult",
+    "Replayer",
     "Row",
     "Settings",
     "StreamError",
@@ -86,18 +106,22 @@ __all__ = [
     "TesaiotError",
     "TokenError",
     "__version__",
+    "compact_dataset",
     "demo",
+    "load_alerts",
     "load_recording",
     "load_rejects",
     "mask_token",
     "parse_message",
+    "query",
     "read_metadata",
+    "replay",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "demo":
-        return importlib.import_module("tesaiot_data.demo")
+    if name in ("demo", "replay"):
+        return importlib.import_module(f"tesaiot_data.{name}")
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'tesaiot_data' has no attribute {name!r}")

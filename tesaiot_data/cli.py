@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from tesaiot_data.client import TESAIoTMQTTClient
 from tesaiot_data.collector import Collector, Recording
+from tesaiot_data.compaction import compact_dataset
 from tesaiot_data.errors import TesaiotError
 from tesaiot_data.parquet import load_recording, load_rejects, read_metadata
 from tesaiot_data.settings import Settings
+from tesaiot_data.sql import query
 from tesaiot_data.status import status_line
 from tesaiot_data.timestamps import duration_seconds
 
@@ -23,6 +30,8 @@ __all__ = ["main"]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+logger = logging.getLogger("tesaiot_data.cli")  # also when run as __main__
 
 
 class _ConsolePrinter(TESAIoTMQTTClient):
@@ -58,6 +67,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             overrides[field] = getattr(args, flag)
     if getattr(args, "insecure", False):
         overrides["insecure"] = True
+    if getattr(args, "share_group", None) is not None:  # "" too: Settings says why not
+        overrides["share_group"] = args.share_group
     return Settings.from_env(args.env_file, **overrides)
 
 
@@ -149,14 +160,109 @@ def _one_line(exc: BaseException) -> str:
 
 def _cmd_stream(args: argparse.Namespace, out: TextIO) -> int:
     client = _ConsolePrinter(_settings(args), out=out)
-    print(f"streaming {client.settings.topic} from {client.settings.url} (Ctrl-C stops)", file=out)
+    s = client.settings
+    print(f"streaming {s.subscription} from {s.url} (Ctrl-C stops)", file=out)
     client.run_forever()
     stats = client.stats
     print(f"received {stats.received:,} messages ({stats.failed} failed)", file=out)
     return 0
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
+    """Within the block, SIGTERM (systemd, docker stop, kill) sets `stop` instead of killing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(
+    collector: Collector,
+    *,
+    duration: float | None,
+    stop: threading.Event,
+    status_every: float,
+    out: TextIO,
+) -> None:
+    """Run until the duration ends, Ctrl-C, `stop` (SIGTERM) or the stream fails.
+
+    On a terminal a live status line; otherwise (systemd, a pipe, a file) nothing on `out`
+    and a one-line summary logged at INFO every `status_every` seconds.
+    """
+    tty = out.isatty()
+    deadline = None if duration is None else time.monotonic() + duration
+    next_status = time.monotonic() + status_every
+    try:
+        while True:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if wait <= 0 or stop.wait(wait):
+                break
+            line = status_line(collector.stats, running=collector.running)
+            if tty:
+                print(f"\r{line}\x1b[K", end="", file=out, flush=True)
+            elif time.monotonic() >= next_status:
+                next_status = time.monotonic() + status_every
+                logger.info("%s | %s rows since the start", line, f"{collector.stats.rows_total:,}")
+            client = collector.client
+            if client is not None and client.error is not None:
+                raise client.error
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if tty:
+            print(file=out)
+    if stop.is_set():
+        logger.info("SIGTERM received: writing the last rows and stopping")
+
+
+def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
+    """`record --dataset DIR`: a service appending to a hive dataset until stopped."""
+    root: Path = args.dataset
+    root.mkdir(parents=True, exist_ok=True)  # fail now, not at the first flush
+    if not out.isatty() and args.verbose == 0:
+        # A service's journal: the summaries and the connection's news, not paho's chatter.
+        logging.getLogger("tesaiot_data").setLevel(logging.INFO)
+    stop = threading.Event()
+    collector = Collector(
+        _settings(args),
+        window="1min",
+        max_rows=200_000,
+        snapshot_dir=root,
+        snapshot_every=args.flush_every,
+    )
+    with _stop_on_sigterm(stop), collector:
+        print(
+            f"recording {collector.settings.subscription} to the dataset {root} "
+            "(Ctrl-C or SIGTERM stops)",
+            file=out,
+            flush=True,
+        )
+        _serve(
+            collector, duration=args.duration, stop=stop, status_every=args.status_every, out=out
+        )
+    # A dataset that could not be written: RecordingError out of the with, reported by main.
+    stats = collector.stats
+    print(
+        f"recorded {stats.rows_total:,} rows from {stats.messages:,} messages to {root} "
+        f"({stats.rejected:,} rejected, {stats.dropped:,} dropped)",
+        file=out,
+        flush=True,
+    )
+    return 0
+
+
 def _cmd_record(args: argparse.Namespace, out: TextIO) -> int:
+    if args.dataset is not None:
+        return _record_dataset(args, out)
     collector = Collector(_settings(args), window="1min", max_rows=200_000)
     with collector:
         recording = collector.record(args.out, flush_every=args.flush_every)
@@ -182,14 +288,97 @@ def _cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
+    result = compact_dataset(args.path, before=args.before)
+    if not result.partitions:
+        print(f"nothing to compact in {args.path}: no closed partition has several files", file=out)
+        return 0
+    print(
+        f"compacted {result.partitions:,} partitions of {args.path}: {result.parts:,} files -> "
+        f"{result.partitions:,}, {result.rows:,} rows, {result.bytes_before:,} -> "
+        f"{result.bytes_after:,} bytes",
+        file=out,
+    )
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace, out: TextIO) -> int:
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    frame = query(args.source, sql, memory_limit=args.memory_limit, threads=args.threads)
+    if frame.empty:
+        print(f"no rows (columns: {', '.join(map(str, frame.columns))})", file=out)
+        return 0
+    print(frame.head(args.max_rows).to_string(index=False), file=out)
+    if len(frame) > args.max_rows:
+        print(
+            f"... {len(frame) - args.max_rows:,} more rows ({len(frame):,} in all; "
+            "--max-rows shows more)",
+            file=out,
+        )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return number
+
+
+def _names_list(text: str | None) -> list[str] | None:
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    from dotenv import dotenv_values  # noqa: PLC0415  (as Settings.from_env reads it)
+
+    from tesaiot_data.replay import replay  # noqa: PLC0415  (only this command needs it)
+
+    settings = _settings(args)
+    password = None
+    if args.username:
+        # Never on the command line, where other users see it: the environment or .env.
+        file_values = dotenv_values(args.env_file) if Path(args.env_file).is_file() else {}
+        password = os.environ.get("MQTT_PASSWORD") or file_values.get("MQTT_PASSWORD") or None
+    result = replay(
+        args.recording,
+        settings=settings,
+        speed=args.speed,
+        max_speed=args.max_speed,
+        devices=_names_list(args.devices),
+        metrics=_names_list(args.metrics),
+        shift_to_now=args.shift_to_now,
+        qos=args.qos,
+        username=args.username,
+        password=password,
+        client_id=args.client_id,
+    )
+    pace = "as fast as possible" if result.speed is None else f"at {result.speed:g}x"
+    print(
+        f"replayed {result.rows:,} rows in {result.messages:,} messages to {settings.url} "
+        f"{pace} in {result.seconds:.2f} s (recorded span {result.span:.1f} s, "
+        f"{result.skipped_rows:,} rows skipped, {result.dropped:,} dropped)",
+        file=out,
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from tesaiot_data import demo  # noqa: PLC0415  (needs Mosquitto; only this command does)
 
     out_path = Path(
         args.out or f"recordings/demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.parquet"
     )
-    print("starting the local broker (Mosquitto) and the simulated fleet ...", file=out)
-    settings = demo.start(devices=args.devices, rate=args.rate, seed=args.seed)
+    if args.replay is None:
+        print("starting the local broker (Mosquitto) and the simulated fleet ...", file=out)
+    else:
+        print(f"starting the local broker (Mosquitto) and a replay of {args.replay} ...", file=out)
+    settings = demo.start(
+        devices=args.devices, rate=args.rate, seed=args.seed, replay=args.replay, speed=args.speed
+    )
     try:
         print(f"collecting over {settings.url} with TLS verified against the demo CA", file=out)
         with Collector(settings, window="5min") as collector:
@@ -239,6 +428,11 @@ def _parser() -> argparse.ArgumentParser:
         group.add_argument("--ca-certs", help="PEM file of trusted CAs (CA_CERT_PATH)")
         group.add_argument("--client-id", help="MQTT client id (MQTT_CLIENT_ID)")
         group.add_argument(
+            "--share-group",
+            help="join this shared-subscription group: each message goes to one member "
+            "(MQTT_SHARE_GROUP)",
+        )
+        group.add_argument(
             "--insecure",
             action="store_true",
             help="skip TLS certificate verification (MQTT_INSECURE)",
@@ -248,9 +442,18 @@ def _parser() -> argparse.ArgumentParser:
     connection_options(stream)
     stream.set_defaults(run=_cmd_stream)
 
-    record = commands.add_parser("record", help="record telemetry to a Parquet file")
+    record = commands.add_parser(
+        "record", help="record telemetry to a Parquet file, or as a service to a dataset"
+    )
     connection_options(record)
-    record.add_argument("--out", required=True, type=Path, help="the Parquet file to write")
+    target = record.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="the Parquet file to write")
+    target.add_argument(
+        "--dataset",
+        type=Path,
+        help="append to this hive dataset folder (date=YYYY-MM-DD/part-*.parquet) until "
+        "Ctrl-C or SIGTERM; several recorders may share it",
+    )
     record.add_argument(
         "--duration", type=_duration, help="stop after this long (30s, 5min); default: Ctrl-C"
     )
@@ -260,6 +463,12 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="write a part this often, the most a crash can lose (default 5s)",
     )
+    record.add_argument(
+        "--status-every",
+        type=_duration,
+        default=60.0,
+        help="with --dataset and no terminal: log a one-line summary this often (default 1min)",
+    )
     record.set_defaults(run=_cmd_record)
 
     inspect = commands.add_parser(
@@ -267,6 +476,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("path", help="a .parquet file, a .parts folder or a dataset folder")
     inspect.set_defaults(run=_cmd_inspect)
+
+    compact = commands.add_parser(
+        "compact", help="merge each closed day of a dataset into one file (safe while it is read)"
+    )
+    compact.add_argument("path", help="a dataset folder (DatasetWriter, snapshot_dir)")
+    compact.add_argument(
+        "--before",
+        help="compact the days that ended by this time: 2025-12-10, or '7 days' back from now "
+        "(default: every day before today, UTC)",
+    )
+    compact.set_defaults(run=_cmd_compact)
+
+    sql = commands.add_parser(
+        "query",
+        help="run SQL over a recording with DuckDB (view: telemetry; needs tesaiot-data[sql])",
+    )
+    sql.add_argument("source", help="a .parquet file, a .parts folder or a dataset folder")
+    sql.add_argument(
+        "sql", help='e.g. "select metric, avg(value) from telemetry group by 1"; - reads stdin'
+    )
+    sql.add_argument("--memory-limit", help="DuckDB's memory limit, e.g. 1GB (default 80%% of RAM)")
+    sql.add_argument("--threads", type=_positive_int, help="DuckDB threads (default: every core)")
+    sql.add_argument(
+        "--max-rows", type=_positive_int, default=50, help="rows to print (default 50)"
+    )
+    sql.set_defaults(run=_cmd_query)
+
+    replay = commands.add_parser(
+        "replay", help="publish a recording back to a broker, at its recorded pace or faster"
+    )
+    connection_options(replay)
+    replay.add_argument("recording", help="a .parquet file, a .parts folder or a dataset folder")
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed", type=float, default=1.0, help="times faster than recorded (default 1)"
+    )
+    pace.add_argument("--max-speed", action="store_true", help="publish as fast as possible")
+    replay.add_argument("--devices", help="only these device ids, comma-separated")
+    replay.add_argument("--metrics", help="only these metrics, comma-separated")
+    replay.add_argument(
+        "--shift-to-now", action="store_true", help="move the timestamps so the first is now"
+    )
+    replay.add_argument("--qos", type=int, choices=(0, 1, 2), default=0, help="(default 0)")
+    replay.add_argument(
+        "--username",
+        help="publish as this account; its password from MQTT_PASSWORD (environment or "
+        "--env-file), else the token",
+    )
+    replay.set_defaults(run=_cmd_replay)
 
     demo = commands.add_parser(
         "demo", help="run everything locally: broker, devices, collector, recording"
@@ -281,6 +539,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed of the fleet")
     demo.add_argument(
         "--out", type=Path, help="recording file (default recordings/demo-<time>.parquet)"
+    )
+    demo.add_argument(
+        "--replay",
+        type=Path,
+        help="replay this recording (in a loop, timestamps moved to now) instead of the fleet",
+    )
+    demo.add_argument(
+        "--speed", type=float, default=1.0, help="with --replay: times faster (default 1)"
     )
     demo.set_defaults(run=_cmd_demo)
     return parser

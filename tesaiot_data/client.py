@@ -235,18 +235,7 @@ class TESAIoTMQTTClient:
         return client
 
     def _ssl_context(self) -> ssl.SSLContext:
-        s = self.settings
-        context = ssl.create_default_context(cafile=str(s.ca_certs) if s.ca_certs else None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if s.insecure:
-            logger.warning(
-                "TLS certificate verification is OFF for %s (insecure=True): the connection "
-                "is encrypted but the broker's identity is not checked",
-                self._url,
-            )
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        return ssl_context(self.settings, self._url)
 
     # ------------------------------------------------------------- public API
 
@@ -316,7 +305,7 @@ class TESAIoTMQTTClient:
             error = self._error
             self._shutdown()
             raise error
-        logger.info("connected to %s, subscribed to %s", url, s.topic)
+        logger.info("connected to %s, subscribed to %s", url, s.subscription)
 
     def start(self) -> None:
         """Connect (if needed) and keep streaming on background threads; see `connect()`."""
@@ -630,7 +619,8 @@ class TESAIoTMQTTClient:
             return
         self._backoff.reset()
         self._connack_at = time.monotonic()
-        result, mid = self._mqtt.subscribe(self.settings.topic, qos=self.settings.qos)
+        # With a share group, `$share/<group>/<topic>`: the messages still carry their own topic.
+        result, mid = self._mqtt.subscribe(self.settings.subscription, qos=self.settings.qos)
         if result != mqtt.MQTT_ERR_SUCCESS:
             logger.warning("could not send SUBSCRIBE (%s); will retry on reconnect", result)
             return
@@ -641,17 +631,22 @@ class TESAIoTMQTTClient:
             return
         codes = [reason_code(item) for item in granted]
         if any(code >= 0x80 for code in codes):
+            hint = "the token may only read device/+/telemetry/#; check MQTT_SUBSCRIBE_TOPIC"
+            if self.settings.subscription.startswith("$share/"):
+                hint += " (and that the broker's ACL allows shared subscriptions, $share/...)"
             self._fail(
                 SubscribeError(
-                    f"{self._url} refused the subscription to {self.settings.topic!r} "
+                    f"{self._url} refused the subscription to {self.settings.subscription!r} "
                     f"for token {self.settings.masked_token}",
-                    hint="the token may only read device/+/telemetry/#; check MQTT_SUBSCRIBE_TOPIC",
+                    hint=hint,
                 )
             )
             return
         if self._ever_connected:
             self._reconnects += 1
-            logger.info("reconnected to %s and resubscribed to %s", self._url, self.settings.topic)
+            logger.info(
+                "reconnected to %s and resubscribed to %s", self._url, self.settings.subscription
+            )
         self._ever_connected = True
         self._connected_at = time.time()
         self._ready.set()
@@ -701,45 +696,91 @@ class TESAIoTMQTTClient:
     # --------------------------------------------------------------- errors
 
     def _translate(self, exc: BaseException) -> TesaiotError:
-        url = self._url
-        if isinstance(exc, TesaiotError):
-            return exc
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return TLSError(
-                f"the certificate of {url.host} could not be verified: "
-                f"{getattr(exc, 'verify_message', None) or exc}",
-                hint=_TLS_HINT,
-            )
-        if isinstance(exc, ssl.SSLError):
-            return TLSError(
-                f"TLS handshake with {url.host}:{url.port} failed: {exc}",
-                hint=f"is {url.port} a TLS port? use {'ws' if url.scheme == 'wss' else 'mqtt'}:// "
-                "for a plain one",
-            )
-        if isinstance(exc, socket.gaierror):
-            return ConnectError(
-                f"cannot resolve {url.host!r}: {exc.strerror}",
-                hint="check the host in MQTT_BROKER_URL",
-            )
-        if isinstance(exc, TimeoutError | socket.timeout):
-            return ConnectTimeoutError(
-                f"{url.host}:{url.port} did not answer in time",
-                hint="check MQTT_BROKER_URL and that a firewall does not block the port",
-            )
-        if isinstance(exc, ConnectionRefusedError):
-            return ConnectError(
-                f"{url.host}:{url.port} refused the connection",
-                hint="check the port in MQTT_BROKER_URL (the platform uses 8085 for wss)",
-            )
-        if type(exc).__name__ == "WebsocketConnectionError":
-            return ConnectError(
-                f"{url} did not accept the WebSocket upgrade: {exc}",
-                hint="check the path in MQTT_BROKER_URL (the platform uses /mqtt) "
-                "and that the port serves MQTT over WebSocket",
-            )
-        if isinstance(exc, OSError | ValueError):
-            return ConnectError(
-                f"cannot connect to {url}: {exc}",
-                hint="is the port right for the scheme (wss:// for WebSocket, mqtt:// for TCP)?",
-            )
-        return ConnectError(f"cannot connect to {url}: {exc!r}")
+        return connect_error(exc, self._url)
+
+
+def ssl_context(settings: Settings, url: BrokerURL) -> ssl.SSLContext:
+    """The TLS context of a connection: system or given CAs, TLS 1.2 at least.
+
+    Verification stays on unless `settings.insecure`, which logs a warning.
+
+    Args:
+        settings: Where `ca_certs` and `insecure` come from.
+        url: The broker, for the warning.
+
+    Returns:
+        A client-side context.
+
+    Raises:
+        OSError: `settings.ca_certs` cannot be read.
+        ssl.SSLError: `settings.ca_certs` holds no certificate.
+    """
+    context = ssl.create_default_context(
+        cafile=str(settings.ca_certs) if settings.ca_certs else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.insecure:
+        logger.warning(
+            "TLS certificate verification is OFF for %s (insecure=True): the connection "
+            "is encrypted but the broker's identity is not checked",
+            url,
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def connect_error(exc: BaseException, url: BrokerURL) -> TesaiotError:
+    """The typed error, with a hint, for an exception raised while connecting to `url`.
+
+    Used by the client and by `tesaiot_data.replay`'s publisher.
+
+    Args:
+        exc: What paho or the socket raised.
+        url: The broker.
+
+    Returns:
+        `exc` itself when it is already a TesaiotError; else a TLSError, ConnectError or
+        ConnectTimeoutError.
+    """
+    if isinstance(exc, TesaiotError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(
+            f"the certificate of {url.host} could not be verified: "
+            f"{getattr(exc, 'verify_message', None) or exc}",
+            hint=_TLS_HINT,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return TLSError(
+            f"TLS handshake with {url.host}:{url.port} failed: {exc}",
+            hint=f"is {url.port} a TLS port? use {'ws' if url.scheme == 'wss' else 'mqtt'}:// "
+            "for a plain one",
+        )
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(
+            f"cannot resolve {url.host!r}: {exc.strerror}",
+            hint="check the host in MQTT_BROKER_URL",
+        )
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ConnectTimeoutError(
+            f"{url.host}:{url.port} did not answer in time",
+            hint="check MQTT_BROKER_URL and that a firewall does not block the port",
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(
+            f"{url.host}:{url.port} refused the connection",
+            hint="check the port in MQTT_BROKER_URL (the platform uses 8085 for wss)",
+        )
+    if type(exc).__name__ == "WebsocketConnectionError":
+        return ConnectError(
+            f"{url} did not accept the WebSocket upgrade: {exc}",
+            hint="check the path in MQTT_BROKER_URL (the platform uses /mqtt) "
+            "and that the port serves MQTT over WebSocket",
+        )
+    if isinstance(exc, OSError | ValueError):
+        return ConnectError(
+            f"cannot connect to {url}: {exc}",
+            hint="is the port right for the scheme (wss:// for WebSocket, mqtt:// for TCP)?",
+        )
+    return ConnectError(f"cannot connect to {url}: {exc!r}")

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
@@ -16,13 +16,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from tesaiot_data.alerts import AlertCapture, AlertEngine, AlertEvent, AlertRule, alerts_sidecar
+from tesaiot_data.alerts import write_alerts as _write_alerts
 from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
-from tesaiot_data.errors import RecordingError
-from tesaiot_data.messages import RawMessage, Reject
+from tesaiot_data.errors import ConfigError, RecordingError
+from tesaiot_data.health import DeviceHealth
+from tesaiot_data.history import history_frame
+from tesaiot_data.messages import ColumnBatch, RawMessage, Reject
 from tesaiot_data.parquet import write_batches
 from tesaiot_data.parsing import MAX_DEPTH, MAX_ROWS_PER_MESSAGE, ParseOptions, parse_batch
+from tesaiot_data.resample import Watermark, resample_frame, rule_ns
 from tesaiot_data.settings import Settings
 from tesaiot_data.sinks import DatasetWriter, Recorder, Sink
+from tesaiot_data.status import stats_summary
 from tesaiot_data.timestamps import TimeLike, duration_seconds, since_ns
 from tesaiot_data.window import Chunk, RollingWindow
 
@@ -36,6 +42,7 @@ logger = logging.getLogger(__name__)
 _HOUSEKEEPING_PERIOD = 0.25  # seconds between evictions, flush checks and rate samples
 _RATE_WINDOW = 5.0  # seconds over which the current rate is measured
 _MAX_REJECTS_KEPT = 1_000
+_HEALTH_EVICT_EVERY = 10.0  # seconds between looks for devices health() may forget
 _WARN_EVERY = 60.0  # seconds between repeated warnings of one kind (cut rows, clock skew)
 
 
@@ -70,10 +77,21 @@ class CollectorStats:
         rows_cut: Rows not kept because their message exceeded `max_rows_per_message`.
         clock_skew_rows: Rows whose device timestamp is further than `clock_skew` from the
             receive time (a device clock that is wrong, or local time without a zone).
+        late_rows: Rows that entered the window with a device time before the watermark
+            of `resample()`: their bucket had already been handed out as complete (see
+            `resample()`). 0 until the first `resample()`.
         retained: Messages taken that carried the MQTT retain flag (a broker's stored last
             value, sent on subscribing); their redeliveries are rejected, not kept twice.
         failed_sinks: Recordings or auto-persist writes that failed (see the log and
             `Recording.error`); their rows stay pending in memory and are retried.
+        alert_events: Alert events (firing or cleared) made since the start; poll it to
+            see cheaply whether `alerts()` has something new.
+        alert_events_dropped: Alert events no longer kept by `alerts()` (it keeps the last
+            `alerts.MAX_EVENTS`).
+        alert_callback_errors: Alert callbacks that raised (each rule's first is logged).
+        devices: Devices followed by `health()` now.
+        devices_evicted: Devices `health()` forgot: not seen for a day, or the least
+            recently seen beyond `health.MAX_DEVICES`.
         rate: Messages per second over the last few seconds.
         mean_rate: Messages per second since the start.
         connected: Whether the client is connected now.
@@ -96,14 +114,24 @@ class CollectorStats:
     truncated_messages: int
     rows_cut: int
     clock_skew_rows: int
+    late_rows: int
     retained: int
     failed_sinks: int
+    alert_events: int
+    alert_events_dropped: int
+    alert_callback_errors: int
+    devices: int
+    devices_evicted: int
     rate: float
     mean_rate: float
     connected: bool
     reconnects: int
     last_message_at: datetime | None
     error: str | None
+
+    def __str__(self) -> str:
+        """A few readable lines (`print(collector.stats)`); `repr()` shows every field."""
+        return stats_summary(self)
 
 
 class _Feed:
@@ -222,6 +250,10 @@ class Recording:
         Returns:
             The path of the recording.
 
+        When the collector has alert rules, the alert events of the recording's time go to
+        `<stem>.alerts.parquet` beside it (also when there were none; read it with
+        `tesaiot_data.alerts.load_alerts`).
+
         Raises:
             RecordingError: The file could not be written (disk full, folder removed); the
                 error says what reached disk, which `load_recording(path)` still reads.
@@ -229,7 +261,13 @@ class Recording:
         if self._elapsed is None:
             self._elapsed = time.monotonic() - self._started
             self._collector._detach(self._feed)
-        return self._recorder.stop()
+        try:
+            path = self._recorder.stop()
+        finally:
+            alerts_error = self._collector._finish_alerts(self._feed)
+        if alerts_error is not None:
+            raise alerts_error
+        return path
 
     def __enter__(self) -> Recording:
         return self
@@ -321,6 +359,12 @@ class Collector:
         self._rows_cut = 0
         self._clock_skew_rows = 0
         self._retained = 0
+        self._watermark = Watermark()  # of resample(): finds late rows
+        self._health = DeviceHealth()
+        self._alerts = AlertEngine()
+        self._alert_captures: dict[_Feed, AlertCapture] = {}  # a recording's alert events
+        self._health_evicted_at = 0.0
+        self._listening_since_ns: int | None = None  # when the present connection began
         self._warned_at: dict[str, float] = {}
         self._started_at: float | None = None
         self._stopped_at: float | None = None
@@ -352,17 +396,29 @@ class Collector:
             self.settings, on_batch=self._ingest, queue_size=self._queue_size
         )
         self._stopping.clear()
-        client.connect()
+        dataset: _Feed | None = None
+        if self._snapshot_dir is not None:
+            # Attached before connecting: rows may come before connect() returns (right
+            # after the SUBACK, or a persistent session's queue right after the CONNACK).
+            dataset = _Feed(
+                DatasetWriter(
+                    self._snapshot_dir, flush_every=self._snapshot_every, metadata=self._metadata()
+                )
+            )
+            with self._lock:  # recordings made before start() keep their place
+                self._feeds = (*self._feeds, dataset)
+        try:
+            client.connect()
+        except BaseException:
+            if dataset is not None:
+                with self._lock:
+                    self._feeds = tuple(f for f in self._feeds if f is not dataset)
+            raise
         self._client = client
         self._started_at = time.time()
         self._stopped_at = None
+        self._listening_since_ns = None
         self._rate_samples.clear()
-        if self._snapshot_dir is not None:
-            dataset = DatasetWriter(
-                self._snapshot_dir, flush_every=self._snapshot_every, metadata=self._metadata()
-            )
-            with self._lock:  # recordings made before start() keep their place
-                self._feeds = (*self._feeds, _Feed(dataset))
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="tesaiot-collector-housekeeping", daemon=True
         )
@@ -391,9 +447,11 @@ class Collector:
         self._last_client_stats = client.stats
         self._last_error = client.error
         self._stopped_at = time.time()
+        self._alerts.dispatch()  # events of the last batches: logged, callbacks called
         with self._lock:
             feeds, self._feeds = self._feeds, ()
         failures = [error for feed in feeds if (error := self._finish(feed)) is not None]
+        failures += [error for feed in feeds if (error := self._finish_alerts(feed)) is not None]
         self._failed_sinks += len(failures)
         logger.info("collector stopped: %s rows held", self._window.rows)
         if failures:
@@ -422,6 +480,36 @@ class Collector:
                 error.__cause__ = exc
             logger.error("%s (%d rows reached disk)", error, error.rows_on_disk)
             return error
+        return None
+
+    def _finish_alerts(self, feed: _Feed) -> RecordingError | None:
+        """Write a recording's alert events to `<stem>.alerts.parquet`; return a failure."""
+        capture = self._alert_captures.pop(feed, None)
+        if capture is None:
+            return None
+        events = self._alerts.release(capture)
+        if not events and not self._alerts.rules:
+            return None  # no alerting: no file
+        path = alerts_sidecar(feed.where)
+        if capture.dropped:
+            logger.warning(
+                "%s keeps the first %d alert events of the recording; %d more were dropped",
+                path,
+                len(events),
+                capture.dropped,
+            )
+        try:
+            _write_alerts(events, path, metadata=self._metadata())
+        except OSError as exc:
+            error = RecordingError(
+                f"could not write the alert events of {feed.where} to {path}: {exc}",
+                hint="free disk space or check the folder; the recording itself is not affected",
+                path=str(path),
+            )
+            error.__cause__ = exc
+            logger.error("%s", error)
+            return error
+        logger.info("wrote %d alert events to %s", len(events), path)
         return None
 
     def __enter__(self) -> Collector:
@@ -481,15 +569,131 @@ class Collector:
             metrics = [metrics]
         return self._window.frame(since_ns=since_ns(since), devices=devices, metrics=metrics)
 
+    def history(
+        self,
+        since: TimeLike | None = "7d",
+        until: TimeLike | None = None,
+        *,
+        devices: Iterable[str] | str | None = None,
+        metrics: Iterable[str] | str | None = None,
+        dataset: str | Path | None = None,
+    ) -> pd.DataFrame:
+        """Return the rows on disk and in the window as one DataFrame, each row once.
+
+        Rows received before the window's oldest row (its watermark) come from a dataset:
+        this collector's `snapshot_dir` (its pending rows are written first), or `dataset`,
+        for example the folder a `tesaiot-data record --dataset` service writes; the rest
+        come from the window. With another process's dataset, a row near the watermark
+        that both hold is kept once (the window's copy); see `tesaiot_data.history`.
+
+        Args:
+            since: Rows received at or after this time: a duration back from now (`"7d"`),
+                a time (naive means UTC), or None for every row on disk.
+            until: Rows received before this time (same forms); None: up to now.
+            devices: Only these device ids (pushed down to the files).
+            metrics: Only these metrics (pushed down to the files).
+            dataset: The dataset folder (or recording) to read; default `snapshot_dir`.
+
+        Returns:
+            Rows in `received_at` order, with the columns and dtypes of `frame()`.
+
+        Raises:
+            ConfigError: The collector has no `snapshot_dir` and no `dataset` was given, or
+                `since` or `until` is not a time or duration.
+            FileNotFoundError: Nothing is at `dataset`.
+            RecordingError: The pending rows could not be written to `snapshot_dir`.
+        """
+        own_feed = next((f for f in self._feeds if isinstance(f.sink, DatasetWriter)), None)
+        return history_frame(
+            self._window,
+            since=since,
+            until=until,
+            devices=devices,
+            metrics=metrics,
+            dataset=dataset,
+            own_dataset=self._snapshot_dir,
+            own_feed=own_feed,
+        )
+
     def latest(self) -> pd.DataFrame:
-        """Return the newest row of each (device_id, metric), with its age in seconds."""
+        """Return the newest row of each (device_id, metric), with its age in seconds.
+
+        Its unit is the newest one that (device_id, metric) sent within the window: a
+        reading sent without one (a flat payload between standard ones) keeps the unit
+        shown, instead of blanking it until the next reading that carries one.
+
+        Returns:
+            One row per (device_id, metric), sorted by both, in the columns of `frame()`
+            and `age_s` (float64 seconds since `received_at`).
+        """
         frame = self.frame()
-        latest = frame.drop_duplicates(subset=["device_id", "metric"], keep="last")
+        keys = ["device_id", "metric"]
+        latest = frame.drop_duplicates(subset=keys, keep="last")
+        if latest["unit"].isna().any():
+            units = frame.loc[frame["unit"].notna(), [*keys, "unit"]]
+            units = units.drop_duplicates(subset=keys, keep="last")
+            merged = latest.drop(columns="unit").merge(units, on=keys, how="left")
+            latest = merged[list(frame.columns)].astype({"unit": frame["unit"].dtype})
         latest = latest.sort_values(
             ["device_id", "metric"], key=lambda column: column.astype(str)
         ).reset_index(drop=True)
         now = pd.Timestamp.now(tz="UTC")
         return latest.assign(age_s=(now - latest["received_at"]).dt.total_seconds())
+
+    def resample(
+        self,
+        rule: str | pd.Timedelta,
+        *,
+        how: str | Sequence[str] = "mean",
+        metrics: Iterable[str] | str | None = None,
+        devices: Iterable[str] | str | None = None,
+        since: TimeLike | None = None,
+    ) -> pd.DataFrame:
+        """Return the window's numeric values aggregated per time bucket, device and metric.
+
+        Buckets are by device time (`timestamp`), `[start, start + rule)`, anchored at the
+        Unix epoch so that they stay put from one call to the next; only buckets holding a
+        row are returned (`.asfreq(rule)` adds the empty ones). Text values are left out.
+        The result equals a pandas groupby of `frame()` by device_id, metric and
+        `pd.Grouper(key="timestamp", freq=rule, origin="epoch")`, unstacked.
+
+        Late rows: each call that returns rows moves a watermark to the earlier of the end
+        of its newest bucket and the call's clock floored to the rule (the buckets before
+        it had ended when they were handed out). A row that enters the window later with a
+        device time before the watermark is counted in `stats.late_rows`: a bucket handed
+        out as complete has changed. One watermark serves every rule and filter, and never
+        moves back; see `tesaiot_data.resample.Watermark`.
+
+        Example:
+            >>> collector.resample("10s", metrics="temperature")  # doctest: +SKIP
+            >>> collector.resample("1min", how=["mean", "max"], since="15min")  # doctest: +SKIP
+
+        Args:
+            rule: Bucket length, a fixed-length pandas offset alias (`"10s"`, `"1min"`).
+            how: An aggregation (`mean`, `min`, `max`, `sum`, `count`, `first`, `last`,
+                `median`, `std`), or a list of them.
+            metrics: Only these metrics.
+            devices: Only these device ids.
+            since: Only rows received since this time, as in `frame()`.
+
+        Returns:
+            A wide frame: index the buckets' starts (`datetime64[ns, UTC]`, named
+            `timestamp`, ascending); columns a MultiIndex (device_id, metric) of strings,
+            sorted, with a third level `how` when `how` is a list. float64 values, NaN
+            where a series has no row in a bucket (`count`: int64, 0).
+
+        Raises:
+            ConfigError: `rule` is not a fixed-length offset alias, `how` names an
+                aggregation not listed, or the result would be too large (see
+                `resample.MAX_CELLS`).
+        """
+        step = rule_ns(rule)
+        now_ns = time.time_ns()
+        result = resample_frame(
+            self.frame(since=since, devices=devices, metrics=metrics), rule, how=how
+        )
+        self._watermark.advance(result, step, now_ns=now_ns)
+        return result
 
     def rejects(self) -> pd.DataFrame:
         """Return the most recent rejected messages (up to 1,000) with their raw payloads."""
@@ -506,6 +710,137 @@ class Collector:
                 "payload_size": pd.array([r.payload_size for r in rejects], dtype="int64"),
             }
         )
+
+    def health(self, *, silent_after: str | float | pd.Timedelta | None = None) -> pd.DataFrame:
+        """Return one row per device: when it was last heard of, how often, and how well.
+
+        Every message counts, rejected ones too (a device that sends garbage is alive);
+        retained messages the broker replays on subscribing do not. Memory is bounded by
+        the number of devices (see `tesaiot_data.health`): devices not seen for a day, or
+        the least recently seen beyond `health.MAX_DEVICES`, are forgotten
+        (`stats.devices_evicted`).
+
+        Args:
+            silent_after: Call every device silent after this long without a message
+                (`"30s"`); None judges each device by its own pace: silent after 5 of its
+                usual intervals, at least 5 s (60 s for a device seen only once).
+
+        Returns:
+            Silent devices first, then by device id; a RangeIndex and the columns
+            device (str), last_seen (datetime64[ns, UTC], receive time of its last
+            message), age_s (float64 s since then), msgs_per_s (float64, over the last
+            minute, or since it was first seen if later), usual_interval_s (float64,
+            median gap between its last 32 messages; NaN after one message), silent
+            (bool), clock_skew_s (float64, median of device time minus receive time over
+            its last 32 messages with a timestamp: positive means the device clock is
+            ahead, network delay included; NaN without timestamps), messages (int64,
+            since first seen), rejected (int64), reject_share (float64, rejected /
+            messages) and metrics (str, the metrics it sent, sorted, comma-separated).
+
+        Raises:
+            ConfigError: `silent_after` is not a positive duration (a ValueError too).
+        """
+        limit = None
+        if silent_after is not None:
+            try:
+                limit = duration_seconds(silent_after, name="silent_after")
+            except ValueError as exc:
+                raise ConfigError(str(exc), hint="for example silent_after='30s'") from exc
+        return self._health.frame(now_ns=time.time_ns(), silent_after=limit)
+
+    def alert(
+        self,
+        name: str,
+        *,
+        metric: str | None = None,
+        above: float | None = None,
+        below: float | None = None,
+        for_: str | float | pd.Timedelta = "0s",
+        devices: Iterable[str] | str | None = None,
+        silent: str | float | pd.Timedelta | None = None,
+        callback: Callable[[AlertEvent], object] | None = None,
+        replace: bool = False,
+    ) -> None:
+        """Add an alert rule: a threshold on a metric, or a device gone silent.
+
+        An alert fires once when its condition starts and clears once when it ends, per
+        (rule, device); each event is kept (see `alerts()`), logged (WARNING when firing,
+        INFO when cleared) and passed to `callback` on the housekeeping thread, within
+        about 0.25 s. A callback that raises is logged once per rule and counted in
+        `stats.alert_callback_errors`; the alert goes on. Recordings keep the events of
+        their time in `<stem>.alerts.parquet`.
+
+        Threshold rules are evaluated on every batch as it arrives: the condition holds
+        for a numeric row of `metric` whose value is greater than `above` or less than
+        `below` (with both: outside the band). With `for_`, the alert fires at the first
+        row whose device's rows of that metric have all been in breach since a row at least
+        `for_` earlier, by receive time (device clocks can be wrong); one row back in range
+        clears it. Silent rules are evaluated four times a second while connected: the
+        alert fires when a device sent nothing for `silent` (devices named in `devices`
+        count even if never seen) and clears on its next message.
+
+        Example:
+            >>> collector.alert("hot", metric="temperature", above=30, for_="1m")  # doctest: +SKIP
+            >>> collector.alert("gone", silent="30s")  # doctest: +SKIP
+
+        Args:
+            name: The rule's name, unique among this collector's rules.
+            metric: The metric a threshold rule watches (required with above/below).
+            above: Fire while a value is greater than this.
+            below: Fire while a value is less than this.
+            for_: How long the breach must last before firing (`"30s"`); default at once.
+            devices: Only these device ids; default every device.
+            silent: Fire when a device sent nothing for this long (`"30s"`), instead of a
+                threshold.
+            callback: Called with each `AlertEvent` (time_ns, rule, device, metric, value,
+                state) of this rule.
+            replace: Replace an existing rule of the same name (its alerts start afresh,
+                with no cleared events for those firing).
+
+        Raises:
+            ConfigError: No condition, both a threshold and `silent`, a threshold without
+                `metric`, `below >= above`, a bad duration, or a duplicate name.
+        """
+        rule = AlertRule.make(
+            name,
+            metric=metric,
+            above=above,
+            below=below,
+            for_=for_,
+            devices=devices,
+            silent=silent,
+            callback=callback,
+        )
+        self._alerts.add(rule, now_ns=time.time_ns(), replace=replace)
+
+    def remove_alert(self, name: str) -> bool:
+        """Remove an alert rule; its firing alerts end without a cleared event.
+
+        Returns:
+            Whether there was a rule of that name.
+        """
+        return self._alerts.remove(name)
+
+    def alerts(self, *, since: TimeLike | None = None, active: bool = False) -> pd.DataFrame:
+        """Return the alert events, oldest first (the last `alerts.MAX_EVENTS`).
+
+        Cheap to poll: `stats.alert_events` grows with every new event.
+
+        Args:
+            since: Only events at or after this time: a duration back from now (`"5min"`)
+                or a point in time (naive means UTC).
+            active: Only the alerts firing now, one row each (its firing event).
+
+        Returns:
+            A RangeIndex and the columns time (datetime64[ns, UTC]), rule (category),
+            device (str), metric (str; missing for silent rules), value (float64: the
+            row's value, or for silent rules the seconds of silence) and state (category:
+            "firing" or "cleared").
+
+        Raises:
+            ValueError: `since` is neither a duration nor a time.
+        """
+        return self._alerts.frame(since_ns=since_ns(since), active=active)
 
     @property
     def stats(self) -> CollectorStats:
@@ -535,8 +870,14 @@ class Collector:
             truncated_messages=self._truncated,
             rows_cut=self._rows_cut,
             clock_skew_rows=self._clock_skew_rows,
+            late_rows=self._watermark.late_rows,
             retained=self._retained,
             failed_sinks=failed_sinks,
+            alert_events=self._alerts.events_total,
+            alert_events_dropped=self._alerts.events_dropped,
+            alert_callback_errors=self._alerts.callback_errors,
+            devices=self._health.devices,
+            devices_evicted=self._health.evicted,
             rate=self._current_rate() if client is not None else 0.0,
             mean_rate=received / elapsed if elapsed > 0 else 0.0,
             connected=bool(client is not None and client.connected),
@@ -588,7 +929,8 @@ class Collector:
 
         Parts are flushed to `<path>.parts/` at least every `flush_every` seconds, so a
         crash loses at most that much; `stop()` writes the single file at `path`, and the
-        session's rejected messages to `<stem>.rejects.parquet` beside it.
+        session's rejected messages to `<stem>.rejects.parquet` beside it (and its alert
+        events to `<stem>.alerts.parquet` when the collector has alert rules; see `alert()`).
 
         May be called before `start()`: the recording then begins with the first message.
 
@@ -605,6 +947,7 @@ class Collector:
         """
         recorder = Recorder(path, flush_every=flush_every, metadata=self._metadata())
         feed = _Feed(recorder)
+        self._alert_captures[feed] = self._alerts.capture()
         with self._lock:
             self._feeds = (*self._feeds, feed)
         logger.info("recording to %s", recorder.path)
@@ -661,6 +1004,7 @@ class Collector:
                 self._rows_cut,
             )
         if chunk is not None:
+            self._watermark.count(chunk.timestamp)
             skewed = _count_skewed(chunk, self._clock_skew_ns)
             if skewed:
                 self._clock_skew_rows += skewed
@@ -671,8 +1015,22 @@ class Collector:
                     self._clock_skew_rows,
                     pd.Timedelta(self._clock_skew_ns, unit="ns"),
                 )
+        self._observe(batch, parsed, chunk)
         # Counted last: once the counts show a message, every consumer has its rows.
         self._messages += parsed.parsed_messages
+
+    def _observe(
+        self, batch: Sequence[RawMessage], parsed: ColumnBatch, chunk: Chunk | None
+    ) -> None:
+        """Feed `health()` and the threshold alerts; a failure here never stops ingest."""
+        try:
+            retained = (
+                [m.received_ns for m in batch if m.retain] if parsed.retained_messages else ()
+            )
+            self._health.observe(chunk, parsed.rejects, retained_ns=retained)
+            self._alerts.evaluate(chunk)
+        except Exception:  # a bug; the rows are stored all the same
+            self._warn("health", "device health or alert evaluation failed", exc_info=True)
 
     def _warn(self, kind: str, message: str, *args: object, exc_info: bool = False) -> None:
         """Log a warning of this kind at most once every `_WARN_EVERY` seconds."""
@@ -693,6 +1051,28 @@ class Collector:
                         feed.flush()  # logs a failure once and keeps the rows
             except Exception:  # a bug; the thread goes on so that collection never stops
                 self._warn("housekeeping", "housekeeping failed", exc_info=True)
+            try:
+                self._watch(time.time_ns())
+            except Exception:
+                self._warn("alerts", "evaluating silent alerts failed", exc_info=True)
+
+    def _watch(self, now_ns: int) -> None:
+        """Evaluate silent alerts, deliver alert events, forget long-gone devices."""
+        client = self._client
+        if client is not None and not client.connected:
+            self._listening_since_ns = None  # a lost connection silences every device
+        elif self._listening_since_ns is None:
+            self._listening_since_ns = now_ns
+        if self._listening_since_ns is not None and self._alerts.watches_silence:
+            self._alerts.evaluate_silence(
+                self._health.last_seen(),
+                now_ns=now_ns,
+                listening_since_ns=self._listening_since_ns,
+            )
+        self._alerts.dispatch()
+        if time.monotonic() - self._health_evicted_at >= _HEALTH_EVICT_EVERY:
+            self._health_evicted_at = time.monotonic()
+            self._health.evict(now_ns)
 
     def _sample_rate(self) -> None:
         client = self._client

@@ -8,7 +8,9 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectTimeoutError",
+    "MissingExtraError",
     "NotARecordingError",
+    "QueryError",
     "RecordingError",
     "StreamError",
     "SubscribeError",
@@ -70,6 +72,35 @@ class BrokerNotFoundError(TesaiotError, FileNotFoundError):
 
 class NotARecordingError(TesaiotError, ValueError):
     """A file or folder is not a telemetry recording (a rejects sidecar, a CSV, a broken file)."""
+
+
+class MissingExtraError(TesaiotError, ImportError):
+    """A feature needs an optional dependency that is not installed, such as DuckDB for SQL.
+
+    Args:
+        message: What went wrong.
+        hint: The command that installs it.
+        extra: The name of the optional extra that brings the dependency (`sql`).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, extra: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.extra = extra
+
+
+class QueryError(TesaiotError, ValueError):
+    """DuckDB could not run a SQL query: bad syntax, an unknown column, out of memory.
+
+    Args:
+        message: What went wrong, with DuckDB's own message.
+        hint: What to try.
+        kind: DuckDB's name of the error, such as `ParserException`, `BinderException` or
+            `OutOfMemoryException`.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, kind: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind
 
 
 class RecordingError(TesaiotError, OSError):

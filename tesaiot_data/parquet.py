@@ -12,13 +12,15 @@ the few helpers below without an underscore and outside `__all__` are theirs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -70,6 +72,16 @@ _PART_GLOB = "part-*.parquet"
 _REJECTS_PART_GLOB = "rejects-*.parquet"
 _PARTS_SUFFIX = ".parts"
 _REJECTS_SUFFIX = ".rejects.parquet"
+_PART_PREFIX = "part-"
+#: The name prefix of a dataset partition's merged file (see `tesaiot_data.compaction`).
+COMPACTED_PREFIX = "compacted-"
+#: The key (`tesaiot.replaces`) of a compacted file's metadata: a JSON list of the names of
+#: the files in its folder that it replaces. Readers skip every file so listed.
+REPLACES_KEY = "replaces"
+# How many times a dataset read starts again when a compaction changed the files under it.
+_READ_ATTEMPTS = 10
+_DATE_FOLDER = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+_T = TypeVar("_T")
 # Every data column: a redelivery repeats all of them; only received_at differs.
 _DEDUPE_COLUMNS = [name for name in COLUMNS if name != "received_at"]
 # Without these a file is not telemetry (value_text may stand in for value).
@@ -499,20 +511,75 @@ def load_recording(
             telemetry columns.
         ValueError: `start` or `end` is not a time.
     """
-    path = Path(path)
-    files = _recording_files(path)
     expression = _filter_expression(start=start, end=end, devices=devices, metrics=metrics)
-    if not files:
-        return empty_frame()
-    dataset = _recording_dataset(files)
-    try:
-        table = dataset.to_table(filter=expression)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        # Columns of the right names but types that do not convert (text in `value`).
-        raise NotARecordingError(
-            f"{path} cannot be read as a recording: {exc}", hint=_WHAT_A_RECORDING_IS
-        ) from exc
-    if table.num_rows == 0:
+    return _read_frame(Path(path), expression, dedupe=dedupe)
+
+
+def read_received(
+    path: str | Path,
+    *,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    devices: Iterable[str] | None = None,
+    metrics: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Read the rows of a recording received in `[start_ns, end_ns)`, for `Collector.history`.
+
+    `load_recording` with the time filter on `received_at` instead of `timestamp`. A dataset
+    is partitioned by the UTC date of `received_at`, so only the `date=YYYY-MM-DD` folders
+    that can hold such rows are listed at all; row groups are skipped by their statistics.
+
+    Args:
+        path: A recording file, a parts folder or a dataset folder.
+        start_ns: Keep rows received at or after this time, in epoch nanoseconds.
+        end_ns: Keep rows received before this time, in epoch nanoseconds.
+        devices: Keep only these device ids.
+        metrics: Keep only these metrics.
+
+    Returns:
+        The rows in file order, canonical dtypes and a fresh RangeIndex.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+        NotARecordingError: A file is not a recording (see `load_recording`).
+    """
+    conditions = []
+    if start_ns is not None:
+        conditions.append(pc.field("received_at") >= pa.scalar(start_ns, type=TIME_TYPE))
+    if end_ns is not None:
+        conditions.append(pc.field("received_at") < pa.scalar(end_ns, type=TIME_TYPE))
+    others = _filter_expression(start=None, end=None, devices=devices, metrics=metrics)
+    if others is not None:
+        conditions.append(others)
+    expression = None
+    for condition in conditions:
+        expression = condition if expression is None else expression & condition
+    low = date.min if start_ns is None else _utc_day(start_ns)
+    high = date.max if end_ns is None else _utc_day(end_ns - 1)
+    return _read_frame(Path(path), expression, days=(low, high))
+
+
+def _read_frame(
+    path: Path,
+    expression: ds.Expression | None,
+    *,
+    dedupe: bool = False,
+    days: tuple[date, date] | None = None,
+) -> pd.DataFrame:
+    def read(files: list[Path]) -> pa.Table | None:
+        if not files:
+            return None
+        dataset = _recording_dataset(files)
+        try:
+            return dataset.to_table(filter=expression)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            # Columns of the right names but types that do not convert (text in `value`).
+            raise NotARecordingError(
+                f"{path} cannot be read as a recording: {exc}", hint=_WHAT_A_RECORDING_IS
+            ) from exc
+
+    table = _read_consistent(path, read, days=days)
+    if table is None or table.num_rows == 0:
         return empty_frame()
     frame = table.to_pandas(split_blocks=True, self_destruct=True)
     del table
@@ -540,10 +607,14 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         NotARecordingError: `path`, or a file in its folder, is not a recording (a rejects
             sidecar, not Parquet, or Parquet without the telemetry columns).
     """
-    files = _recording_files(Path(path))
+    return _read_consistent(Path(path), _combined_metadata)
+
+
+def _combined_metadata(files: list[Path]) -> dict[str, str]:
     combined: dict[str, str] = {}
     for file in files:
         meta = _file_key_values(_recording_footer(file))
+        meta.pop(REPLACES_KEY, None)
         if not combined:
             combined = meta
             continue
@@ -595,8 +666,14 @@ def load_rejects(path: str | Path) -> pd.DataFrame:
 
 
 def _sorted_parts(paths: Iterable[Path]) -> list[Path]:
-    # part-1000000 sorts after part-999999: shorter numbered names first.
-    return sorted(paths, key=lambda p: (str(p.parent), len(p.name), p.name))
+    # A recording's part-1000000 sorts after part-999999: shorter numbered names first. A
+    # dataset's part-<UTC stamp>-<host>-<pid>-... names sort by time as they are, whatever
+    # the length of each writer's host name.
+    def key(path: Path) -> tuple[str, int, str]:
+        numbered = path.name.split("-", 1)[-1].removesuffix(".parquet").isdigit()
+        return str(path.parent), len(path.name) if numbered else 0, path.name
+
+    return sorted(paths, key=key)
 
 
 def _recording_files(path: Path) -> list[Path]:
@@ -613,7 +690,7 @@ def _recording_files(path: Path) -> list[Path]:
     if path.is_dir():
         if path.name.endswith(_PARTS_SUFFIX):
             return _sorted_parts(path.glob(_PART_GLOB))
-        return _sorted_parts(p for p in path.rglob(_PART_GLOB) if p.is_file())
+        return _current_files(_dataset_listing(path))
     parts = parts_dir(path)
     if parts.is_dir():
         files = _sorted_parts(parts.glob(_PART_GLOB))
@@ -627,6 +704,163 @@ def _recording_files(path: Path) -> list[Path]:
         f"no recording at {path}: not a Parquet file, a dataset folder or a recording with a "
         f"{parts.name} folder"
     )
+
+
+# --- datasets: listing, compacted partitions, consistent reads --------------------------------
+# A compacted file (tesaiot_data.compaction) lists in its metadata the files it replaces;
+# a reader skips them. Between a compacted file's rename into place and the deletion of the
+# files it replaces, a reader thus sees the compacted file only, before it the parts only.
+
+
+def partition_files(
+    folder: Path, names: Iterable[str] | None = None
+) -> tuple[list[Path], list[Path]]:
+    """Return the files of one dataset folder that hold its rows, and the ones replaced.
+
+    A file is replaced when a compacted file in the same folder lists it in its
+    `tesaiot.replaces` metadata (a compaction wrote the merged file and has not yet deleted,
+    or stopped before deleting, the files it merged).
+
+    Args:
+        folder: A partition folder, such as `root/date=2025-12-09`.
+        names: The names of its `part-*.parquet` and `compacted-*.parquet` files, when
+            already listed; default: list the folder.
+
+    Returns:
+        `(current, replaced)`: the files to read, compacted files first, then parts in
+        flush order; and the replaced files still present.
+
+    Raises:
+        FileNotFoundError: The folder, or a compacted file in it, vanished meanwhile.
+        NotARecordingError: A compacted file is not Parquet or has a broken list.
+    """
+    if names is None:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if _is_data_name(e.name) and e.is_file()]
+    names = list(names)
+    compacted = sorted(name for name in names if name.startswith(COMPACTED_PREFIX))
+    replaced: set[str] = set()
+    if compacted and len(names) > 1:  # a lone file replaces nothing: no footer to read
+        for name in compacted:
+            replaced |= compacted_replaces(folder / name)
+    current = [folder / name for name in compacted if name not in replaced]
+    current += _sorted_parts(
+        folder / name
+        for name in names
+        if not name.startswith(COMPACTED_PREFIX) and name not in replaced
+    )
+    return current, sorted(folder / name for name in names if name in replaced)
+
+
+def compacted_replaces(path: Path) -> frozenset[str]:
+    """Return the names of the files a compacted file replaces (its `tesaiot.replaces`).
+
+    Raises:
+        FileNotFoundError: The file vanished (a later compaction replaced it).
+        NotARecordingError: It is not Parquet, or its list is not a JSON list of names.
+    """
+    try:
+        raw = (pq.read_metadata(path).metadata or {}).get(f"{_PREFIX}{REPLACES_KEY}".encode())
+    except pa.ArrowInvalid as exc:
+        raise _not_parquet_error(path, exc) from exc
+    if raw is None:
+        return frozenset()
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise NotARecordingError(
+            f"{path} has a broken {_PREFIX}{REPLACES_KEY} list",
+            hint="delete that file and run `tesaiot-data compact` again; the files it "
+            "merged are still beside it",
+        )
+    return frozenset(names)
+
+
+def _is_data_name(name: str) -> bool:
+    return name.endswith(".parquet") and name.startswith((_PART_PREFIX, COMPACTED_PREFIX))
+
+
+def _utc_day(ns: int) -> date:
+    return datetime.fromtimestamp(ns // 10**9, tz=timezone.utc).date()
+
+
+def _dataset_listing(root: Path, days: tuple[date, date] | None = None) -> dict[Path, list[str]]:
+    """Each folder under `root` that holds data files, and their names.
+
+    With `days`, only the `date=YYYY-MM-DD` folders in that (inclusive) range are entered.
+    """
+    listing: dict[Path, list[str]] = {}
+    for folder, subfolders, names in os.walk(root):
+        if days is not None:
+            subfolders[:] = [name for name in subfolders if _day_wanted(name, days)]
+        found = [name for name in names if _is_data_name(name)]
+        if found:
+            listing[Path(folder)] = found
+    return listing
+
+
+def _day_wanted(name: str, days: tuple[date, date]) -> bool:
+    match = _DATE_FOLDER.fullmatch(name)
+    if match is None:
+        return True
+    try:
+        day = date.fromisoformat(match.group(1))
+    except ValueError:
+        return True
+    return days[0] <= day <= days[1]
+
+
+def _current_files(listing: Mapping[Path, list[str]]) -> list[Path]:
+    files: list[Path] = []
+    for folder in sorted(listing, key=str):
+        files += partition_files(folder, listing[folder])[0]
+    return files
+
+
+def _read_consistent(
+    path: Path,
+    read: Callable[[list[Path]], _T],
+    *,
+    days: tuple[date, date] | None = None,
+) -> _T:
+    """Run `read` on the files of a recording; for a dataset, on one whole state of it.
+
+    A compaction may replace a dataset's parts while they are read: a part that vanished
+    before it was opened fails the read, and a listing that overlapped the merged file's
+    rename may miss both it and parts already deleted, which listing again after the read
+    shows (a compacted file that was not there before). Either way the read starts again.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`, or the dataset changed under every attempt.
+    """
+    if not path.is_dir() or path.name.endswith(_PARTS_SUFFIX):
+        return read(_recording_files(path))
+    for attempt in range(1, _READ_ATTEMPTS + 1):
+        listing = _dataset_listing(path, days)
+        try:
+            result = read(_current_files(listing))
+        except FileNotFoundError as exc:
+            if attempt == _READ_ATTEMPTS:
+                raise
+            logger.debug("%s changed while it was read (%s); reading it again", path, exc)
+            continue
+        if not _new_compacted_files(listing, _dataset_listing(path, days)):
+            return result
+        logger.debug("%s was compacted while it was read; reading it again", path)
+    raise FileNotFoundError(
+        f"{path} was compacted during each of {_READ_ATTEMPTS} attempts to read it (hint: "
+        "read it again when the compaction has finished)"
+    )
+
+
+def _new_compacted_files(before: Mapping[Path, list[str]], after: Mapping[Path, list[str]]) -> bool:
+    for folder, names in after.items():
+        seen = set(before.get(folder, ()))
+        if any(name.startswith(COMPACTED_PREFIX) and name not in seen for name in names):
+            return True
+    return False
 
 
 def _utc_scalar(value: Any, name: str) -> pa.Scalar:

@@ -24,7 +24,7 @@ DEFAULT_TOPIC = "device/+/telemetry/#"
 TOKEN_PREFIX = "tesa_mqtt_"
 _TOKEN_SHAPE = re.compile(r"tesa_mqtt_[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*_[A-Za-z0-9]{32}")
 _TOKEN_HELP = (
-    "set MQTT_API_TOKEN (in .env or the environment) to a token from the TESAIoT Admin UI: "
+    "set MQTT_API_TOKEN in .env or in the environment to a token from the TESAIoT Admin UI: "
     "Organization Settings -> MQTT Tokens"
 )
 _URL_EXAMPLE = "for example wss://mqtt.tesaiot.com:8085/mqtt or mqtt://127.0.0.1:1883"
@@ -182,8 +182,23 @@ def _topic_filter_problem(topic: str) -> str | None:
     return None
 
 
+def _share_group_problem(group: object) -> str | None:
+    """Why `group` cannot be the group of a shared subscription, or None when it can."""
+    if not isinstance(group, str):
+        return f"it is a {type(group).__name__}, not a string"
+    if not group.strip():
+        return "it is empty"
+    if bad := sorted({char for char in group if char in "/+#\x00"}):
+        shown = " ".join(repr(char) for char in bad)
+        return f"it contains {shown}; a group name is one topic level, without / + or #"
+    return None
+
+
 def _new_client_id() -> str:
     return f"tesaiot-data-{secrets.token_hex(4)}"
+
+
+_AUTO_CLIENT_ID = re.compile(r"tesaiot-data-[0-9a-f]{8}")
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -205,6 +220,10 @@ class Settings:
         broker_url: `wss://host:port/path` (the platform), `ws://`, `mqtts://` or `mqtt://`.
         topic: The subscription filter: `+` and `#` stand for whole levels, `#` only last;
             `$share/<group>/<filter>` makes a shared subscription.
+        share_group: Subscribe to `topic` as a member of this shared-subscription group
+            (`$share/<group>/<topic>`): the broker hands each message to one member only,
+            so several collectors split the stream between them. None (the default)
+            receives every message. One topic level: no `/`, `+` or `#`.
         client_id: The MQTT client id; a fixed one with `clean_session=False` keeps a
             persistent session on the broker.
         qos: Subscription QoS, 0, 1 or 2.
@@ -224,6 +243,7 @@ class Settings:
     token: str = field(repr=False)
     broker_url: str = DEFAULT_BROKER_URL
     topic: str = DEFAULT_TOPIC
+    share_group: str | None = None
     client_id: str = field(default_factory=_new_client_id)
     qos: int = 1
     ca_certs: str | Path | None = None
@@ -244,6 +264,8 @@ class Settings:
                 f"MQTT_SUBSCRIBE_TOPIC={shown!r} is not a valid subscription topic: {problem}",
                 hint=f"set MQTT_SUBSCRIBE_TOPIC (topic=...) to a filter such as {DEFAULT_TOPIC}",
             )
+        if self.share_group is not None:
+            self._check_share_group()
         if self.ca_certs is not None and not Path(self.ca_certs).is_file():
             raise ConfigError(
                 f"ca_certs={str(self.ca_certs)!r} is not a file",
@@ -252,12 +274,39 @@ class Settings:
         if self.keepalive < 5 or self.connect_timeout <= 0:
             raise ConfigError("keepalive must be >= 5 s and connect_timeout > 0")
 
+    def _check_share_group(self) -> None:
+        if (problem := _share_group_problem(self.share_group)) is not None:
+            raise ConfigError(
+                f"MQTT_SHARE_GROUP={self.share_group!r} is not a shared-subscription group: "
+                f"{problem}",
+                hint="set MQTT_SHARE_GROUP (share_group=...) to a name such as 'analytics'",
+            )
+        if self.topic.split("/", 1)[0] == _SHARED_PREFIX:
+            raise ConfigError(
+                f"MQTT_SUBSCRIBE_TOPIC={self.topic!r} is already a shared subscription, and "
+                f"MQTT_SHARE_GROUP={self.share_group!r} would make it one again",
+                hint="set either MQTT_SHARE_GROUP with a plain filter such as "
+                f"{DEFAULT_TOPIC}, or a $share/<group>/<filter> topic, not both",
+            )
+
     def __repr__(self) -> str:
+        shared = f", share_group={self.share_group!r}" if self.share_group is not None else ""
         return (
             f"Settings(token={mask_token(self.token)!r}, broker_url={self.broker_url!r}, "
-            f"topic={self.topic!r}, client_id={self.client_id!r}, qos={self.qos}, "
+            f"topic={self.topic!r}{shared}, client_id={self.client_id!r}, qos={self.qos}, "
             f"insecure={self.insecure})"
         )
+
+    @property
+    def subscription(self) -> str:
+        """The filter sent in SUBSCRIBE: `$share/<share_group>/<topic>`, or `topic` itself.
+
+        Messages of a shared subscription still arrive on their own topic
+        (`device/<id>/telemetry/...`), so they are read as any other.
+        """
+        if self.share_group is None:
+            return self.topic
+        return f"{_SHARED_PREFIX}/{self.share_group}/{self.topic}"
 
     @property
     def url(self) -> BrokerURL:
@@ -270,7 +319,19 @@ class Settings:
         return mask_token(self.token)
 
     def replace(self, **changes: Any) -> Settings:
-        """Return a copy with some fields changed (validated again)."""
+        """Return a copy with some fields changed (validated again).
+
+        A copy that joins a shared-subscription group (`share_group` given) is another
+        member of the group, so it gets a client id of its own unless `client_id` is
+        given or was set by the user: two connections with one client id take the
+        session from each other.
+        """
+        if (
+            changes.get("share_group") is not None
+            and "client_id" not in changes
+            and _AUTO_CLIENT_ID.fullmatch(self.client_id)
+        ):
+            changes["client_id"] = _new_client_id()
         return replace(self, **changes)
 
     @classmethod
@@ -284,7 +345,8 @@ class Settings:
         """Build settings from the platform's environment variables.
 
         Reads `MQTT_API_TOKEN`, `MQTT_BROKER_URL`, `MQTT_SUBSCRIBE_TOPIC` (or its alias
-        `MQTT_TOPIC`), `MQTT_CLIENT_ID`, `CA_CERT_PATH`, `MQTT_INSECURE` and `MQTT_QOS`.
+        `MQTT_TOPIC`), `MQTT_SHARE_GROUP`, `MQTT_CLIENT_ID`, `CA_CERT_PATH`, `MQTT_INSECURE`
+        and `MQTT_QOS`.
         Real environment variables win over the file; keyword overrides win over both.
 
         Args:
@@ -321,6 +383,8 @@ class Settings:
             kwargs["broker_url"] = url
         if (topic := get("MQTT_SUBSCRIBE_TOPIC", "MQTT_TOPIC")) is not None:
             kwargs["topic"] = topic
+        if (group := get("MQTT_SHARE_GROUP")) is not None:
+            kwargs["share_group"] = group
         if (client_id := get("MQTT_CLIENT_ID")) is not None:
             kwargs["client_id"] = client_id
         if (ca := get("CA_CERT_PATH")) is not None:

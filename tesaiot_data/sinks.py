@@ -16,8 +16,11 @@ as a convenience for code of one's own.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import secrets
 import shutil
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -59,6 +62,15 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="Sink")
 _NS_PER_DAY = 86_400 * 10**9
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
+_HOST_MAX = 32  # characters of the host name kept in a part file's name
+
+
+def _writer_tag() -> str:
+    """`<host>-<pid>` of this process, safe in a file name: the short host name only."""
+    host = socket.gethostname().split(".", 1)[0]
+    host = _HOST_UNSAFE.sub("_", host)[:_HOST_MAX].strip("-") or "host"
+    return f"{host}-{os.getpid()}"
 
 
 class Sink(ABC):
@@ -483,8 +495,12 @@ class DatasetWriter(Sink):
     """Auto-persist: a hive-style dataset folder that holds every row exactly once.
 
     Each `flush` writes the rows added since the last one as new files
-    `root/date=YYYY-MM-DD/part-<YYYYmmddTHHMMSSffffff>-<8 hex>.parquet`, split by the UTC
-    date of `received_at`. Read it back with `load_recording(root)` or
+    `root/date=YYYY-MM-DD/part-<YYYYmmddTHHMMSSffffff>-<host>-<pid>-<8 hex>.parquet`, split
+    by the UTC date of `received_at`. The names sort by flush time (UTC, to the
+    microsecond) first; the short host name (its first 32 letters, digits and `-`, the
+    rest as `_`), the process id and a random suffix make them unique, so several writers
+    (processes, or hosts sharing a folder) append to one dataset without coordination.
+    Read it back with `load_recording(root)` or
     `pyarrow.dataset.dataset(root, partitioning="hive")`. A dataset holds telemetry only:
     rejected messages given to `add` are not kept.
 
@@ -513,6 +529,7 @@ class DatasetWriter(Sink):
         super().__init__(root, flush_every=flush_every, metadata=metadata)
         self.root = self.path
         self._last_stamp = ""
+        self._tag = _writer_tag()
 
     @property
     def rows_written(self) -> int:
@@ -581,7 +598,7 @@ class DatasetWriter(Sink):
         stamp = self._next_stamp()
         written: list[Path] = []
         for index, (day, table) in enumerate(by_day):
-            name = f"part-{stamp}-{secrets.token_hex(4)}.parquet"
+            name = f"part-{stamp}-{self._tag}-{secrets.token_hex(4)}.parquet"
             path = self.path / f"date={day}" / name
             try:
                 write_table(table, path, metadata=self._metadata)

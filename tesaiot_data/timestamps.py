@@ -24,6 +24,7 @@ __all__ = [
     "NaiveZone",
     "TimeLike",
     "duration_seconds",
+    "parse_timedelta",
     "seconds_ns",
     "since_ns",
     "timestamp_ns",
@@ -240,7 +241,10 @@ def _text_ns(text: str, naive: NaiveZone | None = None) -> int | None:
         return None
     # Fast path for what the platform's devices send, "2025-12-09T10:30:45.123Z": the
     # second is looked up (a stream repeats it), the milliseconds added. 3x the regex path.
-    if len(text) == 24 and text[19] == "." and text[23] == "Z":
+    # Only a head shaped "YYYY-MM-DDTHH:MM:SS" is cached (not "   2025-12-09T10:30", which
+    # reads as a minute once stripped), and only seconds whose every millisecond fits in
+    # int64 nanoseconds: `parsing` adds milliseconds to cache hits without a range check.
+    if len(text) == 24 and text[19] == "." and text[23] == "Z" and text[13] == text[16] == ":":
         millis = text[20:23]
         if millis.isascii() and millis.isdigit():
             head = text[:19]
@@ -248,9 +252,10 @@ def _text_ns(text: str, naive: NaiveZone | None = None) -> int | None:
             if second is None and (second := _text_ns(head + "Z")) is not None:
                 if len(_SECONDS) >= _SECONDS_MAX:
                     _SECONDS.clear()
-                _SECONDS[head] = second
+                if second <= _NS_MAX - 999_000_000:
+                    _SECONDS[head] = second
             if second is not None:
-                return second + int(millis) * 1_000_000
+                return _in_range(second + int(millis) * 1_000_000)
     if (match := _ISO.fullmatch(text)) is not None:
         return _iso_ns(text, match, naive)
     if (match := _DECIMAL.fullmatch(text)) is not None:
@@ -301,6 +306,32 @@ def _seconds_ns(seconds: float) -> int | None:
 # --- what users type ------------------------------------------------------------------------
 
 
+# pandas 3 warns on, and pandas 4 refuses, the unit spellings "7d", "1w" and "2H" that users
+# type; they mean what "7D", "1W" and "2h" mean, so they are rewritten before pandas sees them.
+_OLD_UNITS = re.compile(r"(?<=[0-9\s])(d|w|H)(?![A-Za-z])")
+_NEW_UNITS = {"d": "D", "w": "W", "H": "h"}
+
+
+def parse_timedelta(value: str | float | pd.Timedelta) -> pd.Timedelta:
+    """`pd.Timedelta(value)`, also accepting `"7d"`, `"1w"` and `"2H"` without a warning.
+
+    Args:
+        value: A duration string such as `"30s"`, `"5min"`, `"7d"`; a Timedelta; or a number
+            of nanoseconds, as `pd.Timedelta` reads it.
+
+    Returns:
+        The duration.
+
+    Raises:
+        ValueError: `value` is not a duration pandas can read.
+    """
+    import pandas as pd  # noqa: PLC0415  (the hot path above needs no pandas)
+
+    if isinstance(value, str):
+        value = _OLD_UNITS.sub(lambda match: _NEW_UNITS[match.group(1)], value)
+    return pd.Timedelta(value)
+
+
 def duration_seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
     """A positive duration in seconds from `"15min"`, `"5s"`, a number of seconds or a Timedelta.
 
@@ -311,8 +342,6 @@ def duration_seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
     Raises:
         ValueError: `value` is not a positive duration.
     """
-    import pandas as pd  # noqa: PLC0415  (the hot path above needs no pandas)
-
     try:
         if isinstance(value, bool):
             raise TypeError
@@ -321,7 +350,7 @@ def duration_seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
         ):
             seconds = float(value)
         else:
-            seconds = pd.Timedelta(value).total_seconds()
+            seconds = parse_timedelta(value).total_seconds()
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"{name}={value!r} is not a duration; use for example '30s', '5min' or '2h'"
@@ -353,7 +382,7 @@ def since_ns(since: TimeLike | None, *, now_ns: int | None = None) -> int | None
         return None
     if isinstance(since, pd.Timedelta) or (isinstance(since, str) and _is_duration(since)):
         now = time.time_ns() if now_ns is None else now_ns
-        return now - int(pd.Timedelta(since).total_seconds() * 1e9)
+        return now - int(parse_timedelta(since).total_seconds() * 1e9)
     stamp = pd.Timestamp(since)
     if stamp is pd.NaT:
         raise ValueError(f"since={since!r} is not a time")
@@ -362,10 +391,8 @@ def since_ns(since: TimeLike | None, *, now_ns: int | None = None) -> int | None
 
 
 def _is_duration(text: str) -> bool:
-    import pandas as pd  # noqa: PLC0415
-
     try:
-        pd.Timedelta(text)
+        parse_timedelta(text)
     except ValueError:
         return False
     return True

@@ -32,8 +32,9 @@ def make_frame(
     times = start + pd.to_timedelta(np.arange(rows) * step_ns, unit="ns")
     values = rng.normal(20, 5, rows)
     values[::7] = np.nan
-    text = np.where(np.arange(rows) % 7 == 0, "on", None)
-    unit = np.where(np.arange(rows) % 5 == 0, None, "C")
+    missing = np.array(None, dtype=object)  # numpy's stubs take no bare None in np.where
+    text = np.where(np.arange(rows) % 7 == 0, "on", missing)
+    unit = np.where(np.arange(rows) % 5 == 0, missing, "C")
     return pd.DataFrame(
         {
             "timestamp": times + pd.to_timedelta(rng.integers(0, 999, rows), unit="ns"),

@@ -6,11 +6,15 @@ import base64
 import dataclasses
 import gc
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib.dates as mdates
@@ -24,10 +28,13 @@ from tesaiot_data.dashboard import (
     MAX_LEGEND_ENTRIES,
     MAX_TOOLTIP_CHARS,
     Dashboard,
+    alerts_table_html,
     downsample,
+    health_table_html,
     latest_table_html,
     short_ids,
 )
+from tesaiot_data.dashboard.live_chart import LiveChart, decimate
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.settings import Settings
@@ -82,7 +89,9 @@ def test_refresh_draws_one_line_per_selected_device(
         lambda: _devices_with(collector, "temperature") == set(ids),
         message="temperature rows from every device",
     )
-    dash = dashboards(collector, metric="temperature", refresh="10s")
+    # The matplotlib chart: the fallback where widget JavaScript cannot run.
+    dash = dashboards(collector, metric="temperature", refresh="10s", interactive=False)
+    assert not dash.interactive
 
     dash.refresh()
 
@@ -93,7 +102,9 @@ def test_refresh_draws_one_line_per_selected_device(
     assert dash.plotted_devices == ids
     assert dash.figure.axes[0].get_ylabel() == "temperature [celsius]"
     assert "time (UTC)" in dash.figure.axes[0].get_xlabel()
-    legend = [t.get_text() for t in dash.figure.axes[0].get_legend().get_texts()]
+    legend_box = dash.figure.axes[0].get_legend()
+    assert legend_box is not None
+    legend = [t.get_text() for t in legend_box.get_texts()]
     assert legend == [d[:8] for d in ids]
 
     # Deselecting a device (as a click does) redraws without it.
@@ -185,7 +196,9 @@ def test_snapshot_button_writes_the_window(
     fleet_factory: Callable[..., DeviceFleet],
     dashboards: Callable[..., Dashboard],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)
     fleet_factory(devices=2, rate=40, seed=41).start()
     wait_for(lambda: collector.stats.rows > 10, message="rows")
     dash = dashboards(collector, refresh="10s")
@@ -194,8 +207,36 @@ def test_snapshot_button_writes_the_window(
 
     assert dash.record_label.value.startswith("snapshot saved to ")
     path = Path(dash.record_label.value.removeprefix("snapshot saved to "))
-    assert path.parent == tmp_path / "snapshots"
+    assert path.parent == Path("recordings")  # beside Record's files, relative like them
+    assert path.name.startswith("snapshot-")
     assert len(load_recording(path)) > 10
+
+
+def test_record_names_its_file_when_clicked_not_when_the_dashboard_was_made(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fleet_factory(devices=2, rate=40, seed=43).start()
+    dash = dashboards(collector, refresh="10s")
+    made = datetime.now(timezone.utc).replace(microsecond=0)
+    # The next second has begun, so a name stamped at creation would differ from the click's.
+    wait_for(lambda: datetime.now(timezone.utc).replace(microsecond=0) > made, message="tick")
+    clicked = datetime.now(timezone.utc).replace(microsecond=0)
+
+    dash.record_button.value = True
+    recording = dash.recording
+    assert recording is not None
+    dash.record_button.value = False
+
+    path = Path(recording.path)
+    assert path.parent == Path("recordings")
+    stamp = datetime.strptime(path.name, "session-%Y%m%dT%H%M%S.parquet")
+    assert stamp.replace(tzinfo=timezone.utc) >= clicked
+    assert (tmp_path / path).exists()
 
 
 def test_pause_freezes_the_chart_while_collection_goes_on(
@@ -236,7 +277,7 @@ def test_close_and_collector_stop_end_the_refresh_thread(
     try:
         before = set(_dashboard_threads())
         closed = collector.dashboard(refresh="0.1s")
-        left_open = collector.dashboard(refresh="0.1s", replace=False)
+        left_open = collector.dashboard(refresh="0.1s", replace=False, interactive=False)
         assert closed.timer_alive
         assert left_open.timer_alive
         assert len(set(_dashboard_threads()) - before) == 2
@@ -266,10 +307,12 @@ def test_legend_stays_readable_with_many_devices(
         lambda: _devices_with(collector, "battery") == set(fleet.device_ids),
         message="battery rows from all 13 devices",
     )
-    dash = dashboards(collector, metric="battery", refresh="10s")
+    dash = dashboards(collector, metric="battery", refresh="10s", interactive=False)
     dash.refresh()
     assert dash.plotted_devices == sorted(fleet.device_ids)
-    legend = [t.get_text() for t in dash.figure.axes[0].get_legend().get_texts()]
+    legend_box = dash.figure.axes[0].get_legend()
+    assert legend_box is not None
+    legend = [t.get_text() for t in legend_box.get_texts()]
     assert len(legend) == MAX_LEGEND_ENTRIES + 1
     assert legend[:-1] == [d[:8] for d in sorted(fleet.device_ids)[:MAX_LEGEND_ENTRIES]]
     assert legend[-1] == "+3 more"
@@ -330,7 +373,9 @@ def test_wrong_device_clocks_do_not_move_the_time_axis(
     collector._ingest(good + wrong)
     assert len(collector.frame()) == 35
 
-    dash = dashboards(collector, metric="temperature", window="5min", refresh="1h")
+    dash = dashboards(
+        collector, metric="temperature", window="5min", refresh="1h", interactive=False
+    )
     rendered_before = time.time_ns()
     dash.refresh()
     rendered_after = time.time_ns()  # the render's "now" is between the two
@@ -400,7 +445,8 @@ def _refresh_and_measure(
 ) -> None:
     fleet_factory(devices=3, rate=20, seed=71).start()
     wait_for(lambda: collector.stats.rows > 30, message="rows")
-    dash = dashboards(collector, metric="temperature", refresh="1h")  # only our refreshes
+    # only our refreshes
+    dash = dashboards(collector, metric="temperature", refresh="1h", interactive=False)
     for _ in range(50):
         dash.refresh()
     gc.collect()
@@ -424,9 +470,6 @@ def _refresh_and_measure(
     assert growth < 2_000_000, f"memory grew by {growth:,} bytes over 100 refreshes:\n{where}"
     assert len(dash.figure.axes) == 1
     assert len(dash.figure.axes[0].lines) == 3
-
-
-# ------------------------------------------------------------ pure helpers
 
 
 def test_latest_table_escapes_every_string() -> None:
@@ -514,3 +557,317 @@ def test_downsample_keeps_extremes_and_bounds_points() -> None:
     small_x, small_y = downsample(x[:10], y[:10], 2_000)
     assert np.array_equal(small_x, x[:10])
     assert np.array_equal(small_y, y[:10])
+
+
+# ------------------------------------------------------- the interactive chart
+
+
+def _expected_points(collector: Collector, metric: str, devices: list[str]) -> int:
+    frame = collector.frame(metrics=metric, devices=devices)
+    return int(frame["value"].notna().sum())
+
+
+def test_live_chart_sends_the_window_then_only_new_points(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    fleet = fleet_factory(devices=3, rate=30, seed=91).start()
+    ids = sorted(fleet.device_ids)
+    wait_for(lambda: _devices_with(collector, "temperature") == set(ids), message="all devices")
+    dash = dashboards(collector, metric="temperature", refresh="1h")
+    assert dash.interactive
+    chart = dash.chart
+    assert isinstance(chart, LiveChart)
+    collector.wait_idle()
+    dash.refresh()
+    assert chart.metric == "temperature"
+    assert chart.unit == "celsius"
+    assert chart.devices == ids == dash.plotted_devices
+    assert [entry["label"] for entry in chart.series] == [d[:8] for d in ids]
+    assert len({entry["color"] for entry in chart.series}) == 3
+    held = chart.points
+    assert held >= _expected_points(collector, "temperature", ids) - 3  # rows since refresh
+    t, y = chart.data(ids[0])
+    assert np.all(np.diff(t) >= 0)
+    assert np.all(np.isfinite(y))
+
+    # The next refresh sends only the points that arrived since: 16 bytes each at most.
+    sent, sent_bytes = chart.messages_sent, chart.bytes_sent
+    rows = collector.stats.rows_total
+    wait_for(lambda: collector.stats.rows_total >= rows + 60, message="more rows")
+    fleet.stop()  # then the chart catches up with every row: exact counts below
+
+    def caught_up() -> bool:
+        collector.wait_idle()
+        dash.refresh()
+        return chart.points == _expected_points(collector, "temperature", ids)
+
+    wait_for(caught_up, message="the chart holds every point of the window")
+    grown = chart.points - held
+    assert grown > 0
+    assert chart.messages_sent > sent  # one per refresh
+    assert 0 < chart.bytes_sent - sent_bytes <= 16 * grown
+
+    # A view that opens asks for the window; a zoom asks for its range in detail.
+    sent = chart.messages_sent
+    chart._handle_custom_msg({"type": "hello", "width": 500}, [])
+    assert chart.plot_width == 500
+    assert chart.messages_sent == sent + 1
+    t, _y = chart.data(ids[0])
+    chart._handle_custom_msg({"type": "view", "min": t[0], "max": t[-1], "width": 500}, [])
+    assert chart.messages_sent == sent + 2
+
+    # Another device choice sends the window anew, without the device left out.
+    dash.device_selector.value = tuple(ids[:2])
+    assert chart.devices == ids[:2]
+    assert chart.points == _expected_points(collector, "temperature", ids[:2])
+
+
+def test_live_chart_leaves_out_points_of_wrong_clocks(
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    collector = _offline_collector()
+    received = time.time()
+    now = pd.Timestamp(received, unit="s", tz="UTC")
+    good = [
+        _reading("good-device", 20 + i, now - pd.Timedelta(seconds=200 - 10 * i), received)
+        for i in range(20)
+    ]
+    wrong = [_reading("bad-clock", 1.0, now - pd.Timedelta(seconds=10), received)] + [
+        _reading("bad-clock", 9e9, pd.Timestamp("2262-01-01", tz="UTC"), received)
+    ] * 5
+    collector._ingest(good + wrong)
+    dash = dashboards(collector, metric="temperature", window="5min", refresh="1h")
+    assert dash.interactive
+    dash.refresh()
+    chart = dash.chart
+    assert isinstance(chart, LiveChart)
+    assert dash.plotted_devices == ["bad-clock", "good-device"]
+    assert dash.off_axis_points == 5
+    assert chart.note == "5 points outside the time axis (device clock?)"
+    t, y = chart.data("good-device")
+    assert len(t) == 20
+    assert list(y) == [20.0 + i for i in range(20)]
+    assert np.array_equal(t, np.sort(t))
+    bad_t, bad_y = chart.data("bad-clock")
+    assert list(bad_y) == [1.0]
+    assert abs(bad_t[0] - (now - pd.Timedelta(seconds=10)).value / 1e6) < 1
+
+
+def test_save_png_draws_the_interactive_dashboards_chart(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+    tmp_path: Path,
+) -> None:
+    fleet = fleet_factory(devices=2, rate=40, seed=93).start()
+    wait_for(lambda: _devices_with(collector, "humidity") == set(fleet.device_ids), message="rows")
+    dash = dashboards(collector, metric="humidity", refresh="1h")
+    assert dash.chart_png == b""  # the interactive chart draws no PNG on refresh
+    path = dash.save_png(tmp_path / "out" / "chart.png")
+    assert path == tmp_path / "out" / "chart.png"
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    assert dash.figure.axes[0].get_ylabel() == "humidity [percent]"
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+# The collector's own ingest path: the window, the device health and the alert state
+# legitimately hold the rows that arrive while the test runs.
+LIVE_INGEST_CODE = (
+    *INGEST_CODE,
+    "*/tesaiot_data/window.py",
+    "*/tesaiot_data/timestamps.py",
+    "*/tesaiot_data/health.py",
+    "*/tesaiot_data/alerts.py",
+    "*/tesaiot_data/collector.py",
+)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_a_thousand_live_refreshes(
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    # Rows arrive between refreshes as the client's worker thread would hand them over.
+    collector = _offline_collector()
+    devices = [f"device-{i:02d}-{'x' * 24}" for i in range(3)]
+    sent = 0
+
+    def arrive(count: int) -> None:
+        nonlocal sent
+        received = time.time()
+        stamp = pd.Timestamp(received, unit="s", tz="UTC")
+        batch = [
+            _reading(devices[(sent + i) % 3], float(sent + i), stamp, received)
+            for i in range(count)
+        ]
+        collector._ingest(batch)
+        sent += count
+
+    arrive(3_000)
+    dash = dashboards(collector, metric="temperature", refresh="1h")
+    assert dash.interactive
+    chart = dash.chart
+    assert isinstance(chart, LiveChart)
+    for _ in range(50):
+        arrive(3)
+        dash.refresh()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for _ in range(1_000):
+            arrive(3)
+            dash.refresh()
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    kept = snapshot.filter_traces([tracemalloc.Filter(False, path) for path in LIVE_INGEST_CODE])
+    stats = kept.statistics("lineno")
+    growth = sum(stat.size for stat in stats)
+    where = "\n".join(str(stat) for stat in stats[:10])
+    assert dash.frames >= 1_050
+    assert chart.points == sent  # every point of the window is held for zooming ...
+    assert chart.messages_sent >= 1_050  # ... and each refresh sent its few new ones
+    # The chart legitimately holds the 3,000 points that arrived meanwhile (16 bytes each:
+    # 48 kB, in arrays that are copied as they grow); a leak of 500 bytes per refresh
+    # would be 500 kB.
+    assert growth < 500_000, f"memory grew by {growth:,} bytes over 1,000 refreshes:\n{where}"
+
+
+def test_health_and_alerts_panels(
+    collector: Collector,
+    fleet_factory: Callable[..., DeviceFleet],
+    dashboards: Callable[..., Dashboard],
+) -> None:
+    if not callable(getattr(collector, "health", None)):
+        pytest.skip("Collector.health() is not there yet")
+    fleet = fleet_factory(devices=2, rate=40, seed=97).start()
+    wait_for(lambda: collector.stats.rows > 10, message="rows")
+    dash = dashboards(collector, refresh="1h")
+
+    def listed() -> bool:
+        dash.refresh()
+        return all(f'data-device="{d}"' in dash.health_table.value for d in fleet.device_ids)
+
+    wait_for(listed, message="the health table lists every device")
+    assert dash.health_table.layout.display != "none"
+
+    # A rule that every temperature reading breaks: its firing shows in the alerts table.
+    collector.alert("any-temperature", metric="temperature", above=-1e9)
+
+    def fired() -> bool:
+        dash.refresh()
+        return 'class="firing"' in dash.alerts_table.value
+
+    wait_for(fired, message="a firing alert in the alerts table")
+    assert "any-temperature" in dash.alerts_table.value
+    assert dash.alerts_table.layout.display != "none"
+
+
+# ------------------------------------------------------------ pure helpers
+
+
+def test_health_table_lists_silent_devices_first_and_escapes() -> None:
+    health = pd.DataFrame(
+        {
+            "device": ["aaaaaaaa-ok", "zzzzzzzz-quiet", "<b>mmmmmmm"],
+            "last_seen": pd.to_datetime([1, 2, 3], unit="s", utc=True),
+            "age_s": [0.5, 95.0, 1.0],
+            "msgs_per_s": [4.0, 0.0, 2.0],
+            "usual_interval_s": [0.25, 1.0, 0.5],
+            "silent": [False, True, False],
+            "clock_skew_s": [0.01, np.nan, -3.0],
+            "reject_share": [0.0, 0.5, 0.01],
+            "metrics": [["temperature"], ["humidity", "battery"], []],
+        }
+    )
+    html = health_table_html(health)
+    rows = re.findall(r'<tr(?: class="silent")? data-device="([^"]*)"', html)
+    assert rows == ["zzzzzzzz-quiet", "&lt;b&gt;mmmmmmm", "aaaaaaaa-ok"]
+    assert html.count('class="silent"') == 1
+    assert "<b>mmm" not in html
+    assert "95 s" in html
+    assert "50.0 %" in html
+    assert "humidity, battery" in html
+    assert health_table_html(health.iloc[:0]) == "<i>no devices yet</i>"
+
+
+def test_alerts_table_lists_newest_first() -> None:
+    alerts = pd.DataFrame(
+        {
+            "time": pd.to_datetime([1_000, 3_000, 2_000], unit="ms", utc=True),
+            "rule": ["hot", "silent", "hot"],
+            "device": ["dev-1", "dev-2", "dev-1"],
+            "metric": ["temperature", None, "temperature"],
+            "value": [31.5, 12.0, 29.0],
+            "state": ["firing", "firing", "cleared"],
+        }
+    )
+    html = alerts_table_html(alerts)
+    assert html.index("00:00:03.000") < html.index("00:00:02.000") < html.index("00:00:01.000")
+    assert html.count('class="firing"') == 2
+    assert "31.5" in html
+    assert alerts_table_html(alerts.iloc[:0]) == "<i>no alerts</i>"
+
+
+def test_decimate_keeps_spikes_and_agrees_piece_by_piece() -> None:
+    rng = np.random.default_rng(5)
+    t = np.sort(rng.uniform(0, 300_000, 50_000))
+    y = np.sin(t / 5_000)
+    y[12_345] = 99.0
+    y[40_000] = -99.0
+    dt, dy = decimate(t, y, 500.0)
+    assert len(dt) <= 2 * 600
+    assert dy.max() == 99.0
+    assert dy.min() == -99.0
+    assert np.all(np.diff(dt) >= 0)
+    # Sent in two pieces cut at a bucket edge, the same points as at once.
+    cut = int(np.searchsorted(t, 100_000))
+    first, second = (
+        decimate(t[:cut], y[:cut], 500.0),
+        decimate(t[cut:], y[cut:], 500.0),
+    )
+    assert np.array_equal(np.concatenate([first[0], second[0]]), dt)
+    few_t, _few_y = decimate(t[:3], y[:3], 1.0)
+    assert np.array_equal(few_t, t[:3])
+
+
+def test_without_anywidget_the_dashboard_draws_png(tmp_path: Path) -> None:
+    # A fresh interpreter in which anywidget cannot be imported.
+    script = tmp_path / "no_anywidget.py"
+    script.write_text(
+        "import sys\n"
+        "sys.modules['anywidget'] = None  # import anywidget -> ImportError\n"
+        "import json, time\n"
+        "from tesaiot_data import Collector\n"
+        "from tesaiot_data.messages import RawMessage\n"
+        "from tesaiot_data.settings import Settings\n"
+        "token = 'tesa_mqtt_demo_' + 'D' * 32\n"
+        "settings = Settings(token=token, broker_url='mqtt://127.0.0.1:1')\n"
+        "collector = Collector(settings, window='15min')\n"
+        "payload = json.dumps({'value': 21.5, 'unit': 'celsius'}).encode()\n"
+        "topic = 'device/d1/telemetry/temperature'\n"
+        "collector._ingest([RawMessage(topic, payload, time.time_ns()) for _ in range(5)])\n"
+        "dash = collector.dashboard(metric='temperature', refresh='1h')\n"
+        "assert not dash.interactive, dash.chart\n"
+        "assert dash.chart_png.startswith(b'\\x89PNG'), dash.chart_png[:8]\n"
+        "assert dash.plotted_devices == ['d1']\n"
+        "try:\n"
+        "    collector.dashboard(interactive=True)\n"
+        "except ImportError as exc:\n"
+        "    assert 'anywidget' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('interactive=True without anywidget')\n"
+        "dash.close()\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

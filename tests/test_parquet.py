@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -230,7 +231,7 @@ def test_write_batches_refuses_a_batch_of_another_schema(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="has the columns"):
         write_batches([fewer], tmp_path / "fewer.parquet")
     with pytest.raises(ValueError, match="not DataFrame"):
-        write_batches([_window(1).frame()], tmp_path / "frame.parquet")  # type: ignore[list-item]
+        write_batches([_window(1).frame()], tmp_path / "frame.parquet")
     assert not list(tmp_path.iterdir())
     # The right columns with pyarrow's default nullable flags: accepted as they are.
     relaxed = pa.RecordBatch.from_arrays(batch.columns, names=batch.schema.names)
@@ -344,7 +345,9 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, pd.Dat
     ],
 )
 def test_filters_match_pandas(
-    source: tuple[Path, pd.DataFrame], options: dict, select: Callable[[pd.DataFrame], pd.Series]
+    source: tuple[Path, pd.DataFrame],
+    options: dict[str, Any],
+    select: Callable[[pd.DataFrame], pd.Series],
 ) -> None:
     path, frame = source
     expected = frame[select(frame)]

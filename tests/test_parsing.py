@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -33,6 +33,8 @@ ISO0 = "2025-12-09T10:30:45Z"
 RECEIVED = 1_765_276_300.5  # 2025-12-09T10:31:40.5Z, when the test messages "arrived"
 RECEIVED_NS = 1_765_276_300_500_000_000
 TOPIC = "device/dev-1/telemetry/temperature"
+# (metric, value, unit, value_text) of one parsed row
+MetricRow = tuple[str, Any, str | None, str | None]
 NAN = "NaN"  # stands for a NaN value in expected rows, since NaN != NaN
 
 
@@ -61,7 +63,7 @@ def columns(batch: ColumnBatch) -> list[list[Any]]:
     ]
 
 
-def metrics(payload: Any, topic: str = TOPIC) -> list[tuple[str, Any, str | None, str | None]]:
+def metrics(payload: Any, topic: str = TOPIC) -> list[MetricRow]:
     """(metric, value, unit, value_text) of each row of one message that must parse."""
     batch = batch_of((topic, payload))
     assert batch.rejects == [], batch.rejects
@@ -156,7 +158,7 @@ def test_standard_shape_gives_one_exact_row() -> None:
         pytest.param({"value": 1e300}, [("temperature", 1e300, None, None)], id="big"),
     ],
 )
-def test_standard_shape_variants(payload: dict[str, Any], expected: list[tuple]) -> None:
+def test_standard_shape_variants(payload: dict[str, Any], expected: list[MetricRow]) -> None:
     assert metrics(payload) == expected
 
 
@@ -289,7 +291,7 @@ def test_nested_objects_give_dotted_metrics_and_value_unit_leaves() -> None:
         ),
     ],
 )
-def test_data_and_unit_rules(payload: dict[str, Any], expected: list[tuple]) -> None:
+def test_data_and_unit_rules(payload: dict[str, Any], expected: list[MetricRow]) -> None:
     assert metrics(payload) == expected
 
 
@@ -480,7 +482,7 @@ def test_rejects_keep_the_reasons_and_details_of_json(
         ),
     ],
 )
-def test_bare_values_and_arrays(payload: bytes, expected: list[tuple]) -> None:
+def test_bare_values_and_arrays(payload: bytes, expected: list[MetricRow]) -> None:
     assert metrics(payload) == expected
 
 
@@ -723,7 +725,8 @@ def test_reject_reasons_are_strings() -> None:
         "no_usable_field",
         "retained_duplicate",
     ]
-    assert RejectReason.NOT_JSON == "not_json"
+    # The str mixin makes a member equal its value; mypy types the member as a Literal apart.
+    assert cast(str, RejectReason.NOT_JSON) == "not_json"
     assert isinstance(RejectReason.EMPTY, str)
 
 
@@ -1105,7 +1108,7 @@ def test_parse_message_replaces_a_missing_receive_time_with_now(received_at: Any
 
 def test_parse_message_rejects_a_receive_time_of_the_wrong_type() -> None:
     with pytest.raises(TypeError, match="received_at"):
-        parse_message(TOPIC, b"1", "2025-12-09")  # type: ignore[arg-type]
+        parse_message(TOPIC, b"1", "2025-12-09")
 
 
 # --- decode_payload -------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_settings_are_frozen_and_keyword_only() -> None:
     with pytest.raises(AttributeError):
         settings.qos = 0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        Settings(TOKEN)  # type: ignore[misc]
+        Settings(TOKEN)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(

@@ -418,7 +418,7 @@ def test_dataset_writer_splits_by_utc_date(tmp_path: Path) -> None:
     assert writer.rows_written == len(frame)
 
     assert sorted(p.name for p in root.iterdir()) == ["date=2025-12-09", "date=2025-12-10"]
-    pattern = re.compile(r"part-\d{8}T\d{12}-[0-9a-f]{8}\.parquet")
+    pattern = re.compile(r"part-\d{8}T\d{12}-[A-Za-z0-9_-]+-\d+-[0-9a-f]{8}\.parquet")
     for path in written:
         assert pattern.fullmatch(path.name), path.name
         day = path.parent.name.removeprefix("date=")

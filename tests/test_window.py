@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tesaiot_data.messages import RawMessage
+from tesaiot_data.messages import ColumnBatch, RawMessage
 from tesaiot_data.parsing import parse_batch
 from tesaiot_data.schema import ARROW_SCHEMA, COLUMNS
 from tesaiot_data.window import RollingWindow
@@ -19,7 +19,9 @@ T0 = 1_765_276_245.0  # 2025-12-09T10:30:45Z
 SECOND = 1_000_000_000
 
 
-def batch(count: int, *, start: int = 0, at: float = T0, devices: int = 3, step: float = 0.001):
+def batch(
+    count: int, *, start: int = 0, at: float = T0, devices: int = 3, step: float = 0.001
+) -> ColumnBatch:
     """`count` standard-shape messages numbered from `start`, received from `at` on."""
     messages = [
         RawMessage(

@@ -6,9 +6,12 @@ In a notebook::
     collector.dashboard()          # the cell's value: the widget shows and updates itself
 
 The package's modules: `widget` (`Dashboard`, the ipywidgets box and its refresh thread),
-`chart` (the matplotlib chart and `downsample`) and `format` (the latest-values table and
-other text). The collector imports this package only when `Collector.dashboard()` is called:
-ipywidgets and matplotlib stay out of scripts that never show one.
+`live_chart` (`LiveChart`, the interactive uPlot chart, an anywidget, and `decimate`),
+`chart` (the matplotlib chart for `save_png` and front ends without widget JavaScript, and
+`downsample`), `panels` (the health and alerts tables) and `format` (the latest-values table
+and other text). `static/` holds the chart's JavaScript (uPlot 1.6.32, MIT, vendored). The
+collector imports this package only when `Collector.dashboard()` is called: ipywidgets,
+anywidget and matplotlib stay out of scripts that never show one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tesaiot_data.dashboard.format import (
     latest_table_html,
     short_ids,
 )
+from tesaiot_data.dashboard.panels import alerts_table_html, health_table_html
 from tesaiot_data.dashboard.widget import WINDOWS, Dashboard
 
 __all__ = [
@@ -31,7 +35,9 @@ __all__ = [
     "MAX_TOOLTIP_CHARS",
     "WINDOWS",
     "Dashboard",
+    "alerts_table_html",
     "downsample",
+    "health_table_html",
     "latest_table_html",
     "short_ids",
 ]

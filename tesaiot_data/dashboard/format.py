@@ -1,4 +1,4 @@
-"""Text for the dashboard: the latest-values table as HTML, short device ids, ages, durations.
+"""Text for the dashboard: the latest-values table as HTML, short ids, ages, file names.
 
 Pure functions of their arguments, with no widget and no matplotlib: every string a device
 sent is escaped, and a long one is cut short so that one camera frame sent as text cannot
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,9 @@ __all__ = [
     "MAX_CELL_CHARS",
     "MAX_TABLE_ROWS",
     "MAX_TOOLTIP_CHARS",
+    "RECORDINGS_DIR",
     "SHORT_ID",
+    "default_recording_path",
     "format_elapsed",
     "latest_table_html",
     "short_ids",
@@ -31,6 +35,8 @@ MAX_CELL_CHARS = 60
 MAX_TOOLTIP_CHARS = 200
 #: Characters of a device id shown in the legend and the table.
 SHORT_ID = 8
+#: The folder (relative to the working directory) of the dashboard's recordings and snapshots.
+RECORDINGS_DIR = Path("recordings")
 
 _ELLIPSIS = "\u2026"
 _TABLE_STYLE = (
@@ -108,6 +114,34 @@ def format_elapsed(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def default_recording_path(
+    kind: str, now: datetime, *, folder: str | Path = RECORDINGS_DIR
+) -> Path:
+    """Return the file a dashboard button writes to when no name is given.
+
+    Record and Snapshot name their files alike, from the moment of the click (call this in
+    the click handler, not when the dashboard is made), in one folder relative to the
+    working directory: `recordings/session-20251209T103045.parquet`,
+    `recordings/snapshot-20251209T103045.parquet`.
+
+    Args:
+        kind: The file name's first word: `"session"` for Record, `"snapshot"` for Snapshot.
+        now: The moment of the click; a naive datetime is taken as UTC.
+        folder: The folder.
+
+    Returns:
+        `<folder>/<kind>-<UTC time as YYYYmmddTHHMMSS>.parquet`, as given (relative by
+        default).
+
+    Raises:
+        ValueError: `kind` is empty or holds a path separator.
+    """
+    if not kind or "/" in kind or "\\" in kind:
+        raise ValueError(f"kind={kind!r} must be one word, such as 'session' or 'snapshot'")
+    utc = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
+    return Path(folder) / f"{kind}-{utc:%Y%m%dT%H%M%S}.parquet"
+
+
 def latest_table_html(latest: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -> str:
     """Render `Collector.latest()` rows as an HTML table (every string escaped).
 
@@ -143,7 +177,7 @@ def latest_table_html(latest: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -
             f'<td class="num">{_format_age(age)}</td></tr>'
         )
     more = len(latest) - len(shown)
-    footer = f"<div><i>+{more} more rows</i></div>" if more > 0 else ""
+    footer = f"<div><i>+{more:,} more row{'' if more == 1 else 's'}</i></div>" if more > 0 else ""
     return (
         f'{_TABLE_STYLE}<table class="tesaiot-latest"><thead><tr><th>device</th><th>metric</th>'
         f"<th>value</th><th>unit</th><th>age</th></tr></thead><tbody>{''.join(rows)}</tbody>"

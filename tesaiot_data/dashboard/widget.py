@@ -1,8 +1,12 @@
-"""The dashboard widget: chart, latest values, capture buttons and status, kept up to date.
+"""The dashboard widget: chart, latest values, health, alerts, capture buttons and status.
 
 A background thread refreshes at most once per `refresh` period, and only when the
 collector's rows changed; it stops when the dashboard is closed or the collector stops.
 `Dashboard.refresh()` draws at once, for scripts, tests and kernels without an event loop.
+
+The chart is interactive (`LiveChart`: uPlot in the browser, sent only the new points) where
+anywidget is installed; otherwise, or with `interactive=False`, it is a matplotlib PNG
+redrawn on each refresh. `save_png()` writes the matplotlib picture in both cases.
 
 A new dashboard of a collector closes the collector's previous ones, so running the cell
 again does not leave the old dashboards redrawing in the background.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -19,16 +24,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from tesaiot_data.dashboard.chart import Chart
-from tesaiot_data.dashboard.format import format_elapsed, latest_table_html
+from tesaiot_data.dashboard.chart import _AXIS_PAD, Chart
+from tesaiot_data.dashboard.format import (
+    default_recording_path,
+    format_elapsed,
+    latest_table_html,
+)
+from tesaiot_data.dashboard.panels import alerts_table_html, health_table_html
 from tesaiot_data.status import status_line
 from tesaiot_data.timestamps import duration_seconds
 
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, CollectorStats, Recording
+    from tesaiot_data.dashboard.live_chart import LiveChart
 
 __all__ = ["WINDOWS", "Dashboard"]
 
@@ -43,12 +55,33 @@ WINDOWS: tuple[tuple[str, str], ...] = (
 )
 
 _MIN_PERIOD = 0.1  # seconds: the fastest refresh a dashboard accepts
+_LATEST_RESYNC = 30.0  # seconds between rebuilds of the latest values from the whole window
 # Each collector's live dashboards. Weak both ways: an entry keeps neither the collector nor a
 # dashboard alive (a dashboard refers to its collector, so a strong value would pin the key).
 _live: weakref.WeakKeyDictionary[Collector, weakref.WeakSet[Dashboard]] = (
     weakref.WeakKeyDictionary()
 )
 _live_lock = threading.Lock()
+
+
+def _live_chart_class() -> type[LiveChart] | None:
+    """The interactive chart's class, or None where anywidget is not installed."""
+    try:
+        from tesaiot_data.dashboard.live_chart import LiveChart  # noqa: PLC0415
+    except ImportError as exc:
+        logger.info("no interactive chart (%s); the dashboard draws PNG images", exc)
+        return None
+    return LiveChart
+
+
+def _utc(ns: int) -> pd.Timestamp:
+    return pd.Timestamp(ns, unit="ns", tz="UTC")
+
+
+def _ns(column: pd.Series) -> np.ndarray:
+    """A tz-aware datetime column as int64 ns since the epoch (NaT: the smallest int64)."""
+    ns: np.ndarray = column.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return ns
 
 
 def _window_options(window: str | pd.Timedelta) -> tuple[list[tuple[str, str]], str]:
@@ -67,10 +100,18 @@ def _window_options(window: str | pd.Timedelta) -> tuple[list[tuple[str, str]], 
 
 
 class Dashboard(widgets.VBox):
-    """A live dashboard of a collector: chart, latest values, session capture and status.
+    """A live dashboard of a collector: chart, latest values, health, alerts, capture, status.
 
     Show it as a cell's value. It refreshes itself from a background thread at most once per
     `refresh` period, and only when the collector's rows changed; `refresh()` draws at once.
+    The health and alerts panels (where the collector has `health()` and `alerts()`) are
+    refreshed at every period, new rows or not: a device that goes silent sends none.
+
+    The chart is interactive by default (where anywidget is installed): drag to zoom on
+    time, shift+drag to pan, double-click or "Reset zoom" to follow the newest data again,
+    hover for a point's exact time, device and value, click a device to hide it. A zoomed
+    view stays put while new points arrive. Each refresh sends the browser only the new
+    points. `save_png(path)` writes the same chart as a matplotlib picture.
     Widget values may be changed from code (`dashboard.metric_selector.value = "humidity"`),
     which redraws at once like a click does.
 
@@ -91,18 +132,25 @@ class Dashboard(widgets.VBox):
             another duration, which is added to the choices).
         refresh: The shortest time between two automatic redraws (at least 0.1 s).
         replace: Close the collector's other dashboards (the default); False keeps them live.
+        interactive: True: the uPlot chart (`LiveChart`); False: a matplotlib PNG redrawn on
+            each refresh, for front ends that run no widget JavaScript; None (the default):
+            interactive where anywidget can be imported.
         **box_options: Other `ipywidgets.VBox` options, for example `layout=...`.
 
     Raises:
         ValueError: `window` or `refresh` is not a positive duration.
+        ImportError: `interactive=True` and anywidget is not installed.
 
     Attributes:
         metric_selector: Dropdown of the metrics seen.
         device_selector: SelectMultiple of the devices seen.
         window_selector: Dropdown of time windows.
         pause_button: ToggleButton; when down, the chart stops following the data.
-        chart: Image holding the chart's PNG.
+        chart: The chart: a `LiveChart` when interactive, else an Image holding its PNG.
         table: HTML table of the newest value of each device and metric.
+        health_table: HTML table of `collector.health()`, silent devices first (hidden
+            where the collector has no `health()`).
+        alerts_table: HTML table of `collector.alerts()`, newest first (hidden likewise).
         record_name: Text with the file the next recording goes to.
         record_button: ToggleButton that starts and stops a recording.
         record_label: Label with the recording's progress, or the saved path.
@@ -119,9 +167,16 @@ class Dashboard(widgets.VBox):
         window: str | pd.Timedelta = "5min",
         refresh: str | float | pd.Timedelta = "1s",
         replace: bool = True,
+        interactive: bool | None = None,
         **box_options: Any,
     ) -> None:
         self._collector = collector
+        live_class = _live_chart_class() if interactive is not False else None
+        if interactive and live_class is None:
+            raise ImportError(
+                "interactive=True needs anywidget: pip install anywidget "
+                "(or pass interactive=False for the matplotlib chart)"
+            )
         self._period = max(_MIN_PERIOD, duration_seconds(refresh, name="refresh"))
         window_options, window_value = _window_options(window)
         chosen = None if devices is None else sorted(set(devices))
@@ -139,8 +194,18 @@ class Dashboard(widgets.VBox):
         self._metric_options: list[str] = [metric] if metric else []
         self._device_options: list[str] = list(chosen or [])
         self._chart_state = Chart()
+        # The live chart's last (metric, devices, window): a change sends the window anew.
+        self._live_key: tuple[str | None, tuple[str, ...], int] | None = None
+        self._seen_ns: int | None = None  # the newest receive time (ns) refreshed from
+        self._latest: pd.DataFrame | None = None  # the latest-values rows, kept up to date
+        self._latest_synced = 0.0  # time.monotonic() of the last full latest()
+        self._off_axis_log: list[tuple[int, int]] = []  # (refresh ns, off-axis points in it)
+        self._plotted: list[str] = []
+        self._off_axis = 0
+        self._alert_events: int | None = None  # collector.stats.alert_events last shown
 
-        #: PNG bytes of the last rendered chart.
+        #: PNG bytes of the last matplotlib chart: each refresh's when not interactive,
+        #: else the last `save_png()`'s.
         self.chart_png: bytes = b""
         #: The file the last recording was saved to.
         self.saved_path: Path | None = None
@@ -175,15 +240,33 @@ class Dashboard(widgets.VBox):
         )
         # Shrinks with the notebook's width (a file browser open beside it) instead of
         # overflowing behind a scroll bar that hides the legend.
-        self.chart = widgets.Image(
-            format="png",
-            layout=widgets.Layout(
-                flex="1 1 0%", min_width="0", height="auto", object_fit="contain"
-            ),
-        )
+        self.chart: widgets.Image | LiveChart
+        if live_class is not None:
+            self.chart = live_class(layout=widgets.Layout(flex="1 1 0%", min_width="0"))
+        else:
+            self.chart = widgets.Image(
+                format="png",
+                layout=widgets.Layout(
+                    flex="1 1 0%", min_width="0", height="auto", object_fit="contain"
+                ),
+            )
         self.table = widgets.HTML(value="<i>no data yet</i>")
+        has_panels = callable(getattr(collector, "health", None))
+        has_alerts = callable(getattr(collector, "alerts", None))
+        self.health_table = widgets.HTML(value="<i>no devices yet</i>")
+        self.alerts_table = widgets.HTML(value="<i>no alerts</i>")
+        self.health_table.add_class("tesaiot-health")
+        self.alerts_table.add_class("tesaiot-alerts")
+        health_title = widgets.HTML("<b>Device health</b>")
+        alerts_title = widgets.HTML("<b>Alerts</b>")
+        if not has_panels:
+            health_title.layout.display = self.health_table.layout.display = "none"
+        if not has_alerts:
+            alerts_title.layout.display = self.alerts_table.layout.display = "none"
+        # Empty: Record names the file when clicked (see `format.default_recording_path`).
         self.record_name = widgets.Text(
-            value=self._default_record_name(),
+            value="",
+            placeholder="recordings/session-<time of the click>.parquet",
             description="file",
             layout=widgets.Layout(width="420px"),
         )
@@ -219,6 +302,10 @@ class Dashboard(widgets.VBox):
                 ),
                 widgets.HTML("<b>Latest values</b>"),
                 self.table,
+                health_title,
+                self.health_table,
+                alerts_title,
+                self.alerts_table,
                 widgets.HBox([self.record_name, self.record_button, self.snapshot_button]),
                 self.record_label,
             ],
@@ -247,14 +334,22 @@ class Dashboard(widgets.VBox):
         return self._collector
 
     @property
+    def interactive(self) -> bool:
+        """Whether the chart is the interactive `LiveChart` (else a matplotlib PNG)."""
+        return not isinstance(self.chart, widgets.Image)
+
+    @property
     def figure(self) -> Figure:
-        """The chart's matplotlib Figure (for `figure.savefig(...)`); redrawn in place."""
+        """The chart's matplotlib Figure (for `figure.savefig(...)`); redrawn in place.
+
+        Drawn at each refresh when not interactive, else by `save_png()`.
+        """
         return self._chart_state.figure
 
     @property
     def plotted_devices(self) -> list[str]:
         """Devices that had a line in the last rendered chart, sorted."""
-        return self._chart_state.plotted_devices
+        return list(self._plotted)
 
     @property
     def off_axis_points(self) -> int:
@@ -262,7 +357,34 @@ class Dashboard(widgets.VBox):
 
         They were received within the window, but a device's clock is off; not drawn.
         """
-        return self._chart_state.off_axis_points
+        return self._off_axis
+
+    def save_png(self, path: str | Path) -> Path:
+        """Draw the chart as shown (metric, devices, window) with matplotlib; write a PNG.
+
+        The file is written to a temporary name and renamed into place.
+
+        Args:
+            path: The PNG file; its folder is made if missing.
+
+        Returns:
+            The path written.
+
+        Raises:
+            OSError: The file could not be written; an old file at `path` is left as it was.
+        """
+        target = Path(path).expanduser()
+        with self._lock:
+            png = self._draw_png()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{id(self):x}.tmp")
+        try:
+            temp.write_bytes(png)
+            temp.replace(target)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+        return target
 
     @property
     def timer_alive(self) -> bool:
@@ -352,6 +474,7 @@ class Dashboard(widgets.VBox):
                     return
                 if self.paused:
                     self._update_labels()
+                    self._update_panels()
                     continue
                 stats = self._collector.stats
                 signal = (stats.rows_total, stats.rows_evicted)
@@ -359,6 +482,7 @@ class Dashboard(widgets.VBox):
                     self.refresh()
                 else:
                     self._update_labels(stats)
+                    self._update_panels()
             except Exception:  # a failed frame must not end the live view; it is logged
                 logger.exception("dashboard refresh failed")
 
@@ -367,18 +491,23 @@ class Dashboard(widgets.VBox):
     def _render(self) -> None:
         collector = self._collector
         stats = collector.stats
-        latest = collector.latest()
+        # Only the rows received since the last refresh are read (the window hands out a
+        # time range without building the rest): a refresh costs what arrived, not what is
+        # held, so a dashboard of a busy collector leaves ingest its CPU.
+        seen = self._seen_ns
+        delta = collector.frame(since=_utc(seen + 1)) if seen is not None else collector.frame()
+        if len(delta):
+            self._seen_ns = max(seen or 0, int(_ns(delta["received_at"]).max()))
+        latest = self._merge_latest(delta)
         self._sync_options(latest)
         metric = self.metric_selector.value
         selected = list(self.device_selector.value)
-        # The unfiltered frame is the one latest() just built (the window caches it), so the
-        # chart filtering it is cheaper than asking the window for a filtered one.
-        frame = collector.frame() if metric is not None and selected else None
-        window_ns = int(pd.Timedelta(self.window_selector.value).value)
-        self.chart_png = self._chart_state.draw(
-            frame, metric=metric, devices=selected, window_ns=window_ns
-        )
-        self.chart.value = self.chart_png
+        if isinstance(self.chart, widgets.Image):
+            self.chart_png = self._draw_png()
+            self.chart.value = self.chart_png
+        else:
+            window_ns = int(pd.Timedelta(self.window_selector.value).value)
+            self._update_live(self.chart, delta, metric, selected, window_ns)
         self.frames += 1
 
         shown = latest.loc[latest["device_id"].isin(selected)] if selected else latest.iloc[:0]
@@ -388,6 +517,164 @@ class Dashboard(widgets.VBox):
         self._last_signal = (stats.rows_total, stats.rows_evicted)
         self._dirty = False
         self._update_labels(stats)
+        self._update_panels()
+
+    def _merge_latest(self, delta: pd.DataFrame) -> pd.DataFrame:
+        """The newest row of each (device, metric): the last rows merged with `delta`'s.
+
+        Rebuilt from the whole window (`Collector.latest()`) every `_LATEST_RESYNC` seconds,
+        so a device whose rows all left the window leaves the table.
+        """
+        now = time.monotonic()
+        if self._latest is None or now - self._latest_synced >= _LATEST_RESYNC:
+            self._latest = self._collector.latest()
+            self._latest_synced = now
+            return self._latest
+        if len(delta):
+            newest = delta.drop_duplicates(subset=["device_id", "metric"], keep="last")
+            merged = pd.concat([self._latest.drop(columns="age_s"), newest], ignore_index=True)
+            merged = merged.drop_duplicates(subset=["device_id", "metric"], keep="last")
+            self._latest = merged.reset_index(drop=True)
+        age = (pd.Timestamp.now(tz="UTC") - self._latest["received_at"]).dt.total_seconds()
+        self._latest = self._latest.assign(age_s=age)
+        return self._latest
+
+    def _draw_png(self) -> bytes:
+        """The matplotlib chart of the current selection, as PNG bytes (under `_lock`)."""
+        metric = self.metric_selector.value
+        selected = list(self.device_selector.value)
+        frame = self._collector.frame() if metric is not None and selected else None
+        window_ns = int(pd.Timedelta(self.window_selector.value).value)
+        png = self._chart_state.draw(frame, metric=metric, devices=selected, window_ns=window_ns)
+        self._plotted = list(self._chart_state.plotted_devices)
+        self._off_axis = self._chart_state.off_axis_points
+        return png
+
+    def _update_live(
+        self,
+        chart: LiveChart,
+        delta: pd.DataFrame,
+        metric: str | None,
+        devices: list[str],
+        window_ns: int,
+    ) -> None:
+        """Send the live chart the rows of `delta` it shows (or the whole window, anew).
+
+        Args:
+            chart: The live chart.
+            delta: The rows received since the last refresh.
+            metric: The metric shown.
+            devices: The devices shown.
+            window_ns: The time axis's length, in ns.
+        """
+        # The time axis is the window up to now by the devices' clocks, as in `Chart.draw`:
+        # points dated outside it (a wrong clock) are left out and counted.
+        now_ns = time.time_ns()
+        key = (metric, tuple(devices), window_ns)
+        anew = key != self._live_key
+        if metric is None or not devices:
+            if anew or chart.points:
+                chart.set_data(
+                    {}, metric=metric or "", unit="", now_ms=now_ns / 1e6, window_ms=window_ns / 1e6
+                )
+            self._live_key = key
+            self._plotted, self._off_axis = [], 0
+            return
+        if anew:
+            # The window's rows of this metric and these devices, up to the rows seen so far
+            # (newer ones come with the next refresh's delta).
+            frame = self._collector.frame(
+                since=_utc(now_ns - window_ns), metrics=[metric], devices=devices
+            )
+            if self._seen_ns is not None and len(frame):
+                frame = frame.loc[_ns(frame["received_at"]) <= self._seen_ns]
+        else:
+            frame = delta
+        if frame.empty:
+            keep = np.zeros(0, dtype=bool)
+            stamps = np.zeros(0, dtype=np.int64)
+        else:
+            keep = (
+                (frame["metric"] == metric).to_numpy()
+                & frame["device_id"].isin(devices).to_numpy()
+                & frame["value"].notna().to_numpy()
+            )
+            stamps = _ns(frame["timestamp"])
+        on_axis = (stamps >= now_ns - window_ns) & (stamps <= now_ns + int(window_ns * _AXIS_PAD))
+        off_axis = int((keep & ~on_axis).sum())
+        # Off-axis points of earlier refreshes, counted while they are in the window.
+        self._off_axis_log.append((now_ns, off_axis))
+        if anew:
+            self._off_axis_log = [(now_ns, off_axis)]
+        self._off_axis_log = [(t, n) for t, n in self._off_axis_log if t >= now_ns - window_ns]
+        off_total = sum(n for _t, n in self._off_axis_log)
+        send = keep & on_axis
+        data = self._points_by_device(frame, send, stamps) if send.any() else {}
+        note = (
+            f"{off_total:,} point{'' if off_total == 1 else 's'} outside the time axis "
+            "(device clock?)"
+            if off_total
+            else ""
+        )
+        if anew:
+            units = frame.loc[keep, "unit"].dropna().astype(str).unique() if len(frame) else []
+            chart.set_data(
+                data,
+                metric=metric,
+                unit=", ".join(sorted(units)),
+                now_ms=now_ns / 1e6,
+                window_ms=window_ns / 1e6,
+                note=note,
+            )
+            self._live_key = key
+        else:
+            chart.append(data, now_ms=now_ns / 1e6, note=note)
+        self._plotted = chart.devices
+        self._off_axis = off_total
+
+    @staticmethod
+    def _points_by_device(
+        frame: pd.DataFrame, send: np.ndarray, stamps: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Device id -> (times in ms, values) of the picked rows, each sorted by time."""
+        rows = frame.loc[send]
+        t_ms = stamps[send] / 1e6
+        values = rows["value"].to_numpy(dtype=float)
+        devices = rows["device_id"].astype(str).to_numpy()
+        order = np.lexsort((t_ms, devices))
+        t_ms, values, devices = t_ms[order], values[order], devices[order]
+        bounds = np.flatnonzero(devices[1:] != devices[:-1]) + 1
+        return {
+            str(d[0]): (t, y)
+            for d, t, y in zip(
+                np.split(devices, bounds),
+                np.split(t_ms, bounds),
+                np.split(values, bounds),
+                strict=True,
+            )
+            if len(d)
+        }
+
+    def _update_panels(self) -> None:
+        """Refresh the health and alerts tables from the collector, where it has them."""
+        health = getattr(self._collector, "health", None)
+        if callable(health):
+            try:
+                self.health_table.value = health_table_html(health())
+            except Exception:
+                logger.exception("dashboard: collector.health() failed")
+        alerts = getattr(self._collector, "alerts", None)
+        if callable(alerts):
+            # Events only ever add up: the table changes only when their count does.
+            events = getattr(self._collector.stats, "alert_events", None)
+            if events is not None and events == self._alert_events:
+                return
+            try:
+                self.alerts_table.value = alerts_table_html(alerts())
+            except Exception:
+                logger.exception("dashboard: collector.alerts() failed")
+            else:
+                self._alert_events = events
 
     def _sync_options(self, latest: pd.DataFrame) -> None:
         """Add newly seen metrics and devices to the selectors, keeping the selection."""
@@ -422,7 +709,13 @@ class Dashboard(widgets.VBox):
     def _first_numeric_metric(latest: pd.DataFrame) -> str | None:
         # The metric column's categories are in first-seen order (the store's dictionary).
         numeric = set(latest.loc[latest["value"].notna(), "metric"].astype(str))
-        for metric in latest["metric"].cat.categories:
+        column = latest["metric"]
+        seen = (
+            column.cat.categories
+            if isinstance(column.dtype, pd.CategoricalDtype)
+            else column.astype(str).unique()
+        )
+        for metric in seen:
             if metric in numeric:
                 return str(metric)
         return str(latest["metric"].iloc[0]) if len(latest) else None
@@ -480,7 +773,8 @@ class Dashboard(widgets.VBox):
             self._begin_recording()
 
     def _begin_recording(self) -> None:
-        path = Path(self.record_name.value.strip() or self._default_record_name()).expanduser()
+        typed = self.record_name.value.strip()
+        path = Path(typed or _clicked("session")).expanduser()
         try:
             if not self._collector.running:
                 raise RuntimeError("the collector is not running; start() it first")
@@ -516,13 +810,15 @@ class Dashboard(widgets.VBox):
             self.record_button.icon = "circle"
             self.record_name.disabled = False
             if self.record_name.value.strip() == str(recording.path):
-                self.record_name.value = self._default_record_name()
+                self.record_name.value = ""
             if self.record_button.value:
                 self.record_button.value = False
 
     def _on_snapshot(self, _button: widgets.Button) -> None:
         try:
-            path = self._collector.snapshot()
+            path = Path(_clicked("snapshot"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path = self._collector.snapshot(path)
         except Exception as exc:
             logger.exception("snapshot failed")
             self.record_label.value = f"snapshot failed: {exc}"
@@ -530,11 +826,6 @@ class Dashboard(widgets.VBox):
         self.record_label.value = f"snapshot saved to {path}"
 
     # ---------------------------------------------------------------- helpers
-
-    @staticmethod
-    def _default_record_name() -> str:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        return f"recordings/session-{stamp}.parquet"
 
     def _all_widgets(self) -> list[widgets.Widget]:
         out: list[widgets.Widget] = []
@@ -544,3 +835,8 @@ class Dashboard(widgets.VBox):
             out.append(child)
             stack.extend(getattr(child, "children", ()))
         return out
+
+
+def _clicked(kind: str) -> Path:
+    # Record and Snapshot: one folder, named from the moment of the click.
+    return default_recording_path(kind, datetime.now(timezone.utc))

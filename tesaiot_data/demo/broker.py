@@ -22,6 +22,7 @@ import ctypes
 import datetime
 import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -186,11 +187,11 @@ def _port_is_free(port: int, host: str) -> bool:
         return True
 
 
-def _answers_mqtt(port: int) -> bool:
+def _answers_mqtt(port: int, host: str = HOST) -> bool:
     # A CONNECT without credentials: Mosquitto answers with a CONNACK (not authorised), which
     # tells it apart from another program that happens to listen on the port.
     try:
-        with socket.create_connection((HOST, port), timeout=0.5) as sock:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(_ANONYMOUS_CONNECT)
             return sock.recv(4)[:1] == _CONNACK
     except OSError:
@@ -460,14 +461,20 @@ class LocalBroker:
             subscription outside the ACL (SUBACK 0x80) as the platform does. None uses it
             when it is installed; False uses a password file and an ACL file instead, with
             which Mosquitto 2.0 grants every subscription and only filters what it delivers.
+        host: The IPv4 address the plain MQTT listener binds and the URLs name (the server
+            certificate names it too); loopback by default. Another address serves clients
+            on other machines or network namespaces. The WebSocket listeners listen on
+            every interface whatever it is (a Mosquitto 2.0.11 limitation).
 
     Raises:
         BrokerNotFoundError: mosquitto is not installed (or the dynamic-security plugin, when
             `dynsec=True`).
         TokenError: The given token is not a TESAIoT MQTT token.
-    """
+        ConfigError: `host` is not an IPv4 address.
 
-    host = HOST
+    Attributes:
+        host: The address clients use.
+    """
 
     def __init__(
         self,
@@ -477,7 +484,15 @@ class LocalBroker:
         mosquitto: str | None = None,
         workdir: Path | None = None,
         dynsec: bool | None = None,
+        host: str = HOST,
     ) -> None:
+        try:
+            self.host: str = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ConfigError(
+                f"LocalBroker(host={host!r}) is not an IPv4 address",
+                hint=f"use {HOST!r} (the default) or an address of this machine",
+            ) from None
         self._mosquitto = _find_mosquitto(mosquitto or os.environ.get("TESAIOT_MOSQUITTO"))
         self._dynsec_plugin = None if dynsec is False else _find_dynsec(self._mosquitto)
         if dynsec and self._dynsec_plugin is None:
@@ -502,7 +517,7 @@ class LocalBroker:
         # Mosquitto 2.0.11 opens websockets listeners on every interface (see _config), so
         # their ports must be free on every interface, not only on loopback.
         self.wss_port: int = free_port(host=_ANY)
-        self.tcp_port: int = free_port(host=HOST)
+        self.tcp_port: int = free_port(host=self.host)
         self.ws_port: int | None = free_port(host=_ANY) if ws_plain else None
 
         owned = workdir is None
@@ -557,13 +572,13 @@ class LocalBroker:
 
     @property
     def wss_url(self) -> str:
-        """The URL a client uses, `wss://127.0.0.1:<wss_port>/mqtt`."""
-        return f"wss://{HOST}:{self.wss_port}/mqtt"
+        """The URL a client uses, `wss://127.0.0.1:<wss_port>/mqtt` (with `host`)."""
+        return f"wss://{self.host}:{self.wss_port}/mqtt"
 
     @property
     def ws_url(self) -> str | None:
         """The plain WebSocket URL, `ws://127.0.0.1:<ws_port>/mqtt`, if `ws_plain` was set."""
-        return None if self.ws_port is None else f"ws://{HOST}:{self.ws_port}/mqtt"
+        return None if self.ws_port is None else f"ws://{self.host}:{self.ws_port}/mqtt"
 
     def settings(self, **overrides: Any) -> Settings:
         """Return client settings for this broker: its token, WSS URL and CA file.
@@ -585,7 +600,7 @@ class LocalBroker:
     def publisher(self) -> PublisherConfig:
         """Return the account that may publish telemetry, over plain MQTT on `tcp_port`."""
         return PublisherConfig(
-            host=HOST,
+            host=self.host,
             port=self.tcp_port,
             username=PUBLISHER_USERNAME,
             password=self._publisher_password,
@@ -630,7 +645,7 @@ class LocalBroker:
         self._runtime.process, self._runtime.watchdog = process, watchdog
         started = time.monotonic()
         deadline = started + timeout
-        while not _answers_mqtt(self.tcp_port):
+        while not _answers_mqtt(self.tcp_port, self.host):
             if process.poll() is not None:
                 self._runtime.end(signal.SIGKILL)
                 raise TesaiotError(
@@ -708,7 +723,7 @@ class LocalBroker:
             logger.info("local broker (pid %d) stopped", process.pid)
 
     def _ports(self) -> list[tuple[int, str]]:
-        ports = [(self.wss_port, _ANY), (self.tcp_port, HOST)]
+        ports = [(self.wss_port, _ANY), (self.tcp_port, self.host)]
         if self.ws_port is not None:
             ports.append((self.ws_port, _ANY))
         return ports
@@ -761,6 +776,9 @@ class LocalBroker:
                     "rolename": "telemetry-reader",
                     "acls": [
                         allow("subscribePattern", TELEMETRY_FILTER),
+                        # Mosquitto 2.0 checks a shared subscription's filter with its
+                        # $share/<group>/ prefix; EMQX checks the filter without it.
+                        allow("subscribePattern", f"$share/+/{TELEMETRY_FILTER}"),
                         allow("publishClientReceive", TELEMETRY_FILTER),
                     ],
                 },
@@ -812,26 +830,25 @@ class LocalBroker:
         # listen on every interface, and serve MQTT on any path; /mqtt is what clients use.
         lines += [
             "",
-            f"listener {self.wss_port} {HOST}",
+            f"listener {self.wss_port} {self.host}",
             "protocol websockets",
             f"cafile {self.ca_file}",
             f"certfile {path / 'server.pem'}",
             f"keyfile {path / 'server.key'}",
         ]
         if self.ws_port is not None:
-            lines += ["", f"listener {self.ws_port} {HOST}", "protocol websockets"]
+            lines += ["", f"listener {self.ws_port} {self.host}", "protocol websockets"]
         # Last, so that once it answers every listener before it is open.
-        lines += ["", f"listener {self.tcp_port} {HOST}", "protocol mqtt", ""]
+        lines += ["", f"listener {self.tcp_port} {self.host}", "protocol mqtt", ""]
         return "\n".join(lines)
 
     def _make_certificates(self) -> None:
         # The CA's key exists only inside `ca`: it signs the server certificate once and is
         # dropped with it, so neither a crash nor a kill -9 can leave it behind on disk.
         ca = trustme.CA(organization_name=_CERT_ORGANIZATION, organization_unit_name="local CA")
+        names = dict.fromkeys(["localhost", HOST, "::1", self.host])
         server = ca.issue_cert(
-            "localhost",
-            HOST,
-            "::1",
+            *names,
             common_name="localhost",
             organization_name=_CERT_ORGANIZATION,
             organization_unit_name="local broker",

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -101,6 +101,10 @@ class DeviceFleet:
         client_id: The MQTT client id; a random one by default.
         clock: Returns the time stamped on each message, in seconds since the epoch
             (`time.time` by default); a fixed clock makes the payloads reproducible.
+        silent_after: Devices that go silent: device id (or index in `device_ids`) ->
+            seconds after the fleet's start (or its first message) from which that device
+            sends nothing more. Its turns are skipped, so the other devices keep their pace
+            and the fleet sends fewer messages than `rate`.
 
     Raises:
         ConfigError: An option is out of range.
@@ -118,6 +122,7 @@ class DeviceFleet:
         qos: int = 0,
         client_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        silent_after: Mapping[str | int, float] | None = None,
     ) -> None:
         if devices < 1:
             raise ConfigError(f"devices={devices!r} must be at least 1")
@@ -139,6 +144,8 @@ class DeviceFleet:
             str(uuid.UUID(int=self._rng.getrandbits(128), version=4)) for _ in range(devices)
         ]
         self._devices = [_Device(device_id, self._rng) for device_id in self.device_ids]
+        self._silent_after = self._silences(silent_after or {})
+        self._epoch: float | None = None  # monotonic time of the start or first message
         self._turn = 0
         self._iso_second = -1
         self._iso_prefix = ""
@@ -157,6 +164,38 @@ class DeviceFleet:
         self._refused: Any = None
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
+
+    def _silences(self, silent_after: Mapping[str | int, float]) -> dict[int, float]:
+        silences: dict[int, float] = {}
+        for key, seconds in silent_after.items():
+            if isinstance(key, int) and not isinstance(key, bool):
+                if not 0 <= key < len(self.device_ids):
+                    raise ConfigError(
+                        f"silent_after: device index {key} is not below devices="
+                        f"{len(self.device_ids)}"
+                    )
+                index = key
+            elif key in self.device_ids:
+                index = self.device_ids.index(str(key))
+            else:
+                raise ConfigError(
+                    f"silent_after: {key!r} is not one of this fleet's devices",
+                    hint="use an index (0 for the first device) or an id from fleet.device_ids",
+                )
+            if isinstance(seconds, bool) or not (
+                isinstance(seconds, int | float) and 0 <= seconds < math.inf
+            ):
+                raise ConfigError(f"silent_after[{key!r}]={seconds!r} must be seconds >= 0")
+            silences[index] = float(seconds)
+        return silences
+
+    def _silenced(self, index: int) -> bool:
+        after = self._silent_after.get(index)
+        if after is None:
+            return False
+        if self._epoch is None:
+            self._epoch = time.monotonic()
+        return time.monotonic() - self._epoch >= after
 
     def __repr__(self) -> str:
         state = "running" if self.running else "idle"
@@ -190,6 +229,8 @@ class DeviceFleet:
         if self.running:
             return self
         self._connect()
+        if self._epoch is None:
+            self._epoch = time.monotonic()
         self._halt.clear()
         self._thread = threading.Thread(
             target=self._run, name=f"tesaiot-fleet-{self.client_id}", daemon=True
@@ -228,11 +269,12 @@ class DeviceFleet:
         broker (QoS 1/2).
 
         Args:
-            count: How many messages.
+            count: How many messages (turns, one device after the other).
             timeout: Seconds to wait for the messages to go out.
 
         Returns:
-            `count`.
+            How many were published: `count`, less the turns of devices gone silent (see
+            `silent_after`).
 
         Raises:
             ConfigError: `count` is negative.
@@ -244,6 +286,7 @@ class DeviceFleet:
         self._connect()
         dropped_before = self.dropped
         with self._lock:
+            published_before = self.published
             self._emit(count)
             target = self.published
         if self.dropped > dropped_before:
@@ -255,7 +298,7 @@ class DeviceFleet:
             raise ConnectTimeoutError(
                 f"only {self._completed} of {target} messages went out within {timeout:g} s"
             )
-        return count
+        return target - published_before
 
     def _wait_completed(self, target: int, timeout: float) -> bool:
         # Messages complete in the order they were published, so a count is enough.
@@ -346,7 +389,10 @@ class DeviceFleet:
         assert client is not None
         qos = self.qos
         for _ in range(count):
-            topic, payload, broken = self._next_message(self._clock())
+            message = self._next_message(self._clock())
+            if message is None:
+                continue
+            topic, payload, broken = message
             info = client.publish(topic, payload, qos)
             if info.rc == mqtt.MQTT_ERR_NO_CONN:
                 if qos == 0:
@@ -372,17 +418,21 @@ class DeviceFleet:
             count: How many messages.
 
         Returns:
-            (topic, payload) pairs, in stream order.
+            (topic, payload) pairs, in stream order; fewer than `count` when devices went
+            silent (see `silent_after`).
         """
         now = self._clock()
         out: list[tuple[str, bytes]] = []
         with self._lock:
             for _ in range(count):
-                topic, payload, broken = self._next_message(now)
+                message = self._next_message(now)
+                if message is None:
+                    continue
+                topic, payload, broken = message
                 out.append((topic, payload))
                 if broken:
                     self.malformed_published += 1
-            self.published += count
+            self.published += len(out)
         return out
 
     def _iso(self, epoch_ms: int) -> str:
@@ -392,11 +442,17 @@ class DeviceFleet:
             self._iso_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f'"{self._iso_prefix}.{milli:03d}Z"'
 
-    def _next_message(self, now: float) -> tuple[str, bytes, bool]:
-        """Return the next (topic, payload, malformed) of the stream, stamped `now`."""
+    def _next_message(self, now: float) -> tuple[str, bytes, bool] | None:
+        """Return the next (topic, payload, malformed) of the stream, stamped `now`.
+
+        None when it is the turn of a device that went silent.
+        """
         rng = self._rng
-        device = self._devices[self._turn]
-        self._turn = (self._turn + 1) % len(self._devices)
+        turn = self._turn
+        device = self._devices[turn]
+        self._turn = (turn + 1) % len(self._devices)
+        if self._silent_after and self._silenced(turn):
+            return None
         prefix = f"device/{device.id}/telemetry"
         if self.malformed and rng.random() < self.malformed:
             sensor = SENSORS[device.next]

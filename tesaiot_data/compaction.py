@@ -1,0 +1,398 @@
+"""Compaction: one file per closed day of a dataset, without a reader ever seeing a gap.
+
+A `DatasetWriter` (the collector's auto-persist, `snapshot_dir`) adds one small part file
+per date partition at every flush: a day of flushes once a minute is 1,440 files, slow to
+list and to open. `compact_dataset` merges each closed partition (a UTC day that has ended)
+into one file, `compacted-<UTC stamp>-<8 hex>.parquet`, with the rows in `received_at` order,
+the canonical schema and the parts' metadata.
+
+How a reader stays whole. Files cannot be swapped for one file in a single rename, so:
+
+1. the merged file is written under a hidden temporary name, fsynced and renamed into the
+   partition; its key-value metadata `tesaiot.replaces` lists the names of the files it
+   replaces (parts, and an earlier compacted file when late parts are merged into it);
+2. those files are deleted, parts first, and the folder is fsynced.
+
+`load_recording` (and `read_metadata`, `Collector.history`) skip every file that a compacted
+file in the same folder lists, so between steps 1 and 2 they read the merged file only, and
+before step 1 the parts only: never both, never neither. A reader that listed the parts
+before step 1 and opens one after step 2 finds it gone; a listing that overlapped the rename
+may miss the new file as well as parts already deleted, which a second listing after the
+read shows. Either way the reader starts again (a bounded number of times).
+
+Writers may keep writing: a part that lands in a partition while it is compacted is not in
+the list, so readers read it beside the merged file and the next compaction merges it too.
+Two compactions of one dataset at once are refused (a lock on `<root>/.compact.lock`). A
+compaction that stops between steps 1 and 2 (a crash) leaves replaced files that readers
+skip; the next one deletes them. Tools that do not know the list (pyarrow.dataset, DuckDB,
+Spark) see the rows of a partition twice during the milliseconds between steps 1 and 2,
+and after a crash until the next compaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tesaiot_data._version import VERSION
+from tesaiot_data.errors import ConfigError, NotARecordingError
+from tesaiot_data.parquet import (
+    COMPACTED_PREFIX,
+    PARQUET_COMPRESSION,
+    REPLACES_KEY,
+    ROW_GROUP_ROWS,
+    _atomic_write,
+    _fsync_dir,
+    iso_datetime,
+    iso_ns,
+    partition_files,
+    prefixed,
+)
+from tesaiot_data.schema import ARROW_SCHEMA, TIME_COLUMNS
+from tesaiot_data.timestamps import TimeLike, since_ns
+
+__all__ = ["CompactionResult", "compact_dataset"]
+
+logger = logging.getLogger(__name__)
+
+_LOCK_NAME = ".compact.lock"
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+_PREFIX = b"tesaiot."
+# Computed for the merged file, never copied from a part.
+_COMPUTED_KEYS = frozenset({"rows", "start", "end", "version", REPLACES_KEY, "compacted_at"})
+
+# A day in one file is worth encoding well: the times as deltas (a few bytes a row instead of
+# a dictionary that overflows and falls back to 8), dictionaries for strings and values.
+# 2.9-5.4x smaller than the default on 720,000 rows (see the README); every Parquet reader
+# (pyarrow, DuckDB, Spark) reads DELTA_BINARY_PACKED.
+_TIME_ENCODING = dict.fromkeys(TIME_COLUMNS, "DELTA_BINARY_PACKED")
+_DICTIONARY_COLUMNS = [name for name in ARROW_SCHEMA.names if name not in TIME_COLUMNS]
+
+#: The steps `on_step` is called at: the merged file is in place (the files it replaces
+#: are still there), and those files are deleted.
+STEP_WRITTEN = "written"
+STEP_DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionResult:
+    """What one `compact_dataset` run did.
+
+    Args:
+        partitions: Partitions merged into one file each.
+        parts: Files merged: parts, and earlier compacted files merged again with late parts.
+        rows: Rows in the merged files.
+        bytes_before: Bytes of the files merged.
+        bytes_after: Bytes of the merged files.
+        files: The merged files, in partition order.
+    """
+
+    partitions: int = 0
+    parts: int = 0
+    rows: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    files: tuple[Path, ...] = ()
+
+
+def compact_dataset(
+    root: str | Path,
+    *,
+    before: TimeLike | date | None = None,
+    on_step: Callable[[str, Path], None] | None = None,
+) -> CompactionResult:
+    """Merge the files of each closed date partition of a dataset into one file.
+
+    A partition `date=YYYY-MM-DD` is closed when its UTC day ended at or before `before`:
+    by default every day before today (UTC). A closed partition of more than one file
+    (parts, or a compacted file and late parts) becomes one `compacted-*.parquet` file,
+    rows in `received_at` order (a stable sort: rows of one time keep their file order),
+    in `schema.ARROW_SCHEMA`, with the first file's metadata (topic, broker, client id),
+    `tesaiot.rows`, `start`, `end`, `version`, `compacted_at` and `replaces`. Other
+    partitions, and folders that are not `date=` partitions, are left as they are, so
+    running it again changes nothing. Readers see the old files or the new one throughout
+    (see the module's description); memory holds about one row group plus the largest run
+    of files whose time ranges overlap (usually one part).
+
+    Args:
+        root: The dataset folder (a `DatasetWriter`'s, or a collector's `snapshot_dir`).
+        before: Compact the days that ended by this time: a time (`"2025-12-10"`, a
+            datetime or Timestamp; naive is UTC), a date, or a duration back from now
+            (`"7d"`). Default: now.
+        on_step: Called as `on_step(step, merged_file)` after each partition's merged file
+            is in place (`STEP_WRITTEN`, the files it replaces still there) and after they
+            are deleted (`STEP_DELETED`): a seam for tests and progress reports.
+
+    Returns:
+        What was merged.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+        NotARecordingError: `root` is not a folder, or a file in a partition is not a
+            recording.
+        BlockingIOError: Another compaction of this dataset is running.
+        ConfigError: `before` is not a time or a duration (a ValueError).
+        OSError: A file could not be written or deleted (disk full, no permission); the
+            partitions merged so far stay merged, the others as they were.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        if root.exists():
+            raise NotARecordingError(
+                f"{root} is not a dataset folder",
+                hint="pass the folder a DatasetWriter or a collector's snapshot_dir writes",
+            )
+        raise FileNotFoundError(f"no dataset folder at {root}")
+    cutoff = _cutoff_day(before)
+    merged: list[_Merged] = []
+    with _exclusive(root):
+        for folder in sorted(root.iterdir()):
+            day = _partition_day(folder.name)
+            if day is None or day >= cutoff or not folder.is_dir():
+                continue
+            outcome = _compact_partition(folder, on_step)
+            if outcome is not None:
+                merged.append(outcome)
+    result = CompactionResult(
+        partitions=len(merged),
+        parts=sum(m.inputs for m in merged),
+        rows=sum(m.rows for m in merged),
+        bytes_before=sum(m.bytes_before for m in merged),
+        bytes_after=sum(m.bytes_after for m in merged),
+        files=tuple(m.path for m in merged),
+    )
+    logger.info("compacted %s: %s", root, result)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Merged:
+    path: Path
+    inputs: int
+    rows: int
+    bytes_before: int
+    bytes_after: int
+
+
+def _cutoff_day(before: TimeLike | date | None) -> date:
+    """The first day that is not closed: partitions of earlier days are compacted."""
+    if isinstance(before, date) and not isinstance(before, datetime):
+        return before
+    try:
+        ns = since_ns(before) if before is not None else None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"before={before!r} is not a time or a duration",
+            hint="use a date such as '2025-12-10', a time, or a duration back from now "
+            "such as '7 days'",
+        ) from exc
+    if ns is None:
+        return datetime.now(timezone.utc).date()
+    return datetime.fromtimestamp(ns // 10**9, tz=timezone.utc).date()
+
+
+def _partition_day(name: str) -> date | None:
+    match = _PARTITION.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+@contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    # An OS lock, not a marker file: it goes with the process, even on kill -9.
+    with open(root / _LOCK_NAME, "a+b") as handle:
+        try:
+            _lock(handle)
+        except OSError as exc:
+            raise BlockingIOError(
+                f"another compaction of {root} is running (hint: let it finish, then run "
+                "this one again)"
+            ) from exc
+        yield
+
+
+def _lock(handle: IO[bytes]) -> None:
+    if sys.platform == "win32":
+        import msvcrt  # noqa: PLC0415
+
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl  # noqa: PLC0415
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _compact_partition(folder: Path, on_step: Callable[[str, Path], None] | None) -> _Merged | None:
+    current, replaced = partition_files(folder)
+    if len(current) <= 1:
+        if replaced:  # left by a compaction that stopped before deleting them
+            _delete(replaced, folder)
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    target = folder / f"{COMPACTED_PREFIX}{stamp}-{secrets.token_hex(4)}.parquet"
+    # The replaced files still present are listed again: readers must go on skipping them
+    # if the compacted file that listed them is deleted first.
+    superseded = [*current, *replaced]
+    bytes_before = sum(path.stat().st_size for path in current)
+    rows = _merge(current, target, replaces=[path.name for path in superseded])
+    if on_step is not None:
+        on_step(STEP_WRITTEN, target)
+    _delete(superseded, folder)
+    if on_step is not None:
+        on_step(STEP_DELETED, target)
+    logger.debug("merged %d files of %s into %s", len(current), folder, target.name)
+    return _Merged(target, len(current), rows, bytes_before, target.stat().st_size)
+
+
+def _delete(paths: Sequence[Path], folder: Path) -> None:
+    # Parts before compacted files: a compacted file that lists parts goes last.
+    for path in sorted(paths, key=lambda p: p.name.startswith(COMPACTED_PREFIX)):
+        path.unlink(missing_ok=True)
+    _fsync_dir(folder)
+
+
+def _merge(files: Sequence[Path], target: Path, *, replaces: Sequence[str]) -> int:
+    """Write `files` to `target` in `received_at` order, atomically; return the rows."""
+    footers = [_footer(path) for path in files]
+    bounds = [_received_bounds(path, footer) for path, footer in zip(files, footers, strict=True)]
+    rows = int(sum(footer.num_rows for footer in footers))
+    meta = _caller_metadata(footers[0])
+    meta["rows"] = str(rows)
+    spans = [span for span in bounds if span is not None]
+    if spans:
+        meta["start"] = iso_ns(min(low for low, _ in spans))
+        meta["end"] = iso_ns(max(high for _, high in spans))
+    meta["version"] = VERSION
+    meta["compacted_at"] = iso_datetime(datetime.now(timezone.utc))
+    meta[REPLACES_KEY] = json.dumps(list(replaces))
+    schema = ARROW_SCHEMA.with_metadata(prefixed(meta))
+    runs = _overlapping_runs(files, bounds)
+
+    def write(sink: IO[bytes]) -> None:
+        with pq.ParquetWriter(
+            sink,
+            schema,
+            compression=PARQUET_COMPRESSION,
+            use_dictionary=_DICTIONARY_COLUMNS,
+            column_encoding=_TIME_ENCODING,
+        ) as writer:
+            buffered: list[pa.Table] = []
+            held = 0
+            for run in runs:
+                table = _in_time_order([_read(path) for path in run])
+                buffered.append(table)
+                held += table.num_rows
+                if held >= ROW_GROUP_ROWS:
+                    writer.write_table(
+                        pa.concat_tables(buffered).unify_dictionaries(),
+                        row_group_size=ROW_GROUP_ROWS,
+                    )
+                    buffered, held = [], 0
+            if held or not rows:
+                table = pa.concat_tables(buffered) if buffered else ARROW_SCHEMA.empty_table()
+                writer.write_table(table.unify_dictionaries(), row_group_size=ROW_GROUP_ROWS)
+
+    _atomic_write(target, write, make_parents=False)
+    return rows
+
+
+def _footer(path: Path) -> pq.FileMetaData:
+    try:
+        return pq.read_metadata(path)
+    except pa.ArrowInvalid as exc:
+        raise NotARecordingError(
+            f"{path} is not a Parquet file, or only part of one: {exc}",
+            hint="move files that tesaiot-data did not write out of the dataset folder",
+        ) from exc
+
+
+def _read(path: Path) -> pa.Table:
+    return pq.read_table(path, schema=ARROW_SCHEMA).replace_schema_metadata(None)
+
+
+def _overlapping_runs(
+    files: Sequence[Path], bounds: Sequence[tuple[int, int] | None]
+) -> list[list[Path]]:
+    """Group files, ordered by first `received_at`, into runs whose time ranges overlap.
+
+    Only the files of one run need sorting together; a dataset written by one collector has
+    runs of one file, so the merge holds one part at a time.
+    """
+    order = sorted(range(len(files)), key=lambda i: (bounds[i] or (-1, -1))[0])
+    runs: list[list[Path]] = []
+    run_end: int | None = None
+    for index in order:
+        span = bounds[index]
+        if span is None:  # no rows: its place does not matter
+            continue
+        low, high = span
+        if runs and run_end is not None and low < run_end:
+            runs[-1].append(files[index])
+            run_end = max(run_end, high)
+        else:
+            runs.append([files[index]])
+            run_end = high
+    return runs
+
+
+def _in_time_order(tables: Sequence[pa.Table]) -> pa.Table:
+    table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
+    received = table.column("received_at").cast(pa.int64()).to_numpy()
+    if received.size < 2 or bool(np.all(received[1:] >= received[:-1])):
+        return table
+    order = pc.sort_indices(table, sort_keys=[("received_at", "ascending")])  # stable
+    return table.combine_chunks().take(order)
+
+
+def _received_bounds(path: Path, footer: pq.FileMetaData) -> tuple[int, int] | None:
+    """First and last `received_at` of a file in epoch ns, from its row-group statistics."""
+    if footer.num_rows == 0:
+        return None
+    names = footer.schema.names
+    if "received_at" not in names:
+        raise NotARecordingError(
+            f"{path} is not a telemetry recording: it has no column received_at",
+            hint="move files that tesaiot-data did not write out of the dataset folder",
+        )
+    column = names.index("received_at")
+    lows, highs = [], []
+    for index in range(footer.num_row_groups):
+        group = footer.row_group(index)
+        if group.num_rows == 0:
+            continue
+        stats = group.column(column).statistics
+        if stats is None or not stats.has_min_max:
+            values = pq.read_table(path, columns=["received_at"]).column(0).cast(pa.int64())
+            result = pc.min_max(values)
+            return result["min"].as_py(), result["max"].as_py()
+        lows.append(int(stats.min_raw))
+        highs.append(int(stats.max_raw))
+    return (min(lows), max(highs)) if lows else None
+
+
+def _caller_metadata(footer: pq.FileMetaData) -> dict[str, str]:
+    out = {}
+    for key, value in (footer.metadata or {}).items():
+        if key.startswith(_PREFIX):
+            name = key[len(_PREFIX) :].decode("utf-8", "replace")
+            if name not in _COMPUTED_KEYS:
+                out[name] = value.decode("utf-8", "replace")
+    return out
