@@ -1,4 +1,4 @@
-"""The `tesaiot-data` command line: stream, record, inspect, demo."""
+"""The `tesaiot-data` command line: stream, record, inspect, compact, query, replay, demo."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from typing import Any, TextIO
 from tesaiot_data.client import TESAIoTMQTTClient
 from tesaiot_data.collector import Collector, Recording
 from tesaiot_data.compaction import compact_dataset
-from tesaiot_data.errors import TesaiotError
+from tesaiot_data.errors import ConnectError, TesaiotError, TokenError
 from tesaiot_data.parquet import load_recording, load_rejects, read_metadata
 from tesaiot_data.settings import Settings
 from tesaiot_data.sql import query
-from tesaiot_data.status import status_line
+from tesaiot_data.status import plural, status_line
 from tesaiot_data.timestamps import duration_seconds
 
 __all__ = ["main"]
@@ -40,10 +40,18 @@ class _ConsolePrinter(TESAIoTMQTTClient):
     def __init__(self, settings: Settings, *, out: TextIO) -> None:
         super().__init__(settings)
         self._out = out
+        self.reader_gone = False
 
     def process_telemetry(self, device_id: str, sensor_type: str, data: Any) -> None:
+        if self.reader_gone:
+            return
         now = datetime.now(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-        print(f"{now}  {device_id}  {sensor_type:<14} {data}", file=self._out, flush=True)
+        try:
+            print(f"{now}  {device_id}  {sensor_type:<14} {data}", file=self._out, flush=True)
+        except BrokenPipeError:
+            # `tesaiot-data stream | head`: the reader has what it wanted; stop quietly.
+            self.reader_gone = True
+            threading.Thread(target=self.disconnect, name="tesaiot-stream-stop").start()
 
 
 def _duration(text: str) -> float:
@@ -55,8 +63,8 @@ def _duration(text: str) -> float:
         ) from exc
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = dict(extra)
     for flag, field in (
         ("broker_url", "broker_url"),
         ("topic", "topic"),
@@ -163,6 +171,8 @@ def _cmd_stream(args: argparse.Namespace, out: TextIO) -> int:
     s = client.settings
     print(f"streaming {s.subscription} from {s.url} (Ctrl-C stops)", file=out)
     client.run_forever()
+    if client.reader_gone:
+        raise BrokenPipeError  # main() exits quietly
     stats = client.stats
     print(f"received {stats.received:,} messages ({stats.failed} failed)", file=out)
     return 0
@@ -294,7 +304,8 @@ def _cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
         print(f"nothing to compact in {args.path}: no closed partition has several files", file=out)
         return 0
     print(
-        f"compacted {result.partitions:,} partitions of {args.path}: {result.parts:,} files -> "
+        f"compacted {plural(result.partitions, 'partition')} of {args.path}: "
+        f"{result.parts:,} files -> "
         f"{result.partitions:,}, {result.rows:,} rows, {result.bytes_before:,} -> "
         f"{result.bytes_after:,} bytes",
         file=out,
@@ -335,9 +346,14 @@ def _names_list(text: str | None) -> list[str] | None:
 def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     from dotenv import dotenv_values  # noqa: PLC0415  (as Settings.from_env reads it)
 
-    from tesaiot_data.replay import replay  # noqa: PLC0415  (only this command needs it)
+    from tesaiot_data.replay import NO_TOKEN, replay  # noqa: PLC0415  (only this command)
 
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except TokenError:
+        if not args.username:
+            raise
+        settings = _settings(args, token=NO_TOKEN)  # an account publishes: no token needed
     password = None
     if args.username:
         # Never on the command line, where other users see it: the environment or .env.
@@ -363,6 +379,14 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         f"{result.skipped_rows:,} rows skipped, {result.dropped:,} dropped)",
         file=out,
     )
+    if result.dropped:
+        raise ConnectError(
+            f"{result.dropped:,} of {result.messages + result.dropped:,} messages were not "
+            f"published: the connection to {settings.url} was lost while publishing",
+            hint="a broker closes the connection of an account that may not publish (the "
+            "platform's tokens only read): pass --username of an account that may, with "
+            "MQTT_PASSWORD in the environment or .env",
+        )
     return 0
 
 
@@ -381,6 +405,13 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     try:
         print(f"collecting over {settings.url} with TLS verified against the demo CA", file=out)
+        if args.env_out is not None:
+            _write_env(args.env_out, settings)
+            print(
+                f"other commands reach this broker with --env-file {args.env_out} "
+                "while the demo runs",
+                file=out,
+            )
         with Collector(settings, window="5min") as collector:
             recording = collector.record(out_path)
             _watch(
@@ -392,6 +423,8 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             path = recording.stop()
         stats = collector.stats  # after stop(): every received message is accounted for
     finally:
+        if args.env_out is not None:
+            args.env_out.unlink(missing_ok=True)  # its token dies with the broker
         demo.stop()
     print(
         f"\nreceived {stats.received:,} messages: {stats.messages:,} parsed into "
@@ -406,6 +439,21 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         file=out,
     )
     return 0
+
+
+def _write_env(path: Path, settings: Settings) -> None:
+    """Write the demo broker's URL, token and CA as a dotenv file, readable by its owner only."""
+    lines = [
+        "# The running `tesaiot-data demo` broker; removed when the demo stops.",
+        f"MQTT_BROKER_URL={settings.broker_url}",
+        f"MQTT_API_TOKEN={settings.token}",
+        f"CA_CERT_PATH={settings.ca_certs}",
+    ]
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as sink:
+        sink.write("\n".join(lines) + "\n")
+    os.replace(temp, path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -483,7 +531,7 @@ def _parser() -> argparse.ArgumentParser:
     compact.add_argument("path", help="a dataset folder (DatasetWriter, snapshot_dir)")
     compact.add_argument(
         "--before",
-        help="compact the days that ended by this time: 2025-12-10, or '7 days' back from now "
+        help="compact the days that ended by this time: 2025-12-10, or '7d' back from now "
         "(default: every day before today, UTC)",
     )
     compact.set_defaults(run=_cmd_compact)
@@ -548,6 +596,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--speed", type=float, default=1.0, help="with --replay: times faster (default 1)"
     )
+    demo.add_argument(
+        "--env-out",
+        type=Path,
+        help="write the demo broker's URL, token and CA to this dotenv file while it runs, so "
+        "that other commands reach it with --env-file (for example record --dataset)",
+    )
     demo.set_defaults(run=_cmd_demo)
     return parser
 
@@ -570,6 +624,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args, out))
+    except BrokenPipeError:
+        # The reader of our output closed it (`| head`): nothing to report. Point stdout at
+        # devnull so that Python's own flush at exit does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (TesaiotError, OSError) as exc:  # OSError: FileNotFoundError, a full disk, ...
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

@@ -198,7 +198,7 @@ def _cutoff_day(before: TimeLike | date | None) -> date:
         raise ConfigError(
             f"before={before!r} is not a time or a duration",
             hint="use a date such as '2025-12-10', a time, or a duration back from now "
-            "such as '7 days'",
+            "such as '7d'",
         ) from exc
     if ns is None:
         return datetime.now(timezone.utc).date()

@@ -80,8 +80,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Keys the parser never reads as a metric, and `value`, which it reads as the enclosing
 # object's own metric: such metrics can only come back as a sensor type's top-level value.
 _NOT_A_KEY = _RESERVED | {"value"}
-# Stands in for the platform token when publishing with a username and password (never sent).
-_NO_TOKEN = "tesa_mqtt_none_" + "0" * 32
+#: Stands in for the platform token when publishing with a username and password; never sent.
+NO_TOKEN = "tesa_mqtt_none_" + "0" * 32
 _TOKEN_HINT = "check the token (MQTT_API_TOKEN) or the username and password that publish"
 
 
@@ -667,12 +667,15 @@ class Replayer:
         while self._published - self._completed >= _BACKLOG and not self._halt.is_set():
             self._network(_LOOP_TIMEOUT)  # bounded memory: paho holds what is not yet out
         info = client.publish(message.topic, message.payload, self.qos)
-        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+        if info.rc in (mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_CONN_LOST):
             if self.qos == 0:
                 return False
             info.rc = mqtt.MQTT_ERR_SUCCESS  # kept by paho, sent after the reconnect
         elif info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise ConnectError(f"paho refused a message: {mqtt.error_string(info.rc)}")
+            raise ConnectError(
+                f"paho refused a message: {mqtt.error_string(info.rc)}",
+                hint="check that this account may publish (the platform's tokens only read)",
+            )
         self._published += 1
         if self._published % _LOOP_EVERY == 0:
             self._network(0.0)  # acknowledgements, keepalive
@@ -733,7 +736,8 @@ class Replayer:
         raise ConnectError(
             f"{missing} of {self._published} QoS {self.qos} messages were not "
             f"acknowledged by {self._url} within {_DRAIN_TIMEOUT:g} s",
-            hint="check the connection to the broker",
+            hint="check the connection to the broker, and that this account may publish: a "
+            "broker closes the connection of one that may not (the platform's tokens only read)",
         )
 
     def _connection(self) -> tuple[Settings, BrokerURL]:
@@ -748,7 +752,7 @@ class Replayer:
                 if self._username is None or self._password is None:
                     raise
                 # Publishing as an account: no platform token is needed, and none is sent.
-                settings = Settings.from_env(token=_NO_TOKEN, **url)
+                settings = Settings.from_env(token=NO_TOKEN, **url)
         elif self._broker_url is not None:
             settings = settings.replace(broker_url=self._broker_url)
         return settings, settings.url

@@ -372,7 +372,7 @@ def since_ns(since: TimeLike | None, *, now_ns: int | None = None) -> int | None
         The epoch nanoseconds, or None when `since` is None.
 
     Raises:
-        ValueError: `since` is neither a duration nor a time.
+        ConfigError: `since` is neither a duration nor a time (a ValueError too).
     """
     import time  # noqa: PLC0415
 
@@ -383,9 +383,15 @@ def since_ns(since: TimeLike | None, *, now_ns: int | None = None) -> int | None
     if isinstance(since, pd.Timedelta) or (isinstance(since, str) and _is_duration(since)):
         now = time.time_ns() if now_ns is None else now_ns
         return now - int(parse_timedelta(since).total_seconds() * 1e9)
-    stamp = pd.Timestamp(since)
-    if stamp is pd.NaT:
-        raise ValueError(f"since={since!r} is not a time")
+    try:
+        stamp = pd.Timestamp(since)
+    except (TypeError, ValueError) as exc:  # pandas' DateParseError is a ValueError
+        stamp = exc
+    if not isinstance(stamp, pd.Timestamp) or stamp is pd.NaT:
+        raise ConfigError(
+            f"since={since!r} is neither a duration nor a time",
+            hint="use for example '5min', '7d' or '2025-12-09 10:00'; a time without a zone is UTC",
+        )
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return int(stamp.value)
 

@@ -422,3 +422,36 @@ def test_an_account_publishes_without_a_platform_token(
         password=publisher.password,
     )
     assert result.messages == 3
+
+
+def test_cli_says_so_when_the_account_may_not_publish(
+    broker: LocalBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write_frame(spaced(["ro-a"], step_ns=10**6, count=50), tmp_path / "r.parquet")
+    monkeypatch.delenv("MQTT_API_TOKEN", raising=False)
+    monkeypatch.delenv("MQTT_PASSWORD", raising=False)
+    # The demo broker's token, like the platform's, may only read.
+    argv = ["replay", str(path), "--broker-url", broker.wss_url, "--ca-certs", str(broker.ca_file)]
+    monkeypatch.setenv("MQTT_API_TOKEN", broker.token)
+    code = main([*argv, "--max-speed", "--env-file", str(tmp_path / "none")], out=io.StringIO())
+    assert code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ")
+    assert "--username" in error
+
+
+def test_cli_publishes_as_an_account_without_a_platform_token(
+    broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_frame(spaced(["acct-cli"], step_ns=10**6, count=3), tmp_path / "a.parquet")
+    publisher = broker.publisher()
+    monkeypatch.delenv("MQTT_API_TOKEN", raising=False)
+    monkeypatch.setenv("MQTT_PASSWORD", publisher.password)
+    out = io.StringIO()
+    argv = ["replay", str(path), "--broker-url", tcp_url(publisher), "--username", "publisher"]
+    code = main([*argv, "--max-speed", "--qos", "1", "--env-file", str(tmp_path / "none")], out=out)
+    assert code == 0, out.getvalue()
+    assert out.getvalue().startswith("replayed 6 rows in 3 messages")

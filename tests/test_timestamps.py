@@ -8,6 +8,7 @@ import warnings
 import pandas as pd
 import pytest
 
+from tesaiot_data.errors import ConfigError
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.parsing import parse_batch
 from tesaiot_data.timestamps import duration_seconds, parse_timedelta, since_ns, timestamp_ns
@@ -66,3 +67,11 @@ def test_a_time_padded_to_the_usual_length_is_not_misread() -> None:
     assert (
         timestamp_ns("2025-12-09T10:30:45.123Z") == pd.Timestamp("2025-12-09T10:30:45.123Z").value
     )
+
+
+@pytest.mark.parametrize("since", ["bogus", "5 mins", "yesterday-ish"])
+def test_a_since_that_is_neither_is_a_config_error_with_a_hint(since: str) -> None:
+    with pytest.raises(ConfigError, match="neither a duration nor a time") as caught:
+        since_ns(since)
+    assert caught.value.hint is not None
+    assert "7d" in caught.value.hint
