@@ -88,13 +88,13 @@ def test_a_device_that_stops_publishing_becomes_silent_first(
     quiet = fleet.device_ids[1]
 
     def quiet_is_silent() -> list[pd.DataFrame]:
-        health = collector.health(silent_after="1s")
+        health = collector.health(silent_after="2s")  # 2 s: loaded CI machines stall
         return [health] if len(health) == 3 and health["silent"].iloc[0] else []
 
     [health] = wait_for(quiet_is_silent, message="the quiet device became silent")
     assert health["device"].iloc[0] == quiet
     assert health["silent"].tolist() == [True, False, False]
-    assert row(health, quiet)["age_s"] > 1
+    assert row(health, quiet)["age_s"] > 2
     # By its own pace (10 msg/s: 5 intervals, at least 5 s) it is not silent yet, unless
     # this machine is very slow; the user's silent_after decides otherwise.
     by_pace = collector.health()
