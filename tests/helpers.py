@@ -5,6 +5,8 @@ Everything here works with paho-mqtt 1.6 and 2.x, because the client tests also 
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +46,21 @@ def wait_for(
 def new_paho_client(client_id: str, *, clean_session: bool = True, transport: str = "tcp") -> Any:
     """A paho MQTT 3.1.1 client on either paho major version (see `tesaiot_data._paho`)."""
     return new_client(client_id, clean_session=clean_session, transport=transport)
+
+
+def publish_acknowledged(publisher: PublisherConfig, messages: list[tuple[str, Any]]) -> None:
+    """Publish JSON (or bytes) payloads at QoS 1, in order, each acknowledged by the broker."""
+    client = new_paho_client(f"test-publish-{os.getpid()}-{time.monotonic_ns()}")
+    client.username_pw_set(publisher.username, publisher.password)
+    client.connect(publisher.host, publisher.port, keepalive=30)
+    client.loop_start()
+    try:
+        for topic, body in messages:
+            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+            client.publish(topic, payload, qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def reason_value(code: Any) -> int:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,29 +20,14 @@ from tesaiot_data.alerts import (
     alerts_sidecar,
     load_alerts,
 )
-from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
+from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
-from tests.helpers import new_paho_client, wait_for
+from tests.helpers import publish_acknowledged, wait_for
 
 pytestmark = pytest.mark.broker
 
 T0 = 1_765_276_245.0  # 2025-12-09T10:30:45Z
-
-
-def publish(publisher: PublisherConfig, messages: list[tuple[str, Any]]) -> None:
-    """Publish JSON payloads at QoS 1, in order, each acknowledged."""
-    client = new_paho_client(f"test-alerts-{os.getpid()}-{time.monotonic_ns()}")
-    client.username_pw_set(publisher.username, publisher.password)
-    client.connect(publisher.host, publisher.port, keepalive=30)
-    client.loop_start()
-    try:
-        for topic, body in messages:
-            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def readings(device: str, values: Sequence[float], metric: str = "temperature") -> list[Any]:
@@ -79,7 +62,7 @@ def test_above_fires_once_and_clears_once_per_device(
     calls = Calls()
     collector.alert("hot", metric="temperature", above=50, callback=calls)
     values = [20, 60, 70, 65, 20, 10]
-    publish(
+    publish_acknowledged(
         broker.publisher(),
         readings("a", values) + readings("b", values) + readings("a", [99], metric="humidity"),
     )
@@ -113,7 +96,7 @@ def test_below_and_devices_filter_and_the_active_alerts(
     collector = collectors(settings).start()
     collector.alert("low-battery", metric="battery", below=3.5, devices=["a"])
     collector.alert("band", metric="battery", below=3.0, above=4.5)
-    publish(
+    publish_acknowledged(
         broker.publisher(),
         readings("a", [3.9, 3.4, 3.3], metric="battery")
         + readings("b", [3.4, 4.6], metric="battery"),
@@ -187,7 +170,7 @@ def test_a_silent_rule_fires_and_clears_when_the_device_returns(
         return any(e.device == quiet and e.state == "firing" for e in calls.events)
 
     wait_for(fired, message="the silent alert fired")
-    publish(broker.publisher(), readings(quiet, [21.5]))
+    publish_acknowledged(broker.publisher(), readings(quiet, [21.5]))
     wait_for(lambda: len(calls.events) == 2, message="the silent alert cleared")
     fleet.stop()
     alerts = collector.alerts()
@@ -215,7 +198,7 @@ def test_a_raising_callback_is_contained_logged_once_and_counted(
     calls = Calls()
     collector.alert("broken", metric="temperature", above=50, callback=broken)
     collector.alert("fine", metric="temperature", above=50, callback=calls)
-    publish(broker.publisher(), readings("a", [60, 20, 60]) + readings("b", [70]))
+    publish_acknowledged(broker.publisher(), readings("a", [60, 20, 60]) + readings("b", [70]))
     wait_for(lambda: len(calls.events) == 4, message="the other rule's callback ran")
     wait_for(lambda: collector.stats.alert_callback_errors == 4)
     failures = [r for r in caplog.records if "callback of alert 'broken'" in r.getMessage()]
@@ -223,7 +206,7 @@ def test_a_raising_callback_is_contained_logged_once_and_counted(
     assert failures[0].exc_info is not None
     assert len(collector.alerts()) == 8
     assert collector.running  # collection goes on
-    publish(broker.publisher(), readings("c", [1]))
+    publish_acknowledged(broker.publisher(), readings("c", [1]))
     wait_for(lambda: collector.stats.messages == 5)
 
 
@@ -262,10 +245,10 @@ def test_alert_events_are_written_beside_the_recording(
 ) -> None:
     collector = collectors(settings).start()
     collector.alert("hot", metric="temperature", above=50)
-    publish(broker.publisher(), readings("before", [60]))  # before the recording
+    publish_acknowledged(broker.publisher(), readings("before", [60]))  # before the recording
     wait_for(lambda: collector.stats.alert_events == 1)
     recording = collector.record(tmp_path / "session.parquet")
-    publish(broker.publisher(), readings("a", [20, 60, 20]) + readings("b", [70]))
+    publish_acknowledged(broker.publisher(), readings("a", [20, 60, 20]) + readings("b", [70]))
     wait_for(lambda: collector.stats.alert_events == 4)
     path = recording.stop()
     assert len(load_recording(path)) == 4
@@ -282,7 +265,7 @@ def test_alert_events_are_written_beside_the_recording(
     quiet = collector.record(tmp_path / "quiet.parquet")
     assert load_alerts(quiet.stop()).empty
     last = collector.record(tmp_path / "last.parquet")
-    publish(broker.publisher(), readings("c", [90]))
+    publish_acknowledged(broker.publisher(), readings("c", [90]))
     wait_for(lambda: collector.stats.alert_events == 5)
     collector.stop()
     assert events_of(load_alerts(last.path), "c") == [("firing", 90.0)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,31 +12,16 @@ import pandas as pd
 import pytest
 
 from tesaiot_data import Collector, Settings
-from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
+from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import SENSORS, DeviceFleet
 from tesaiot_data.errors import ConfigError
 from tesaiot_data.health import HEALTH_COLUMNS, DeviceHealth, device_of_topic
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.parsing import parse_batch
 from tesaiot_data.window import RollingWindow
-from tests.helpers import new_paho_client, wait_for
+from tests.helpers import publish_acknowledged, wait_for
 
 pytestmark = pytest.mark.broker
-
-
-def publish(publisher: PublisherConfig, messages: list[tuple[str, Any]]) -> None:
-    """Publish JSON (or bytes) payloads at QoS 1, in order, each acknowledged."""
-    client = new_paho_client(f"test-health-{os.getpid()}-{time.monotonic_ns()}")
-    client.username_pw_set(publisher.username, publisher.password)
-    client.connect(publisher.host, publisher.port, keepalive=30)
-    client.loop_start()
-    try:
-        for topic, body in messages:
-            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def row(health: pd.DataFrame, device: str) -> pd.Series:
@@ -114,7 +98,7 @@ def test_clock_skew_is_the_median_device_time_minus_receive_time(
         messages.append(("device/ahead/telemetry/t", {"value": i, "timestamp": now + 120 + i}))
         messages.append(("device/right/telemetry/t", {"value": i, "timestamp": time.time()}))
         messages.append(("device/none/telemetry/t", {"value": i}))  # no device time
-    publish(broker.publisher(), messages)
+    publish_acknowledged(broker.publisher(), messages)
     wait_for(lambda: collector.stats.messages == 30)
     health = collector.health()
     ahead, right, none = (row(health, d) for d in ("ahead", "right", "none"))
@@ -144,7 +128,7 @@ def test_a_device_sending_only_garbage_is_seen_with_a_reject_share_of_one(
     broker: LocalBroker, settings: Settings, collectors: Callable[..., Collector]
 ) -> None:
     collector = collectors(settings).start()
-    publish(broker.publisher(), [("device/broken/telemetry/t", b"not json")] * 3)
+    publish_acknowledged(broker.publisher(), [("device/broken/telemetry/t", b"not json")] * 3)
     wait_for(lambda: collector.stats.rejected == 3)
     broken = row(collector.health(), "broken")
     assert broken["messages"] == broken["rejected"] == 3
