@@ -9,7 +9,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +48,9 @@ def new_paho_client(client_id: str, *, clean_session: bool = True, transport: st
     return new_client(client_id, clean_session=clean_session, transport=transport)
 
 
-def publish_acknowledged(publisher: PublisherConfig, messages: list[tuple[str, Any]]) -> None:
+def publish_acknowledged(
+    publisher: PublisherConfig, messages: Sequence[tuple[str, Any]], *, retain: bool = False
+) -> None:
     """Publish JSON (or bytes) payloads at QoS 1, in order, each acknowledged by the broker."""
     client = new_paho_client(f"test-publish-{os.getpid()}-{time.monotonic_ns()}")
     client.username_pw_set(publisher.username, publisher.password)
@@ -57,7 +59,7 @@ def publish_acknowledged(publisher: PublisherConfig, messages: list[tuple[str, A
     try:
         for topic, body in messages:
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
     finally:
         client.disconnect()
         client.loop_stop()

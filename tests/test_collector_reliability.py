@@ -15,37 +15,19 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 
 from tesaiot_data import Collector, RecordingError, Settings, load_recording
-from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
+from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.flood import flood, publish_packet
 from tesaiot_data.messages import RawMessage
-from tests.helpers import new_paho_client, wait_for
+from tests.helpers import publish_acknowledged, wait_for
 
 pytestmark = pytest.mark.broker
 
 T0 = 1_765_276_245.0  # 2025-12-09T10:30:45Z
-
-
-def publish(
-    publisher: PublisherConfig, messages: list[tuple[str, Any]], *, retain: bool = False
-) -> None:
-    """Publish JSON (or bytes) payloads at QoS 1 and wait until the broker has each one."""
-    client = new_paho_client(f"test-publisher-{os.getpid()}")
-    client.username_pw_set(publisher.username, publisher.password)
-    client.connect(publisher.host, publisher.port, keepalive=30)
-    client.loop_start()
-    try:
-        for topic, body in messages:
-            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def counts_add_up(collector: Collector) -> bool:
@@ -125,7 +107,9 @@ def test_rows_beyond_the_per_message_limit_are_counted_and_logged(
     collector = collectors(broker.settings(), max_rows_per_message=1000).start()
     readings = [{"value": i, "timestamp": int(T0 * 1000) + i} for i in range(1500)]
     with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector"):
-        publish(broker.publisher(), [("device/batched/telemetry/vibration", readings)] * 2)
+        publish_acknowledged(
+            broker.publisher(), [("device/batched/telemetry/vibration", readings)] * 2
+        )
         wait_for(lambda: collector.stats.messages == 2)
     stats = collector.stats
     assert (stats.rows_total, stats.truncated_messages, stats.rows_cut) == (2000, 2, 1000)
@@ -138,7 +122,7 @@ def test_the_default_per_message_limit_keeps_a_batch_of_1500_readings(
 ) -> None:
     collector = collectors(broker.settings()).start()
     readings = [{"value": i, "timestamp": int(T0 * 1000) + i} for i in range(1500)]
-    publish(broker.publisher(), [("device/batched/telemetry/vibration", readings)])
+    publish_acknowledged(broker.publisher(), [("device/batched/telemetry/vibration", readings)])
     wait_for(lambda: collector.stats.messages == 1)
     assert (collector.stats.rows, collector.stats.rows_cut) == (1500, 0)
 
@@ -149,7 +133,9 @@ def test_a_recording_made_before_start_with_auto_persist_records_every_row(
     collector = collectors(broker.settings(), snapshot_dir=tmp_path / "ds", snapshot_every="60s")
     recording = collector.record(tmp_path / "early.parquet", flush_every=0.2)
     collector.start()
-    publish(broker.publisher(), [("device/a/telemetry/t", {"value": i}) for i in range(30)])
+    publish_acknowledged(
+        broker.publisher(), [("device/a/telemetry/t", {"value": i}) for i in range(30)]
+    )
     wait_for(lambda: collector.stats.messages == 30)
     path = recording.stop()
     assert len(load_recording(path)) == 30
@@ -175,11 +161,15 @@ def test_stop_finishes_every_other_recording_and_reports_the_failed_one(
     collector = collectors(broker.settings()).start()
     broken = collector.record(tmp_path / "broken" / "a.parquet", flush_every=0.1)
     healthy = collector.record(tmp_path / "b.parquet", flush_every=0.1)
-    publish(broker.publisher(), [("device/a/telemetry/t", {"value": i}) for i in range(50)])
+    publish_acknowledged(
+        broker.publisher(), [("device/a/telemetry/t", {"value": i}) for i in range(50)]
+    )
     wait_for(lambda: collector.stats.messages == 50)
     wait_for(lambda: broken.rows_on_disk == 50, message="the first part was not flushed")
     shutil.rmtree(tmp_path / "broken")  # the folder disappears under the recording
-    publish(broker.publisher(), [("device/a/telemetry/t", {"value": i}) for i in range(50, 80)])
+    publish_acknowledged(
+        broker.publisher(), [("device/a/telemetry/t", {"value": i}) for i in range(50, 80)]
+    )
     wait_for(lambda: collector.stats.messages == 80)
 
     with pytest.raises(RecordingError) as caught:
@@ -236,7 +226,7 @@ def test_a_full_disk_is_reported_once_and_the_rows_are_written_when_space_return
     with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector"):
         recording = collector.record(small_disk / "r.parquet", flush_every=0.05)
         for batch in range(4):
-            publish(
+            publish_acknowledged(
                 broker.publisher(),
                 [("device/a/telemetry/t", {"value": batch * 100 + i}) for i in range(100)],
             )
@@ -275,7 +265,7 @@ def test_retained_messages_are_not_doubled_by_a_reconnect(
         ("device/door-1/telemetry/state", {"value": "open"}),
         ("device/door-2/telemetry/state", {"value": "closed"}),
     ]
-    publish(fresh_broker.publisher(), retained, retain=True)
+    publish_acknowledged(fresh_broker.publisher(), retained, retain=True)
     collector = collectors(fresh_broker.settings()).start()
     wait_for(lambda: collector.stats.messages == 2)
     assert collector.stats.retained == 2  # the user can see these came from the broker's store
@@ -287,7 +277,9 @@ def test_retained_messages_are_not_doubled_by_a_reconnect(
     assert stats.rows == 2  # 2 rows, not 4
     assert collector.rejects()["reason"].astype(str).tolist() == ["retained_duplicate"] * 2
     # A new retained value is a new reading.
-    publish(fresh_broker.publisher(), [("device/door-1/telemetry/state", {"value": "closed"})])
+    publish_acknowledged(
+        fresh_broker.publisher(), [("device/door-1/telemetry/state", {"value": "closed"})]
+    )
     wait_for(lambda: collector.stats.rows == 3)
     assert counts_add_up(collector)
 

@@ -6,8 +6,6 @@ bucket's expected value is known; pandas' own groupby of `frame()` is the refere
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,27 +19,12 @@ from tesaiot_data import resample as resample_module
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.resample import HOWS, resample_frame, rule_ns
 from tests.frames import make_frame
-from tests.helpers import new_paho_client, wait_for
+from tests.helpers import publish_acknowledged, wait_for
 
 pytestmark = pytest.mark.broker
 
 T0 = pd.Timestamp("2025-12-09T10:30:40", tz="UTC")  # a multiple of 10 s since the epoch
 DEVICES = ("dev-a", "dev-b", "dev-c")
-
-
-def publish(broker: LocalBroker, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """Publish JSON payloads at QoS 1 and wait until the broker has each one."""
-    config = broker.publisher()
-    client = new_paho_client(f"test-resample-{os.getpid()}-{random.getrandbits(32):08x}")
-    client.username_pw_set(config.username, config.password)
-    client.connect(config.host, config.port, keepalive=30)
-    client.loop_start()
-    try:
-        for topic, body in messages:
-            client.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def reading(device: str, stamp: pd.Timestamp, **fields: object) -> tuple[str, dict[str, Any]]:
@@ -91,7 +74,7 @@ def collected(
     messages: Sequence[tuple[str, dict[str, Any]]],
 ) -> Collector:
     collector = collectors(settings, window=None).start()
-    publish(broker, messages)
+    publish_acknowledged(broker.publisher(), messages)
     rows = sum(len(body) - 1 for _, body in messages)  # one row per field but the time
     wait_for(lambda: collector.stats.rows == rows, message=f"{rows} rows")
     return collector
@@ -162,7 +145,7 @@ def test_filters_pick_devices_metrics_and_received_since(
     # since= selects by receive time, as frame() does: only the second batch.
     mid = pd.Timestamp.now(tz="UTC")
     later = [reading("dev-z", T0 + pd.Timedelta(seconds=s), temperature=float(s)) for s in (1, 2)]
-    publish(broker, later)
+    publish_acknowledged(broker.publisher(), later)
     wait_for(lambda: len(collector.frame(devices="dev-z")) == 2, message="dev-z rows")
     recent = collector.resample("10s", since=mid)
     assert list(recent.columns) == [("dev-z", "temperature")]
@@ -184,8 +167,8 @@ def test_late_rows_are_counted_once_their_bucket_was_handed_out(
     # The watermark: the end of the newest bucket returned (these are past buckets).
     assert collector._watermark.watermark_ns == (T0 + pd.Timedelta("30s")).value
 
-    publish(
-        broker,
+    publish_acknowledged(
+        broker.publisher(),
         [
             reading("dev-a", T0 + pd.Timedelta(seconds=5), temperature=100.0),  # late
             reading("dev-b", T0 - pd.Timedelta(hours=1), temperature=1.0),  # late: before all
@@ -206,7 +189,9 @@ def test_late_rows_are_counted_once_their_bucket_was_handed_out(
     watermark = collector._watermark.watermark_ns
     assert watermark is not None
     assert now_floor - pd.Timedelta("10s") <= pd.Timestamp(watermark, tz="UTC") <= now_floor
-    publish(broker, [reading("dev-a", pd.Timestamp.now(tz="UTC"), temperature=3.0)])
+    publish_acknowledged(
+        broker.publisher(), [reading("dev-a", pd.Timestamp.now(tz="UTC"), temperature=3.0)]
+    )
     wait_for(lambda: collector.stats.rows == 25 + 5, message="the last row")
     assert collector.stats.late_rows == 2
 
