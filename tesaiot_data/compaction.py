@@ -54,13 +54,13 @@ from tesaiot_data.parquet import (
     COMPACTED_PREFIX,
     PARQUET_COMPRESSION,
     REPLACES_KEY,
-    ROW_GROUP_ROWS,
     _atomic_write,
     _fsync_dir,
     iso_datetime,
     iso_ns,
     partition_files,
     prefixed,
+    write_row_groups,
 )
 from tesaiot_data.schema import ARROW_SCHEMA, TIME_COLUMNS
 from tesaiot_data.timestamps import TimeLike, since_ns
@@ -294,21 +294,8 @@ def _merge(files: Sequence[Path], target: Path, *, replaces: Sequence[str]) -> i
             use_dictionary=_DICTIONARY_COLUMNS,
             column_encoding=_TIME_ENCODING,
         ) as writer:
-            buffered: list[pa.Table] = []
-            held = 0
-            for run in runs:
-                table = _in_time_order([_read(path) for path in run])
-                buffered.append(table)
-                held += table.num_rows
-                if held >= ROW_GROUP_ROWS:
-                    writer.write_table(
-                        pa.concat_tables(buffered).unify_dictionaries(),
-                        row_group_size=ROW_GROUP_ROWS,
-                    )
-                    buffered, held = [], 0
-            if held or not rows:
-                table = pa.concat_tables(buffered) if buffered else ARROW_SCHEMA.empty_table()
-                writer.write_table(table.unify_dictionaries(), row_group_size=ROW_GROUP_ROWS)
+            tables = (_in_time_order([_read(path) for path in run]) for run in runs)
+            write_row_groups(writer, tables, empty=ARROW_SCHEMA.empty_table())
 
     _atomic_write(target, write, make_parents=False)
     return rows

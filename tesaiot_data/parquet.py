@@ -311,23 +311,45 @@ def merge_files(
         with pq.ParquetWriter(
             sink, schema.with_metadata(meta), compression=PARQUET_COMPRESSION
         ) as writer:
-            buffered: list[pa.Table] = []
-            rows = 0
-            for file in files:
-                table = pq.read_table(file, schema=schema).replace_schema_metadata(None)
-                buffered.append(table)
-                rows += table.num_rows
-                if rows >= ROW_GROUP_ROWS:
-                    writer.write_table(
-                        pa.concat_tables(buffered).unify_dictionaries(),
-                        row_group_size=ROW_GROUP_ROWS,
-                    )
-                    buffered, rows = [], 0
-            if rows or not files:
-                table = pa.concat_tables(buffered) if buffered else schema.empty_table()
-                writer.write_table(table.unify_dictionaries(), row_group_size=ROW_GROUP_ROWS)
+            tables = (
+                pq.read_table(file, schema=schema).replace_schema_metadata(None) for file in files
+            )
+            write_row_groups(writer, tables, empty=schema.empty_table())
 
     return _atomic_write(path, write)
+
+
+def write_row_groups(
+    writer: pq.ParquetWriter, tables: Iterable[pa.Table], *, empty: pa.Table
+) -> int:
+    """Write tables through `writer` in row groups of about `ROW_GROUP_ROWS` rows.
+
+    Small tables (a recording's parts, a dataset's flushes) are buffered until a row group
+    is full, so the result has few, large row groups and holds about one group in memory.
+
+    Args:
+        writer: An open Parquet writer.
+        tables: The tables, in row order, in the writer's schema.
+        empty: What to write when `tables` has no rows at all (a file needs one group).
+
+    Returns:
+        The rows written.
+    """
+    buffered: list[pa.Table] = []
+    held = total = 0
+    for table in tables:
+        buffered.append(table)
+        held += table.num_rows
+        total += table.num_rows
+        if held >= ROW_GROUP_ROWS:
+            writer.write_table(
+                pa.concat_tables(buffered).unify_dictionaries(), row_group_size=ROW_GROUP_ROWS
+            )
+            buffered, held = [], 0
+    if held or not total:
+        table = pa.concat_tables(buffered) if held else empty
+        writer.write_table(table.unify_dictionaries(), row_group_size=ROW_GROUP_ROWS)
+    return total
 
 
 def rejects_table(rejects: Sequence[Reject]) -> pa.Table:
