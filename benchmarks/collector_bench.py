@@ -256,11 +256,16 @@ class Bench:
 # --- 1. the ceiling: a bare paho client ----------------------------------------------------
 
 
-def _bare_client(bench: Bench, transport: str) -> mqtt.Client:
+def _bare_client(bench: Bench, transport: str, *, read_buffer: bool = False) -> mqtt.Client:
     settings = bench.settings(transport)
     url = settings.url
-    # Built as TESAIoTMQTTClient builds its own (tesaiot_data._paho), so only on_message differs.
-    client = new_client(f"bench-bare-{os.getpid()}-{time.monotonic_ns()}", transport=url.transport)
+    # Built as TESAIoTMQTTClient builds its own (tesaiot_data._paho), except that the baseline
+    # reads its socket as paho ships (read_buffer=False) unless asked otherwise.
+    client = new_client(
+        f"bench-bare-{os.getpid()}-{time.monotonic_ns()}",
+        transport=url.transport,
+        read_buffer=read_buffer,
+    )
     client.username_pw_set(settings.token, settings.token)
     if url.transport == "websockets":
         client.ws_set_options(path=url.path)

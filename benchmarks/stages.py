@@ -5,14 +5,16 @@ file). One `LocalBroker` and one publisher process, set up as in `collector_benc
 round runs, over WSS and over TCP:
 
 1. paho alone: a bare client (built by `tesaiot_data._paho`, as the collector's is) whose
-   `on_message` does nothing. Stage "paho" = its network thread's CPU per message.
+   `on_message` does nothing. Stage "paho" = its network thread's CPU per message, paho as it
+   ships; stage "read buffer" = the same client with `new_client(read_buffer=True)`, as the
+   collector reads, minus that (negative: what `_paho.ReadBuffer` saves).
 2. the client's path: `TESAIoTMQTTClient(on_batch=...)` whose handler does what the collector
    does with a batch, `parse_batch` then `RollingWindow.append`, timed with `thread_time()`.
-   Stage "callback" = its network thread's CPU per message minus the bare client's (both in
-   the same round): `on_message` -> inbox, less what reading bursts of packets without a
-   `select()` saves (`TESAIoTMQTTClient._network_step`), so it can be negative; offline it
-   is `_on_message` alone; "parse" and "window" = the handler's timers; "worker loop" = the rest of
-   the worker thread (waking, batching, wait_idle's signal).
+   Stage "callback" = its network thread's CPU per message minus the buffered bare client's
+   (both in the same round): `on_message` -> inbox, less what reading bursts of packets
+   without a `select()` saves (`TESAIoTMQTTClient._network_step`), so it can be negative;
+   offline it is `_on_message` alone; "parse" and "window" = the handler's timers; "worker
+   loop" = the rest of the worker thread (waking, batching, wait_idle's signal).
 3. the collector with an active recording (`Collector.record(path, flush_every=1)`), over
    WSS: stage "sinks" = the CPU of every thread besides the network and worker threads
    (today the housekeeping thread: drain, Arrow conversion, part writes), per message,
@@ -22,12 +24,19 @@ round runs, over WSS and over TCP:
 Thread CPU comes from `pthread_getcpuclockid` (nanosecond clocks of each thread), so the
 stages are measured in the same run, under the same load, without instrumenting the code.
 The same stages are also timed offline on the same messages (no broker, one thread): the
-cost without GIL hand-overs and cache misses. It is a benchmark: nothing is asserted.
+cost without GIL hand-overs and cache misses. Offline, "paho" and "read buffer" are paho 2.x
+reading the flood's packets from a loopback socket pair (plain, or TLS plus WebSocket frames
+as Mosquitto sends them, with a `trustme` certificate), through `loop_read()` as the client's
+burst reads do; that figure is steadier than the live one. It is a benchmark: nothing is
+asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import select
+import socket
+import ssl
 import statistics
 import sys
 import tempfile
@@ -39,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # collector_bench beside this file
 
@@ -52,6 +62,7 @@ from collector_bench import (
     _wait_for,
 )
 
+from tesaiot_data._paho import _buffered
 from tesaiot_data.client import TESAIoTMQTTClient
 from tesaiot_data.collector import Collector
 from tesaiot_data.demo.broker import LocalBroker
@@ -60,10 +71,12 @@ from tesaiot_data.messages import RawMessage
 from tesaiot_data.parsing import parse_batch
 from tesaiot_data.window import RollingWindow
 
-_STAGES = ("paho", "callback", "parse", "window", "worker loop", "sinks")
+_STAGES = ("paho", "read buffer", "callback", "parse", "window", "worker loop", "sinks")
+_OWN = ("callback", "parse", "window", "worker loop", "sinks")  # the collector's own work
 _LABELS = {
     "paho": "paho: bare client, loop_forever",
-    "callback": "client network thread - bare paho",
+    "read buffer": "read buffer: buffered - bare paho",
+    "callback": "client network - buffered bare",
     "parse": "parse: parse_batch",
     "window": "window: RollingWindow.append",
     "worker loop": "worker loop: wake, batch, signal",
@@ -113,7 +126,9 @@ class Round:
 # --- the live runs -------------------------------------------------------------------------
 
 
-def run_bare(bench: Bench, transport: str, count: int) -> tuple[float, float]:
+def run_bare(
+    bench: Bench, transport: str, count: int, *, read_buffer: bool = False
+) -> tuple[float, float]:
     """(paho thread CPU us/msg, wall us/msg) of a bare client with an empty on_message."""
     state = {"n": 0, "first": 0.0, "last": 0.0}
 
@@ -124,7 +139,7 @@ def run_bare(bench: Bench, transport: str, count: int) -> tuple[float, float]:
         state["n"] += 1
         state["last"] = now
 
-    client = _bare_client(bench, transport)
+    client = _bare_client(bench, transport, read_buffer=read_buffer)
     client.on_message = on_message
     try:
         before = _thread_cpu()
@@ -257,6 +272,102 @@ def offline(bench: Bench, count: int, batch_size: int) -> dict[str, float]:
     return best
 
 
+def _websocket_frames(packets: bytes) -> bytes:
+    """The flood's packets, one unmasked binary WebSocket frame each, as Mosquitto sends them."""
+    frames = bytearray()
+    position = 0
+    while position < len(packets):
+        size, shift, length_bytes = 0, 0, 0
+        while True:  # the MQTT remaining length
+            length_bytes += 1
+            byte = packets[position + length_bytes]
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        end = position + 1 + length_bytes + size
+        frame_size = end - position
+        header = b"\x82" + (
+            bytes([frame_size]) if frame_size < 126 else b"\x7e" + frame_size.to_bytes(2, "big")
+        )
+        frames += header + packets[position:end]
+        position = end
+    return bytes(frames)
+
+
+def offline_paho(bench: Bench, count: int, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """CPU us/msg of paho 2.x reading `count` packets from a socket pair, per transport.
+
+    Returns {"tcp"|"wss": {"paho": as shipped, "read buffer": buffered minus as shipped}},
+    medians of `rounds`. WSS is TLS (a `trustme` CA) with paho's own `_WebsocketWrapper` over
+    it, past its handshake; the buffered client is wrapped by `_paho._buffered` as
+    `new_client(read_buffer=True)` does on connect.
+    """
+    packets = bench.packets(count).read_bytes()
+    streams = {"tcp": packets, "wss": _websocket_frames(packets)}
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+
+    def one(transport: str, read_buffer: bool) -> float:
+        ours, theirs = socket.socketpair()
+        got = [0]
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="offline")
+        client.on_message = lambda *_: got.__setitem__(0, got[0] + 1)
+        tls = transport == "wss"
+
+        def serve() -> None:
+            peer = server_context.wrap_socket(theirs, server_side=True) if tls else theirs
+            peer.sendall(streams[transport])
+            peer.recv(1)  # until the reader has read everything
+
+        server = threading.Thread(target=serve)
+        server.start()
+        sock: Any = client_context.wrap_socket(ours, server_hostname="localhost") if tls else ours
+        wrapped: Any = sock
+        if tls:  # paho's own WebSocket wrapper, as past its handshake
+            wrapped = mqtt._WebsocketWrapper.__new__(mqtt._WebsocketWrapper)
+            wrapped.__dict__.update(
+                connected=True,
+                _ssl=True,
+                _socket=sock,
+                _sendbuffer=bytearray(),
+                _readbuffer=bytearray(),
+                _requested_size=0,
+                _payload_head=0,
+                _readbuffer_head=0,
+            )
+        client._sock = _buffered(wrapped) if read_buffer else wrapped
+        sock.setblocking(False)
+        started = time.thread_time()
+        while got[0] < count:
+            if client.loop_read() == mqtt.MQTT_ERR_AGAIN:
+                select.select([sock], [], [], 1.0)
+        spent = time.thread_time() - started
+        sock.setblocking(True)
+        sock.send(b"x")
+        server.join()
+        ours.close()
+        theirs.close()
+        return spent / count * 1e6
+
+    out: dict[str, dict[str, float]] = {}
+    for transport in ("tcp", "wss"):
+        one(transport, False)  # warm-up
+        shipped: list[float] = []
+        buffered: list[float] = []
+        for _ in range(rounds):
+            shipped.append(one(transport, False))
+            buffered.append(one(transport, True))
+        out[transport] = {
+            "paho": statistics.median(shipped),
+            "read buffer": statistics.median(b - s for s, b in zip(shipped, buffered, strict=True)),
+        }
+    return out
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -266,13 +377,18 @@ def _cell(values: Sequence[float]) -> str:
     return f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def report(rounds: list[Round], off: dict[str, float], count: int) -> None:
+def report(
+    rounds: list[Round],
+    off: dict[str, float],
+    off_paho: dict[str, dict[str, float]],
+    count: int,
+) -> None:
     print()
     print(
         f"STAGES, CPU us per message: median of {len(rounds)} rounds (min-max); "
         f"{count:,} messages per run"
     )
-    header = f"{'stage':<34}{'wss':>22}{'tcp':>22}{'offline':>10}"
+    header = f"{'stage':<34}{'wss':>24}{'tcp':>24}{'offline':>12}"
     print(header)
     print("-" * len(header))
     for stage in _STAGES:
@@ -281,16 +397,26 @@ def report(rounds: list[Round], off: dict[str, float], count: int) -> None:
             for t in ("wss", "tcp")
         ]
         label = _LABELS[stage]
-        print(f"{label:<34}{cells[0]:>22}{cells[1]:>22}{off.get(stage, float('nan')):>10.2f}")
+        if stage in off_paho["wss"]:  # per transport: "wss/tcp"
+            offline_cell = f"{off_paho['wss'][stage]:.1f}/{off_paho['tcp'][stage]:.1f}"
+        else:
+            offline_cell = f"{off.get(stage, float('nan')):.2f}"
+        print(f"{label:<34}{cells[0]:>24}{cells[1]:>24}{offline_cell:>12}")
     for transport in ("wss", "tcp"):
-        totals = [sum(r.stages[transport].get(s, 0.0) for s in _STAGES) for r in rounds]
-        added = [
-            sum(r.stages[transport].get(s, 0.0) for s in _STAGES if s != "paho") for r in rounds
-        ]
-        share = [r.stages[transport]["paho"] / t for r, t in zip(rounds, totals, strict=True) if t]
+        stages = [r.stages[transport] for r in rounds]
+        totals = [sum(s.get(name, 0.0) for name in _STAGES) for s in stages]
+        added = [total - s["paho"] for s, total in zip(stages, totals, strict=True)]
+        own = [sum(s.get(name, 0.0) for name in _OWN) for s in stages]
+        buffered = [s["paho"] + s["read buffer"] for s in stages]
+        shares = [s["paho"] / total for s, total in zip(stages, totals, strict=True)]
         print(
             f"  {transport}: total {_cell(totals)}; on top of paho {_cell(added)}; "
-            f"paho's share {_cell(share)} (the ratio a CPU-bound receiver can reach)"
+            f"bare paho / total {_cell(shares)} (the ratio a CPU-bound receiver can reach)"
+        )
+        print(
+            f"  {transport}: the collector's own work {_cell(own)}; like for like, buffered "
+            f"paho / (buffered paho + own work) "
+            f"{_cell([b / (b + o) for b, o in zip(buffered, own, strict=True)])}"
         )
     print()
     print("wall us per message (1 / rate), same rounds:")
@@ -321,10 +447,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 result = Round()
                 for transport in ("wss", "tcp"):
                     paho, wall = run_bare(bench, transport, count)
+                    buffered, _ = run_bare(bench, transport, count, read_buffer=True)
                     path = run_client(bench, transport, count)
                     result.stages[transport] = {
                         "paho": paho,
-                        "callback": path["network"] - paho,
+                        "read buffer": buffered - paho,
+                        "callback": path["network"] - buffered,
                         "parse": path["parse"],
                         "window": path["window"],
                         "worker loop": path["worker loop"],
@@ -341,9 +469,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"  round {number + 1}/{args.rounds} done, load {_load()}", flush=True)
             batch = int(statistics.median(r.batch["wss"] for r in rounds)) or 1
             off = offline(bench, count, batch)
+            off_paho = offline_paho(bench, min(count, 20_000))
         finally:
             publisher.close()
-    report(rounds, off, count)
+    report(rounds, off, off_paho, count)
     print(f"\nload average at end: {_load()}")
 
 

@@ -216,7 +216,12 @@ class TESAIoTMQTTClient:
 
     def _make_paho_client(self) -> mqtt.Client:
         s, url = self.settings, self._url
-        client = new_client(s.client_id, clean_session=s.clean_session, transport=url.transport)
+        client = new_client(
+            s.client_id,
+            clean_session=s.clean_session,
+            transport=url.transport,
+            read_buffer=True,
+        )
         client.username_pw_set(s.username or s.token, s.token)
         if url.transport == "websockets":
             client.ws_set_options(path=url.path)

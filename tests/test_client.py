@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import random
+import select
 import socket
 import ssl
 import threading
@@ -33,10 +35,11 @@ from tesaiot_data import (
     TLSError,
     load_rejects,
 )
+from tesaiot_data._paho import PAHO_V2, ReadBuffer
 from tesaiot_data.demo.broker import LocalBroker, free_port
 from tesaiot_data.errors import StreamError
 from tesaiot_data.messages import RawMessage
-from tests.fake_broker import FakeBroker, publish, publish_with_a_lying_topic_length
+from tests.fake_broker import FakeBroker, FakeConnection, publish, publish_with_a_lying_topic_length
 from tests.helpers import new_paho_client, wait_for
 
 pytestmark = pytest.mark.broker
@@ -113,6 +116,17 @@ def fake_broker() -> Iterator[FakeBroker]:
 
 def fake_settings(fake: FakeBroker) -> Settings:
     return Settings(token="tesa_mqtt_demo_" + "F" * 32, broker_url=fake.url, connect_timeout=5)
+
+
+def connected_to_fake(
+    fake: FakeBroker, clients: list[TESAIoTMQTTClient]
+) -> tuple[TESAIoTMQTTClient, list[RawMessage], FakeConnection]:
+    """A client connected to `fake`, the list its batches go to, and its connection there."""
+    received: list[RawMessage] = []
+    client = TESAIoTMQTTClient(fake_settings(fake), on_batch=received.extend)
+    clients.append(client)
+    client.connect()
+    return client, received, fake.next_connection()
 
 
 def client_threads(client: TESAIoTMQTTClient) -> list[str]:
@@ -452,11 +466,7 @@ BAD_TOPIC = b"device/\xff\xfe/telemetry/t"
 def test_a_topic_that_is_not_utf8_is_counted_and_handed_on_and_the_stream_goes_on(
     fake_broker: FakeBroker, clients: list[TESAIoTMQTTClient]
 ) -> None:
-    received: list[RawMessage] = []
-    client = TESAIoTMQTTClient(fake_settings(fake_broker), on_batch=received.extend)
-    clients.append(client)
-    client.connect()
-    connection = fake_broker.next_connection()
+    client, received, connection = connected_to_fake(fake_broker, clients)
     connection.send(publish(BAD_TOPIC, b'{"v": 1}'))
     connection.send(publish(b"device/ok/telemetry/t", b'{"v": 2}'))
     wait_for(lambda: len(received) == 2, message=f"got {received}")
@@ -664,3 +674,105 @@ def test_the_client_id_warning_needs_three_quick_disconnects_and_is_rate_limited
             assert clashes() == (0 if closed < 3 else 1), f"after {closed} disconnects"
     assert client.error is None
     assert client.connected
+
+
+# --- reading the socket through ReadBuffer (paho 2.x; paho 1.6 reads as it ships) ----------
+
+
+def _sizes(seed: int, count: int, largest: int) -> list[int]:
+    rng = random.Random(seed)
+    return [
+        rng.choice((1, 2, 127, 128, 129, 16_383, 16_384, rng.randint(1, largest)))
+        for _ in range(count)
+    ]
+
+
+def test_the_client_reads_through_a_read_buffer_on_paho_2(
+    settings: Settings, clients: list[TESAIoTMQTTClient]
+) -> None:
+    client = TESAIoTMQTTClient(settings, on_batch=lambda _batch: None)
+    clients.append(client)
+    client.connect()
+    sock: Any = client._mqtt.socket()  # paho's public accessor for the socket it reads
+    assert isinstance(sock, ReadBuffer) == PAHO_V2
+    if PAHO_V2:  # over WSS the TLS socket under paho's WebSocket layer is buffered too
+        assert isinstance(sock._sock._socket, ReadBuffer)
+
+
+def test_packets_split_anywhere_and_packed_together_arrive_whole_and_in_order(
+    fake_broker: FakeBroker, clients: list[TESAIoTMQTTClient]
+) -> None:
+    client, received, connection = connected_to_fake(fake_broker, clients)
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payloads = [os.urandom(size) for size in _sizes(1, 300, 2_000)]
+    payloads.append(os.urandom(200_000))  # more than one 64 KiB read and 3 bytes of length
+    packets = [publish(f"device/d{i}/telemetry/t".encode(), p) for i, p in enumerate(payloads)]
+    stream = b"".join(packets)
+    # Most of it in one write, so that one read holds many packets and ends inside one;
+    # the rest a byte or a few at a time, so that packets (and their lengths) arrive split.
+    cut = len(stream) - 5_000
+    connection.send(stream[:cut])
+    rng = random.Random(2)
+    position = cut
+    while position < len(stream):
+        step = rng.choice((1, 1, 2, 3, 7, 64))
+        connection.send(stream[position : position + step])
+        position += step
+    wait_for(lambda: len(received) >= len(payloads), message=f"got {len(received)} messages")
+    assert [m.payload for m in received] == payloads
+    assert [m.topic for m in received] == [f"device/d{i}/telemetry/t" for i in range(len(payloads))]
+    assert client.stats.failed == 0
+    assert client.connected
+
+
+@pytest.mark.parametrize("scheme", ["wss", "mqtt"])
+def test_messages_of_every_size_arrive_exactly_over_wss_and_tcp(
+    broker: LocalBroker, publisher: Publisher, clients: list[TESAIoTMQTTClient], scheme: str
+) -> None:
+    if scheme == "wss":
+        settings = broker.settings()
+    else:
+        settings = broker.settings(broker_url=f"mqtt://127.0.0.1:{broker.tcp_port}", ca_certs=None)
+    received: list[RawMessage] = []
+    client = TESAIoTMQTTClient(settings, on_batch=received.extend)
+    clients.append(client)
+    client.connect()
+    # Sizes around a TLS record (16 KiB), the 1- and 2-byte remaining lengths, and one message
+    # larger than a 64 KiB read (Mosquitto's WebSocket listener sends it at ~40 KB/s).
+    payloads = [os.urandom(size) for size in _sizes(3, 200, 4_000)] + [os.urandom(70_000)]
+    for i, payload in enumerate(payloads):
+        publisher.send(f"device/s{i}/telemetry/t", payload, qos=1, wait=False)
+    wait_for(
+        lambda: len(received) >= len(payloads),
+        timeout=60,
+        message=f"got {len(received)} of {len(payloads)}",
+    )
+    assert [m.payload for m in received] == payloads
+    assert client.stats.failed == 0
+
+
+def test_a_read_buffer_keeps_the_semantics_of_a_non_blocking_socket() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        buffered = ReadBuffer(left)
+        with pytest.raises(BlockingIOError):
+            buffered.recv(1)  # nothing sent: what the socket raises
+        assert buffered.pending() == 0
+        right.sendall(b"abcdefghij")
+        wait_for(lambda: select.select([left], [], [], 0)[0], message="nothing to read")
+        assert buffered.recv(1) == b"a"  # one read took all ten bytes
+        assert buffered.pending() == 9  # so paho's loop() does not wait in select()
+        assert select.select([left], [], [], 0)[0] == []
+        assert buffered.recv(3) == b"bcd"
+        assert buffered.recv(100) == b"efghij"  # fewer than asked, as a socket may return
+        assert buffered.pending() == 0
+        right.sendall(b"xyz")
+        right.shutdown(socket.SHUT_WR)
+        wait_for(lambda: select.select([left], [], [], 0)[0], message="nothing to read")
+        assert buffered.recv(2) == b"xy"
+        assert buffered.recv(2) == b"z"
+        assert buffered.recv(2) == b""  # the peer closed
+        assert buffered.fileno() == left.fileno()
+        buffered.close()
+        assert left.fileno() == -1
