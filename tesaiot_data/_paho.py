@@ -56,12 +56,16 @@ class ReadBuffer:
 
     Args:
         sock: A connected socket, `ssl.SSLSocket`, or paho's WebSocket wrapper.
+        below: The buffer under `sock`'s own socket, when `sock` is paho's WebSocket wrapper:
+            its bytes count as pending too (the wrapper's `pending()` asks its socket only
+            over TLS).
     """
 
-    __slots__ = ("_buffer", "_position", "_sock")
+    __slots__ = ("_below", "_buffer", "_position", "_sock")
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, *, below: ReadBuffer | None = None) -> None:
         self._sock = sock
+        self._below = below
         self._buffer = b""
         self._position = 0
 
@@ -85,8 +89,11 @@ class ReadBuffer:
 
     def pending(self) -> int:
         """Bytes readable without waiting: buffered here, plus what the socket holds decrypted."""
+        held = len(self._buffer) - self._position
+        if self._below is not None:
+            return held + self._below.pending()
         inner = getattr(self._sock, "pending", None)
-        return len(self._buffer) - self._position + (inner() if inner is not None else 0)
+        return held + (inner() if inner is not None else 0)
 
     def send(self, data: bytes | bytearray) -> int:
         """Write to the socket (writes are not buffered)."""
@@ -122,8 +129,10 @@ def _buffered(sock: Any) -> Any:
     websocket: Any = getattr(mqtt, "_WebsocketWrapper", None)
     inner = getattr(sock, "_socket", None)  # where paho 2.x's _WebsocketWrapper keeps its socket
     if websocket is not None and isinstance(sock, websocket) and inner is not None:
-        sock._socket = ReadBuffer(inner)  # its header reads: one TLS read per 64 KiB
-    return ReadBuffer(sock)  # paho's 3+ reads per packet: one WebSocket frame parse
+        below = ReadBuffer(inner)  # its header reads: one TLS read per 64 KiB
+        sock._socket = below
+        return ReadBuffer(sock, below=below)  # paho's 3+ reads per packet: one frame parse
+    return ReadBuffer(sock)
 
 
 class _BufferedClient(mqtt.Client):

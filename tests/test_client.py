@@ -10,7 +10,6 @@ import http.server
 import logging
 import os
 import random
-import select
 import socket
 import ssl
 import threading
@@ -749,30 +748,3 @@ def test_messages_of_every_size_arrive_exactly_over_wss_and_tcp(
     )
     assert [m.payload for m in received] == payloads
     assert client.stats.failed == 0
-
-
-def test_a_read_buffer_keeps_the_semantics_of_a_non_blocking_socket() -> None:
-    left, right = socket.socketpair()
-    with left, right:
-        left.setblocking(False)
-        buffered = ReadBuffer(left)
-        with pytest.raises(BlockingIOError):
-            buffered.recv(1)  # nothing sent: what the socket raises
-        assert buffered.pending() == 0
-        right.sendall(b"abcdefghij")
-        wait_for(lambda: select.select([left], [], [], 0)[0], message="nothing to read")
-        assert buffered.recv(1) == b"a"  # one read took all ten bytes
-        assert buffered.pending() == 9  # so paho's loop() does not wait in select()
-        assert select.select([left], [], [], 0)[0] == []
-        assert buffered.recv(3) == b"bcd"
-        assert buffered.recv(100) == b"efghij"  # fewer than asked, as a socket may return
-        assert buffered.pending() == 0
-        right.sendall(b"xyz")
-        right.shutdown(socket.SHUT_WR)
-        wait_for(lambda: select.select([left], [], [], 0)[0], message="nothing to read")
-        assert buffered.recv(2) == b"xy"
-        assert buffered.recv(2) == b"z"
-        assert buffered.recv(2) == b""  # the peer closed
-        assert buffered.fileno() == left.fileno()
-        buffered.close()
-        assert left.fileno() == -1
