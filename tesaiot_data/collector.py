@@ -350,6 +350,7 @@ class Collector:
 
         self._client: TESAIoTMQTTClient | None = None
         self._feeds: tuple[_Feed, ...] = ()  # every recording, and the auto-persist dataset
+        self._dataset_feed: _Feed | None = None  # that dataset's, while started
         self._rejects: deque[Reject] = deque(maxlen=_MAX_REJECTS_KEPT)
         self._rejects_by_reason: Counter[str] = Counter()
         self._messages = 0
@@ -407,12 +408,14 @@ class Collector:
             )
             with self._lock:  # recordings made before start() keep their place
                 self._feeds = (*self._feeds, dataset)
+                self._dataset_feed = dataset
         try:
             client.connect()
         except BaseException:
             if dataset is not None:
                 with self._lock:
                     self._feeds = tuple(f for f in self._feeds if f is not dataset)
+                    self._dataset_feed = None
             raise
         self._client = client
         self._started_at = time.time()
@@ -450,6 +453,7 @@ class Collector:
         self._alerts.dispatch()  # events of the last batches: logged, callbacks called
         with self._lock:
             feeds, self._feeds = self._feeds, ()
+            self._dataset_feed = None
         failures = [error for feed in feeds if (error := self._finish(feed)) is not None]
         failures += [error for feed in feeds if (error := self._finish_alerts(feed)) is not None]
         self._failed_sinks += len(failures)
@@ -603,7 +607,6 @@ class Collector:
             FileNotFoundError: Nothing is at `dataset`.
             RecordingError: The pending rows could not be written to `snapshot_dir`.
         """
-        own_feed = next((f for f in self._feeds if isinstance(f.sink, DatasetWriter)), None)
         return history_frame(
             self._window,
             since=since,
@@ -612,7 +615,7 @@ class Collector:
             metrics=metrics,
             dataset=dataset,
             own_dataset=self._snapshot_dir,
-            own_feed=own_feed,
+            own_feed=self._dataset_feed,
         )
 
     def latest(self) -> pd.DataFrame:
