@@ -567,7 +567,7 @@ def events_frame(events: Iterable[AlertEvent]) -> pd.DataFrame:
             ).tz_localize("UTC"),
             "rule": pd.Categorical([e.rule for e in events]),
             "device": pd.Series([e.device for e in events], dtype=str),
-            "metric": pd.Series([e.metric for e in events], dtype=object),
+            "metric": pd.Series([e.metric for e in events], dtype=str),
             "value": np.array([e.value for e in events], dtype=np.float64),
             "state": pd.Categorical([e.state for e in events], categories=_STATES),
         }

@@ -37,7 +37,7 @@ import pandas as pd
 
 from tesaiot_data.errors import ConfigError, RecordingError
 from tesaiot_data.parquet import read_received
-from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame
+from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame, text_categories
 from tesaiot_data.timestamps import TimeLike, since_ns
 from tesaiot_data.window import RollingWindow
 
@@ -228,13 +228,14 @@ def _identity(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _plain_categories(column: pd.Series) -> pd.Series:
-    """A categorical column with `object` categories, only the used ones, as `frame()` has."""
+    """A categorical column with `str` categories, only the used ones, as `frame()` has."""
     if not isinstance(column.dtype, pd.CategoricalDtype):
         return column
     categorical = column.array.remove_unused_categories()
-    categories = pd.Index(np.asarray(categorical.categories, dtype=object), dtype=object)
     return pd.Series(
-        pd.Categorical.from_codes(categorical.codes, categories=categories, validate=False),
+        pd.Categorical.from_codes(
+            categorical.codes, categories=text_categories(categorical.categories), validate=False
+        ),
         index=column.index,
     )
 

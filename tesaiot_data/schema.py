@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -14,6 +16,7 @@ __all__ = [
     "TIME_COLUMNS",
     "TIME_TYPE",
     "empty_frame",
+    "text_categories",
     "to_canonical",
     "used_categories",
 ]
@@ -66,6 +69,24 @@ REJECTS_SCHEMA = pa.schema(
 _TARGETS = {"timestamp": "UTC times", "received_at": "UTC times", "value": "float64 numbers"}
 
 
+def text_categories(values: Iterable[str]) -> pd.Index:
+    """Return the categories of a canonical category column, holding `values`.
+
+    pandas' default string dtype (`str`: pandas 3's `StringDtype(na_value=nan)`; `object` on
+    pandas 2), which is what pandas makes of the Parquet files' dictionary columns. So
+    `frame()`, `history()`, `load_recording()` and `query()` agree, and `pd.concat` of their
+    frames keeps the category dtype where the category sets are equal, and gives `str`
+    columns where they differ.
+
+    Args:
+        values: The category strings, distinct.
+
+    Returns:
+        An Index of dtype `str`.
+    """
+    return pd.Index(list(values), dtype=str)
+
+
 def empty_frame() -> pd.DataFrame:
     """Return a frame with no rows and the canonical columns and dtypes."""
     utc = pd.DatetimeTZDtype(unit="ns", tz="UTC")
@@ -76,7 +97,7 @@ def empty_frame() -> pd.DataFrame:
         elif name == "value":
             data[name] = pd.Series([], dtype="float64")
         else:
-            data[name] = pd.Series([], dtype="category")
+            data[name] = pd.Series([], dtype=pd.CategoricalDtype(text_categories(())))
     return pd.DataFrame(data)
 
 
@@ -113,7 +134,12 @@ def _convert(name: str, column: pd.Series) -> pd.Series:
     if name == "value":
         return column.astype("float64")
     if not isinstance(column.dtype, pd.CategoricalDtype):
-        return column.astype("category")
+        column = column.astype("category")
+    found = column.cat.categories
+    # Strings held as `object` (a frame built by hand, pandas 2) take the canonical dtype;
+    # anything else is left for the Arrow conversion to reject with the column's name.
+    if found.dtype != text_categories(()).dtype and pd.api.types.infer_dtype(found) == "string":
+        return column.cat.rename_categories(text_categories(found))
     return column
 
 

@@ -23,6 +23,7 @@ from tesaiot_data.schema import (
     COLUMNS,
     TIME_TYPE,
     empty_frame,
+    text_categories,
     used_categories,
 )
 
@@ -486,8 +487,9 @@ class RollingWindow:
         }
         for name in CATEGORY_COLUMNS:
             codes, names = _used_only(merged.codes[name], generation[name])
-            categories = pd.Index(names, dtype=object)
-            data[name] = pd.Categorical.from_codes(codes, categories=categories, validate=False)
+            data[name] = pd.Categorical.from_codes(
+                codes, categories=text_categories(names), validate=False
+            )
         return pd.DataFrame({name: data[name] for name in COLUMNS}, copy=False)
 
 

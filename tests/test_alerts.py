@@ -180,6 +180,7 @@ def test_a_silent_rule_fires_and_clears_when_the_device_returns(
     assert events_of(gone, quiet)[1][1] > 2.0  # the silence lasted that long
     assert events_of(gone, busy) == []  # 10 msg/s: never 2 s quiet (on a sane machine)
     assert gone["metric"].isna().all()
+    assert alerts["metric"].dtype == pd.Series(["x"], dtype=str).dtype  # missing as NaN, not None
     ghost = alerts[alerts["rule"] == "never-seen"]
     assert events_of(ghost, "ghost") == [("firing", 1.0)]
 

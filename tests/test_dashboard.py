@@ -597,6 +597,9 @@ def test_live_chart_sends_the_window_then_only_new_points(
     rows = collector.stats.rows_total
     wait_for(lambda: collector.stats.rows_total >= rows + 60, message="more rows")
     fleet.stop()  # then the chart catches up with every row: exact counts below
+    # Every message the broker acknowledged has reached the collector, so no late one changes
+    # the counts between a refresh and the count it is compared with.
+    wait_for(lambda: collector.stats.messages >= fleet.published, message="the last messages")
 
     def caught_up() -> bool:
         collector.wait_idle()

@@ -29,7 +29,7 @@ from tesaiot_data.parquet import (
     write_rejects,
 )
 from tesaiot_data.parsing import parse_batch
-from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame
+from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame, to_canonical
 from tesaiot_data.sinks import DatasetWriter, Recorder
 from tesaiot_data.window import RollingWindow
 from tests.frames import (
@@ -623,3 +623,30 @@ def test_files_carry_only_the_categories_their_rows_use(tmp_path: Path) -> None:
         recorder.add(with_unused_categories(20, 1_000))
     assert recorder.path.stat().st_size < 20_000
     assert_same_rows(load_recording(recorder.path), pd.concat([plain(frame)] * 2))
+
+
+def test_live_frames_and_files_hold_one_category_dtype_and_concatenate(tmp_path: Path) -> None:
+    window = RollingWindow(window_ns=None, max_rows=100)
+    window.append(
+        parse_batch(
+            [
+                RawMessage("device/d1/telemetry/env", b'{"temperature": 21.5, "state": "ok"}', 1),
+                RawMessage("device/d2/telemetry/t", b'{"value": 3, "unit": "V"}', 2),
+            ]
+        )
+    )
+    live = window.frame()
+    stored = load_recording(write_frame(live, tmp_path / "live.parquet"))
+    empty = empty_frame()
+    canonical = to_canonical(live.astype({name: object for name in CATEGORY_COLUMNS}))
+    expected = pd.Index(["x"], dtype=str).dtype  # pandas' default string dtype
+    for frame in (live, stored, empty, canonical):
+        for name in CATEGORY_COLUMNS:
+            assert frame[name].cat.categories.dtype == expected, name
+    # Equal category sets: the concatenation stays categorical; different sets give `str`.
+    both = pd.concat([live, stored], ignore_index=True)
+    for name in CATEGORY_COLUMNS:
+        assert isinstance(both[name].dtype, pd.CategoricalDtype), name
+    mixed = pd.concat([window.frame(devices=["d2"]), stored], ignore_index=True)
+    assert mixed["device_id"].dtype == expected
+    assert mixed["device_id"].tolist() == ["d2", "d1", "d1", "d2"]
