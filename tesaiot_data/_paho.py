@@ -7,13 +7,9 @@ when they differ by the read buffer).
 
 from __future__ import annotations
 
-import logging
-import ssl
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUTH_REFUSED",
@@ -35,8 +31,6 @@ MQTT 5 reason codes 134 and 135 that paho 2.x reports for them."""
 
 _READ_SIZE = 65_536
 """Bytes a `ReadBuffer` asks its socket for at once (a TLS record is at most 16 KiB)."""
-
-_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class ReadBuffer:
@@ -136,7 +130,7 @@ def _buffered(sock: Any) -> Any:
 
 
 class _BufferedClient(mqtt.Client):
-    """A paho 2.x client whose socket is wrapped in `ReadBuffer`s once it is connected."""
+    """A paho 2.x client that reads each socket it makes through `ReadBuffer`s."""
 
     def _create_socket(self) -> Any:
         return _buffered(super()._create_socket())  # type: ignore[misc,unused-ignore]
@@ -166,10 +160,10 @@ def new_client(
         transport: `"tcp"` or `"websockets"`.
         protocol: The MQTT protocol version, `mqtt.MQTTv311` by default.
         read_buffer: Read the socket through `ReadBuffer`s (paho 2.x, which builds its socket
-            in `Client._create_socket`; with paho 1.6 this is ignored). Offline, on this
-            project's standard messages, it took paho from ~52 to ~36 CPU us per message over
-            WSS and from ~30 to ~25 over TCP (see benchmarks/README.md). False gives paho
-            exactly as it ships, as the benchmarks' baseline needs.
+            in `Client._create_socket`; with paho 1.6 this is ignored). On this project's
+            standard messages it took paho's CPU per message from 63 to 48 us over WSS and
+            from 29 to 26 over TCP (offline, `benchmarks/stages.py`, 2026-12-01). False gives
+            paho exactly as it ships, as the benchmarks' baseline needs.
 
     Returns:
         The client, not yet connected.
