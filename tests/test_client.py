@@ -6,6 +6,7 @@ These tests run twice in CI: under paho-mqtt 2.x and again under 1.6.1
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import logging
 import os
@@ -14,7 +15,7 @@ import socket
 import ssl
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,10 @@ from tesaiot_data import (
     load_rejects,
 )
 from tesaiot_data._paho import PAHO_V2, ReadBuffer
+from tesaiot_data.client import _READ_AHEAD
 from tesaiot_data.demo.broker import LocalBroker, free_port
+from tesaiot_data.demo.fleet import DeviceFleet
+from tesaiot_data.demo.flood import fleet_packets, flood
 from tesaiot_data.errors import StreamError
 from tesaiot_data.messages import RawMessage
 from tests.fake_broker import FakeBroker, FakeConnection, publish, publish_with_a_lying_topic_length
@@ -748,3 +752,31 @@ def test_messages_of_every_size_arrive_exactly_over_wss_and_tcp(
     )
     assert [m.payload for m in received] == payloads
     assert client.stats.failed == 0
+
+
+_BLOCK = bytes(128 * 1024)  # hashed without the GIL (hashlib releases it above 2 KiB)
+
+
+def test_a_burst_waits_in_the_socket_while_the_worker_is_behind(
+    broker: LocalBroker, clients: list[TESAIoTMQTTClient]
+) -> None:
+    sizes: list[int] = []
+
+    def slow(batch: Sequence[RawMessage]) -> None:
+        # Slower per message than paho reads them, and without the GIL most of the time, as
+        # numpy, Arrow and file writes are: the network thread runs meanwhile.
+        for _ in batch:
+            hashlib.sha256(_BLOCK).digest()
+        sizes.append(len(batch))
+
+    client = TESAIoTMQTTClient(broker.settings(qos=0), on_batch=slow)
+    clients.append(client)
+    client.connect()
+    count = 20_000
+    fleet = DeviceFleet(broker.publisher(), devices=50, mixed_shapes=False, malformed=0)
+    flood(broker.publisher(), fleet_packets(fleet, count))
+    wait_for(lambda: client.stats.processed == count, timeout=120, message="not all handled")
+    assert client.stats.dropped == 0
+    # The network thread read at most about _READ_AHEAD messages ahead of the worker, so no
+    # batch is much larger; without the wait one batch took most of the burst.
+    assert max(sizes) <= 2 * _READ_AHEAD, sizes
