@@ -10,7 +10,7 @@ It needs the `sql` extra (DuckDB). Steps:
    base values and sensor order come from `DeviceFleet(seed=...)`, and the values follow
    its model (daily temperature and humidity cycles, pressure noise, motion events, a
    draining battery), computed as numpy columns a million rows at a time and written with
-   the canonical schema by `tesaiot_data.parquet.write_table`, not through a broker.
+   the canonical schema by `tesaiot_data.files.parquet.write_table`, not through a broker.
 2. Run the per-device hourly aggregate (avg/min/max/count per device, metric and UTC hour)
    with `tesaiot_data.query` over the whole dataset with a DuckDB memory limit far below
    the rows' size in memory, and without a limit; the same for an exact median per device
@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from tesaiot_data.demo.broker import PublisherConfig
 from tesaiot_data.demo.fleet import _BATTERY_EMPTY, _DAY, _DIGITS, _UNITS, SENSORS, DeviceFleet
-from tesaiot_data.parquet import write_table
+from tesaiot_data.files.parquet import write_table
 from tesaiot_data.schema import ARROW_SCHEMA
 
 T0_NS = 1_765_324_800 * 10**9  # 2025-12-10T00:00Z

@@ -50,15 +50,15 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pandas as pd
 
-from tesaiot_data._paho import new_client
-from tesaiot_data.collector import Collector
+from tesaiot_data.collector.collector import Collector
 from tesaiot_data.demo.broker import TELEMETRY_FILTER, LocalBroker, PublisherConfig
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.demo.flood import fleet_packets, flood
 from tesaiot_data.messages import ColumnBatch, RawMessage
-from tesaiot_data.parsing import parse_batch
+from tesaiot_data.mqtt._paho import new_client
+from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.settings import Settings
-from tesaiot_data.window import RollingWindow
+from tesaiot_data.window.rolling import RollingWindow
 
 _DEVICES = 50
 _STALL_TIMEOUT = 20.0  # seconds without progress before a run gives up
@@ -259,7 +259,7 @@ class Bench:
 def _bare_client(bench: Bench, transport: str, *, read_buffer: bool = False) -> mqtt.Client:
     settings = bench.settings(transport)
     url = settings.url
-    # Built as TESAIoTMQTTClient builds its own (tesaiot_data._paho), except that the baseline
+    # Built as TESAIoTMQTTClient builds its own (tesaiot_data.mqtt._paho), except that the baseline
     # reads its socket as paho ships (read_buffer=False) unless asked otherwise.
     client = new_client(
         f"bench-bare-{os.getpid()}-{time.monotonic_ns()}",

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from collector_bench import Bench, Publisher, _machine, _wait_for
 
-from tesaiot_data.collector import Collector
+from tesaiot_data.collector.collector import Collector
 from tesaiot_data.dashboard import Dashboard
 from tesaiot_data.dashboard.live_chart import LiveChart
 from tesaiot_data.demo.broker import LocalBroker

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from tesaiot_data.messages import ColumnBatch, RawMessage
-from tesaiot_data.parsing import parse_batch
+from tesaiot_data.parse.rows import parse_batch
 
 _START = 1_765_276_245.0  # 2025-12-09T10:30:45Z
 

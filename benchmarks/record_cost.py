@@ -44,11 +44,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from tesaiot_data.files.parquet import PARQUET_COMPRESSION, ROW_GROUP_ROWS
 from tesaiot_data.messages import ColumnBatch
-from tesaiot_data.parquet import PARQUET_COMPRESSION, ROW_GROUP_ROWS
 from tesaiot_data.schema import ARROW_SCHEMA
-from tesaiot_data.sinks import Recorder
-from tesaiot_data.window import Chunk, RollingWindow
+from tesaiot_data.sinks.base import Recorder
+from tesaiot_data.window.rolling import Chunk, RollingWindow
 
 T0_NS = 1_765_324_800 * 10**9
 WORKER_PERIOD = 0.02  # seconds: a worker batch (one chunk) holds what came in this time

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
-from tesaiot_data.collector import Collector
+from tesaiot_data.collector.collector import Collector
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.demo.flood import fleet_packets, flood

@@ -4,7 +4,7 @@ Run with `python benchmarks/stages.py [--messages N] [--rounds R]` (see README.m
 file). One `LocalBroker` and one publisher process, set up as in `collector_bench.py`; every
 round runs, over WSS and over TCP:
 
-1. paho alone: a bare client (built by `tesaiot_data._paho`, as the collector's is) whose
+1. paho alone: a bare client (built by `tesaiot_data.mqtt._paho`, as the collector's is) whose
    `on_message` does nothing. Stage "paho" = its network thread's CPU per message, paho as it
    ships; stage "read buffer" = the same client with `new_client(read_buffer=True)`, as the
    collector reads, minus that (negative: what `_paho.ReadBuffer` saves).
@@ -62,14 +62,14 @@ from collector_bench import (
     _wait_for,
 )
 
-from tesaiot_data._paho import _buffered
-from tesaiot_data.client import TESAIoTMQTTClient
-from tesaiot_data.collector import Collector
+from tesaiot_data.collector.collector import Collector
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.parsing import parse_batch
-from tesaiot_data.window import RollingWindow
+from tesaiot_data.mqtt._paho import _buffered
+from tesaiot_data.mqtt.client import TESAIoTMQTTClient
+from tesaiot_data.parse.rows import parse_batch
+from tesaiot_data.window.rolling import RollingWindow
 
 _STAGES = ("paho", "read buffer", "callback", "parse", "window", "worker loop", "sinks")
 _OWN = ("callback", "parse", "window", "worker loop", "sinks")  # the collector's own work

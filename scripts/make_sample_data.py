@@ -41,7 +41,7 @@ import pandas as pd
 from tesaiot_data import Collector, load_recording
 from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
 from tesaiot_data.demo.fleet import DeviceFleet
-from tesaiot_data.parquet import write_frame
+from tesaiot_data.files.parquet import write_frame
 
 START = datetime(2025, 6, 2, 8, 0, tzinfo=timezone.utc).timestamp()
 DURATION = 3600.0  # seconds of simulated time

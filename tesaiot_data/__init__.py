@@ -12,10 +12,7 @@ from typing import TYPE_CHECKING, Any
 from tesaiot_data._version import __version__
 
 if TYPE_CHECKING:
-    from tesaiot_data.alerts import AlertEvent, load_alerts
-    from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
-    from tesaiot_data.collector import Collector, CollectorStats, Recording
-    from tesaiot_data.compaction import CompactionResult, compact_dataset
+    from tesaiot_data.collector.collector import Collector, CollectorStats, Recording
     from tesaiot_data.dashboard import Dashboard
     from tesaiot_data.errors import (
         AuthError,
@@ -33,18 +30,21 @@ if TYPE_CHECKING:
         TLSError,
         TokenError,
     )
+    from tesaiot_data.files.compaction import CompactionResult, compact_dataset
+    from tesaiot_data.files.parquet import load_recording, load_rejects, read_metadata
     from tesaiot_data.messages import RawMessage, Reject, RejectReason
-    from tesaiot_data.parquet import load_recording, load_rejects, read_metadata
-    from tesaiot_data.parsing import ParseOptions, Row, parse_message
+    from tesaiot_data.monitor.alerts import AlertEvent, load_alerts
+    from tesaiot_data.mqtt.client import ClientStats, TESAIoTMQTTClient
+    from tesaiot_data.parse.rows import ParseOptions, Row, parse_message
+    from tesaiot_data.readers.sql import query
     from tesaiot_data.replay import Replayer, ReplayResult
     from tesaiot_data.settings import BrokerURL, Settings, mask_token
-    from tesaiot_data.sql import query
 
 _EXPORTS = {
-    "alerts": ("AlertEvent", "load_alerts"),
-    "client": ("ClientStats", "TESAIoTMQTTClient"),
-    "collector": ("Collector", "CollectorStats", "Recording"),
-    "compaction": ("CompactionResult", "compact_dataset"),
+    "monitor.alerts": ("AlertEvent", "load_alerts"),
+    "mqtt.client": ("ClientStats", "TESAIoTMQTTClient"),
+    "collector.collector": ("Collector", "CollectorStats", "Recording"),
+    "files.compaction": ("CompactionResult", "compact_dataset"),
     "dashboard": ("Dashboard",),
     "errors": (
         "AuthError",
@@ -63,13 +63,13 @@ _EXPORTS = {
         "TokenError",
     ),
     "messages": ("RawMessage", "Reject", "RejectReason"),
-    "parsing": ("ParseOptions", "Row", "parse_message"),
+    "parse.rows": ("ParseOptions", "Row", "parse_message"),
     # The function replay() stays in its module: a package attribute named like a submodule
     # is replaced by the module as soon as anything imports tesaiot_data.replay.
     "replay": ("ReplayResult", "Replayer"),
     "settings": ("BrokerURL", "Settings", "mask_token"),
-    "parquet": ("load_recording", "load_rejects", "read_metadata"),
-    "sql": ("query",),  # DuckDB is imported on the first query, not here
+    "files.parquet": ("load_recording", "load_rejects", "read_metadata"),
+    "readers.sql": ("query",),  # DuckDB is imported on the first query, not here
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

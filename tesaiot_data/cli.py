@@ -16,15 +16,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from tesaiot_data.client import TESAIoTMQTTClient
-from tesaiot_data.collector import Collector, Recording
-from tesaiot_data.compaction import compact_dataset
+from tesaiot_data.collector.collector import Collector, Recording
+from tesaiot_data.collector.status import plural, status_line
 from tesaiot_data.errors import ConnectError, TesaiotError, TokenError
-from tesaiot_data.parquet import load_recording, load_rejects, read_metadata
+from tesaiot_data.files.compaction import compact_dataset
+from tesaiot_data.files.parquet import load_recording, load_rejects, read_metadata
+from tesaiot_data.mqtt.client import TESAIoTMQTTClient
+from tesaiot_data.parse.timestamps import duration_seconds
+from tesaiot_data.readers.sql import query
 from tesaiot_data.settings import Settings
-from tesaiot_data.sql import query
-from tesaiot_data.status import plural, status_line
-from tesaiot_data.timestamps import duration_seconds
 
 __all__ = ["main"]
 

@@ -47,9 +47,6 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 
-from tesaiot_data._paho import AUTH_REFUSED, new_client, reason_code, reason_text
-from tesaiot_data._paho import set_connect_timeout as _set_connect_timeout
-from tesaiot_data.client import connect_error, ssl_context
 from tesaiot_data.errors import (
     AuthError,
     ConfigError,
@@ -58,8 +55,11 @@ from tesaiot_data.errors import (
     TesaiotError,
     TokenError,
 )
-from tesaiot_data.parquet import load_recording
-from tesaiot_data.parsing import _RESERVED
+from tesaiot_data.files.parquet import load_recording
+from tesaiot_data.mqtt._paho import AUTH_REFUSED, new_client, reason_code, reason_text
+from tesaiot_data.mqtt._paho import set_connect_timeout as _set_connect_timeout
+from tesaiot_data.mqtt.client import connect_error, ssl_context
+from tesaiot_data.parse.rows import _RESERVED
 from tesaiot_data.settings import BrokerURL, Settings
 
 __all__ = ["ReplayMessage", "ReplayResult", "Replayer", "messages_of", "replay"]

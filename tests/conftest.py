@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tesaiot_data.collector import Collector
+from tesaiot_data.collector.collector import Collector
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.errors import RecordingError

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tesaiot_data._paho import new_client, reason_code
 from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
+from tesaiot_data.mqtt._paho import new_client, reason_code
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def wait_for(
 
 
 def new_paho_client(client_id: str, *, clean_session: bool = True, transport: str = "tcp") -> Any:
-    """A paho MQTT 3.1.1 client on either paho major version (see `tesaiot_data._paho`)."""
+    """A paho MQTT 3.1.1 client on either paho major version (see `tesaiot_data.mqtt._paho`)."""
     return new_client(client_id, clean_session=clean_session, transport=transport)
 
 

@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 
 from tesaiot_data import Collector, ConfigError, Settings, load_recording
-from tesaiot_data.alerts import (
+from tesaiot_data.demo.broker import LocalBroker
+from tesaiot_data.demo.fleet import DeviceFleet
+from tesaiot_data.messages import RawMessage
+from tesaiot_data.monitor.alerts import (
     ALERT_COLUMNS,
     AlertEngine,
     AlertEvent,
     alerts_sidecar,
     load_alerts,
 )
-from tesaiot_data.demo.broker import LocalBroker
-from tesaiot_data.demo.fleet import DeviceFleet
-from tesaiot_data.messages import RawMessage
 from tests.helpers import publish_acknowledged, wait_for
 
 pytestmark = pytest.mark.broker
@@ -57,7 +57,7 @@ def test_above_fires_once_and_clears_once_per_device(
     collectors: Callable[..., Collector],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="tesaiot_data.alerts")
+    caplog.set_level(logging.INFO, logger="tesaiot_data.monitor.alerts")
     collector = collectors(settings).start()
     calls = Calls()
     collector.alert("hot", metric="temperature", above=50, callback=calls)
@@ -85,7 +85,7 @@ def test_above_fires_once_and_clears_once_per_device(
     assert collector.stats.alert_events == 4
     assert collector.alerts(active=True).empty
     assert collector.alerts(since=pd.Timestamp.now(tz="UTC") + pd.Timedelta("1s")).empty
-    logged = [r for r in caplog.records if r.name == "tesaiot_data.alerts"]
+    logged = [r for r in caplog.records if r.name == "tesaiot_data.monitor.alerts"]
     assert [r.levelno for r in logged] == [logging.WARNING, logging.INFO] * 2
     assert "'hot' firing for device a temperature=60" in logged[0].getMessage()
 

@@ -19,9 +19,9 @@ from tesaiot_data import load_recording
 from tesaiot_data.cli import main
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
+from tesaiot_data.files.parquet import write_frame, write_rejects
 from tesaiot_data.messages import Reject, RejectReason
-from tesaiot_data.parquet import write_frame, write_rejects
-from tesaiot_data.sinks import Recorder
+from tesaiot_data.sinks.base import Recorder
 from tests.helpers import wait_for
 from tests.small_disk import fill, small_disk
 

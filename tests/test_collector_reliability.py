@@ -106,7 +106,7 @@ def test_rows_beyond_the_per_message_limit_are_counted_and_logged(
 ) -> None:
     collector = collectors(broker.settings(), max_rows_per_message=1000).start()
     readings = [{"value": i, "timestamp": int(T0 * 1000) + i} for i in range(1500)]
-    with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector"):
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector.collector"):
         publish_acknowledged(
             broker.publisher(), [("device/batched/telemetry/vibration", readings)] * 2
         )
@@ -223,7 +223,7 @@ def test_a_full_disk_is_reported_once_and_the_rows_are_written_when_space_return
     with open(small_disk / "top-up", "wb") as out, contextlib.suppress(OSError):
         out.write(b"\0" * 1024 * 1024)  # fails part-way: now the disk is truly full
     collector = collectors(broker.settings()).start()
-    with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector"):
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector.collector"):
         recording = collector.record(small_disk / "r.parquet", flush_every=0.05)
         for batch in range(4):
             publish_acknowledged(
@@ -238,7 +238,7 @@ def test_a_full_disk_is_reported_once_and_the_rows_are_written_when_space_return
         errors = [
             r
             for r in caplog.records
-            if r.name == "tesaiot_data.collector" and "cannot write" in r.getMessage()
+            if r.name == "tesaiot_data.collector.collector" and "cannot write" in r.getMessage()
         ]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert "No space left" in errors[0].getMessage()

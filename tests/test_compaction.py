@@ -15,10 +15,10 @@ import pytest
 
 from tesaiot_data import compact_dataset, load_recording, read_metadata
 from tesaiot_data.cli import main
-from tesaiot_data.compaction import STEP_DELETED, STEP_WRITTEN
-from tesaiot_data.parquet import _read_consistent
+from tesaiot_data.files.compaction import STEP_DELETED, STEP_WRITTEN
+from tesaiot_data.files.parquet import _read_consistent
 from tesaiot_data.schema import ARROW_SCHEMA
-from tesaiot_data.sinks import DatasetWriter
+from tesaiot_data.sinks.base import DatasetWriter
 from tests.frames import assert_same_rows, leftovers, make_frame, raw_metadata
 from tests.helpers import wait_for
 

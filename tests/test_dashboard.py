@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from tesaiot_data import Collector, load_recording
+from tesaiot_data.collector.status import status_line
 from tesaiot_data.dashboard import (
     MAX_CELL_CHARS,
     MAX_LEGEND_ENTRIES,
@@ -38,7 +39,6 @@ from tesaiot_data.dashboard.live_chart import LiveChart, decimate
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.settings import Settings
-from tesaiot_data.status import status_line
 from tests.helpers import wait_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,10 +15,10 @@ from tesaiot_data import Collector, Settings
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import SENSORS, DeviceFleet
 from tesaiot_data.errors import ConfigError
-from tesaiot_data.health import HEALTH_COLUMNS, DeviceHealth, device_of_topic
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.parsing import parse_batch
-from tesaiot_data.window import RollingWindow
+from tesaiot_data.monitor.health import HEALTH_COLUMNS, DeviceHealth, device_of_topic
+from tesaiot_data.parse.rows import parse_batch
+from tesaiot_data.window.rolling import RollingWindow
 from tests.helpers import publish_acknowledged, wait_for
 
 pytestmark = pytest.mark.broker

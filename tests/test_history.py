@@ -23,7 +23,7 @@ from tesaiot_data import (
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
-from tesaiot_data.sinks import DatasetWriter
+from tesaiot_data.sinks.base import DatasetWriter
 from tests.frames import assert_same_rows, make_frame, plain
 from tests.helpers import wait_for
 from tests.small_disk import fill, small_disk

@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tesaiot_data.errors import NotARecordingError
-from tesaiot_data.messages import RawMessage
-from tesaiot_data.parquet import (
+from tesaiot_data.files.parquet import (
     PARQUET_COMPRESSION,
     load_recording,
     load_rejects,
@@ -28,10 +27,11 @@ from tesaiot_data.parquet import (
     write_frame,
     write_rejects,
 )
-from tesaiot_data.parsing import parse_batch
+from tesaiot_data.messages import RawMessage
+from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame, to_canonical
-from tesaiot_data.sinks import DatasetWriter, Recorder
-from tesaiot_data.window import RollingWindow
+from tesaiot_data.sinks.base import DatasetWriter, Recorder
+from tesaiot_data.window.rolling import RollingWindow
 from tests.frames import (
     T0,
     assert_same_rows,
@@ -245,7 +245,7 @@ def test_write_batches_refuses_a_batch_of_another_schema(tmp_path: Path) -> None
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
-    from tesaiot_data import parquet  # noqa: PLC0415  (the private helper under test)
+    from tesaiot_data.files import parquet  # noqa: PLC0415  (the private helper under test)
 
     path = write_frame(make_frame(5), tmp_path / "out.parquet")
 

@@ -1,4 +1,4 @@
-"""Unit tests of tesaiot_data.parsing: payload shapes, timestamps, topics, rejects and caps."""
+"""Unit tests of tesaiot_data.parse.rows: payload shapes, timestamps, topics, rejects and caps."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any, cast
 import pandas as pd
 import pytest
 
-from tesaiot_data import parsing
 from tesaiot_data.messages import MAX_REJECT_PAYLOAD, ColumnBatch, RawMessage, Reject, RejectReason
-from tesaiot_data.parsing import (
+from tesaiot_data.parse import rows as parsing
+from tesaiot_data.parse.rows import (
     MAX_DEPTH,
     MAX_ROWS_PER_MESSAGE,
     MAX_TIMESTAMP_TEXT,

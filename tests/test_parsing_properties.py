@@ -1,4 +1,4 @@
-"""Property tests of tesaiot_data.parsing: any topic and any bytes, and the invariants hold."""
+"""Property tests of tesaiot_data.parse.rows: any topic and any bytes, and the invariants hold."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tesaiot_data import parsing
 from tesaiot_data.messages import MAX_REJECT_PAYLOAD, ColumnBatch, RawMessage
-from tesaiot_data.parsing import MAX_ROWS_PER_MESSAGE, decode_payload, parse_batch, parse_message
+from tesaiot_data.parse import rows as parsing
+from tesaiot_data.parse.rows import MAX_ROWS_PER_MESSAGE, decode_payload, parse_batch, parse_message
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

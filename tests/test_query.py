@@ -22,10 +22,10 @@ from tesaiot_data import (
     query,
 )
 from tesaiot_data.cli import main
-from tesaiot_data.compaction import STEP_WRITTEN, compact_dataset
-from tesaiot_data.parquet import write_frame, write_rejects
+from tesaiot_data.files.compaction import STEP_WRITTEN, compact_dataset
+from tesaiot_data.files.parquet import write_frame, write_rejects
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
-from tesaiot_data.sinks import DatasetWriter, Recorder
+from tesaiot_data.sinks.base import DatasetWriter, Recorder
 from tests.frames import UTC_NS, assert_same_rows, make_frame, reject
 
 pytest.importorskip("duckdb", reason="DuckDB, the sql extra, is not installed")
@@ -258,7 +258,7 @@ def test_a_missing_duckdb_is_a_missing_extra_error_with_the_pip_command(
 
 def test_importing_the_package_does_not_import_duckdb() -> None:
     code = (
-        "import sys, tesaiot_data.sql; import tesaiot_data as t; "
+        "import sys, tesaiot_data.readers.sql; import tesaiot_data as t; "
         "assert callable(t.query), t.query; "
         "assert 'duckdb' not in sys.modules; print('ok')"
     )

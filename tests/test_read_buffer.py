@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import trustme
 
-from tesaiot_data._paho import PAHO_V2, ReadBuffer, _buffered
+from tesaiot_data.mqtt._paho import PAHO_V2, ReadBuffer, _buffered
 from tests.fake_broker import publish
 from tests.helpers import wait_for
 

@@ -15,12 +15,12 @@ import pytest
 
 from tesaiot_data import demo, load_recording
 from tesaiot_data.cli import main
-from tesaiot_data.collector import Collector
+from tesaiot_data.collector.collector import Collector
 from tesaiot_data.demo.broker import LocalBroker, PublisherConfig, free_port
 from tesaiot_data.errors import AuthError, ConfigError, ConnectError, NotARecordingError
+from tesaiot_data.files.parquet import write_frame
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.parquet import write_frame
-from tesaiot_data.parsing import parse_batch
+from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.replay import Replayer, ReplayResult, messages_of, replay
 from tesaiot_data.schema import to_canonical
 from tesaiot_data.settings import Settings

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from tesaiot_data import Collector, ConfigError, Settings
-from tesaiot_data import resample as resample_module
 from tesaiot_data.demo.broker import LocalBroker
-from tesaiot_data.resample import HOWS, resample_frame, rule_ns
+from tesaiot_data.window import resample as resample_module
+from tesaiot_data.window.resample import HOWS, resample_frame, rule_ns
 from tests.frames import make_frame
 from tests.helpers import publish_acknowledged, wait_for
 

@@ -33,12 +33,12 @@ import pytest
 
 from tesaiot_data import load_recording
 from tesaiot_data.cli import main
-from tesaiot_data.collector import Collector
+from tesaiot_data.collector.collector import Collector
 from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.errors import ConfigError
 from tesaiot_data.settings import Settings
-from tesaiot_data.sinks import DatasetWriter
+from tesaiot_data.sinks.base import DatasetWriter
 from tests.frames import assert_same_rows, make_frame
 from tests.helpers import wait_for
 

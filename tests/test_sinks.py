@@ -22,18 +22,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from tesaiot_data.errors import RecordingError
-from tesaiot_data.messages import RawMessage
-from tesaiot_data.parquet import (
+from tesaiot_data.files.parquet import (
     load_recording,
     load_rejects,
     read_metadata,
     write_frame,
     write_rejects,
 )
-from tesaiot_data.parsing import parse_batch
+from tesaiot_data.messages import RawMessage
+from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.schema import COLUMNS
-from tesaiot_data.sinks import DatasetWriter, Recorder, Sink
-from tesaiot_data.window import Chunk, RollingWindow
+from tesaiot_data.sinks.base import DatasetWriter, Recorder, Sink
+from tesaiot_data.window.rolling import Chunk, RollingWindow
 from tests.frames import (
     T0,
     UTC_NS,

@@ -21,6 +21,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tesaiot_data import Collector, Settings
+from tesaiot_data.collector.status import plural, stats_summary, status_line
 from tesaiot_data.dashboard.format import (
     RECORDINGS_DIR,
     default_recording_path,
@@ -28,7 +29,6 @@ from tesaiot_data.dashboard.format import (
 )
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.status import plural, stats_summary, status_line
 from tests.helpers import wait_for
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

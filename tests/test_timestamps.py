@@ -10,8 +10,8 @@ import pytest
 
 from tesaiot_data.errors import ConfigError
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.parsing import parse_batch
-from tesaiot_data.timestamps import duration_seconds, parse_timedelta, since_ns, timestamp_ns
+from tesaiot_data.parse.rows import parse_batch
+from tesaiot_data.parse.timestamps import duration_seconds, parse_timedelta, since_ns, timestamp_ns
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from tesaiot_data.messages import ColumnBatch, RawMessage
-from tesaiot_data.parsing import parse_batch
+from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.schema import ARROW_SCHEMA, COLUMNS
-from tesaiot_data.window import RollingWindow
+from tesaiot_data.window.rolling import RollingWindow
 
 T0 = 1_765_276_245.0  # 2025-12-09T10:30:45Z
 SECOND = 1_000_000_000

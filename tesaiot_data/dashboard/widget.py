@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tesaiot_data.collector.status import status_line
 from tesaiot_data.dashboard.chart import _AXIS_PAD, Chart
 from tesaiot_data.dashboard.format import (
     default_recording_path,
@@ -35,11 +36,10 @@ from tesaiot_data.dashboard.format import (
     latest_table_html,
 )
 from tesaiot_data.dashboard.panels import alerts_table_html, health_table_html
-from tesaiot_data.status import status_line
-from tesaiot_data.timestamps import duration_seconds
+from tesaiot_data.parse.timestamps import duration_seconds
 
 if TYPE_CHECKING:
-    from tesaiot_data.collector import Collector, CollectorStats, Recording
+    from tesaiot_data.collector.collector import Collector, CollectorStats, Recording
     from tesaiot_data.dashboard.live_chart import LiveChart
 
 __all__ = ["WINDOWS", "Dashboard"]

@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tesaiot_data.errors import ConfigError, NotARecordingError
-from tesaiot_data.parquet import check_metadata, write_table
+from tesaiot_data.files.parquet import check_metadata, write_table
+from tesaiot_data.parse.timestamps import duration_seconds, parse_timedelta
 from tesaiot_data.schema import TIME_TYPE
-from tesaiot_data.timestamps import duration_seconds, parse_timedelta
-from tesaiot_data.window import Chunk
+from tesaiot_data.window.rolling import Chunk
 
 __all__ = [
     "ALERTS_SCHEMA",

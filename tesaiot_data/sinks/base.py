@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tesaiot_data.errors import RecordingError
-from tesaiot_data.parquet import (
+from tesaiot_data.files.parquet import (
     check_metadata,
     conform_batch,
     iso_datetime,

@@ -6,7 +6,7 @@ final folder, fsynced and then `os.replace`d into place, so a reader sees a whol
 Temporary names start with a dot and end in `.tmp`; the readers only pick up `part-*.parquet`
 (and `rejects-*.parquet`), so leftovers of a crash are ignored.
 
-The sinks that write files over time (`Recorder`, `DatasetWriter`) are in `tesaiot_data.sinks`;
+The sinks that write files over time (`Recorder`, `DatasetWriter`) are in `tesaiot_data.sinks.base`;
 the few helpers below without an underscore and outside `__all__` are theirs.
 """
 
@@ -73,7 +73,7 @@ _REJECTS_PART_GLOB = "rejects-*.parquet"
 _PARTS_SUFFIX = ".parts"
 _REJECTS_SUFFIX = ".rejects.parquet"
 _PART_PREFIX = "part-"
-#: The name prefix of a dataset partition's merged file (see `tesaiot_data.compaction`).
+#: The name prefix of a dataset partition's merged file (see `tesaiot_data.files.compaction`).
 COMPACTED_PREFIX = "compacted-"
 #: The key (`tesaiot.replaces`) of a compacted file's metadata: a JSON list of the names of
 #: the files in its folder that it replaces. Readers skip every file so listed.
@@ -729,7 +729,7 @@ def _recording_files(path: Path) -> list[Path]:
 
 
 # --- datasets: listing, compacted partitions, consistent reads --------------------------------
-# A compacted file (tesaiot_data.compaction) lists in its metadata the files it replaces;
+# A compacted file (tesaiot_data.files.compaction) lists in its metadata the files it replaces;
 # a reader skips them. Between a compacted file's rename into place and the deletion of the
 # files it replaces, a reader thus sees the compacted file only, before it the parts only.
 

@@ -69,8 +69,8 @@ from tesaiot_data.messages import (
     Reject,
     RejectReason,
 )
-from tesaiot_data.timestamps import _SECONDS as _ISO_SECONDS
-from tesaiot_data.timestamps import MAX_TIMESTAMP_TEXT, NaiveZone, seconds_ns, timestamp_ns
+from tesaiot_data.parse.timestamps import _SECONDS as _ISO_SECONDS
+from tesaiot_data.parse.timestamps import MAX_TIMESTAMP_TEXT, NaiveZone, seconds_ns, timestamp_ns
 
 if TYPE_CHECKING:
     import pandas as pd

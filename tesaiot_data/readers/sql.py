@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tesaiot_data.errors import ConfigError, MissingExtraError, NotARecordingError, QueryError
-from tesaiot_data.parquet import _read_consistent, _recording_footer
+from tesaiot_data.files.parquet import _read_consistent, _recording_footer
 from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS
 
 __all__ = ["VIEW", "query"]

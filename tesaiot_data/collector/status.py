@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tesaiot_data.collector import CollectorStats
+    from tesaiot_data.collector.collector import CollectorStats
 
 __all__ = ["plural", "stats_summary", "status_line"]
 

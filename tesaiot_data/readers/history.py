@@ -36,10 +36,10 @@ import numpy as np
 import pandas as pd
 
 from tesaiot_data.errors import ConfigError, RecordingError
-from tesaiot_data.parquet import read_received
+from tesaiot_data.files.parquet import read_received
+from tesaiot_data.parse.timestamps import TimeLike, since_ns
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame, text_categories
-from tesaiot_data.timestamps import TimeLike, since_ns
-from tesaiot_data.window import RollingWindow
+from tesaiot_data.window.rolling import RollingWindow
 
 __all__ = ["SEAM_MARGIN", "DatasetFeed", "history_frame"]
 

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from tesaiot_data._version import VERSION
 from tesaiot_data.errors import ConfigError, NotARecordingError
-from tesaiot_data.parquet import (
+from tesaiot_data.files.parquet import (
     COMPACTED_PREFIX,
     PARQUET_COMPRESSION,
     REPLACES_KEY,
@@ -62,8 +62,8 @@ from tesaiot_data.parquet import (
     prefixed,
     write_row_groups,
 )
+from tesaiot_data.parse.timestamps import TimeLike, since_ns
 from tesaiot_data.schema import ARROW_SCHEMA, TIME_COLUMNS
-from tesaiot_data.timestamps import TimeLike, since_ns
 
 __all__ = ["CompactionResult", "compact_dataset"]
 

@@ -16,21 +16,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from tesaiot_data.alerts import AlertCapture, AlertEngine, AlertEvent, AlertRule, alerts_sidecar
-from tesaiot_data.alerts import write_alerts as _write_alerts
-from tesaiot_data.client import ClientStats, TESAIoTMQTTClient
+from tesaiot_data.collector.status import stats_summary
 from tesaiot_data.errors import ConfigError, RecordingError
-from tesaiot_data.health import DeviceHealth
-from tesaiot_data.history import history_frame
+from tesaiot_data.files.parquet import write_batches
 from tesaiot_data.messages import ColumnBatch, RawMessage, Reject
-from tesaiot_data.parquet import write_batches
-from tesaiot_data.parsing import MAX_DEPTH, MAX_ROWS_PER_MESSAGE, ParseOptions, parse_batch
-from tesaiot_data.resample import Watermark, resample_frame, rule_ns
+from tesaiot_data.monitor.alerts import (
+    AlertCapture,
+    AlertEngine,
+    AlertEvent,
+    AlertRule,
+    alerts_sidecar,
+)
+from tesaiot_data.monitor.alerts import write_alerts as _write_alerts
+from tesaiot_data.monitor.health import DeviceHealth
+from tesaiot_data.mqtt.client import ClientStats, TESAIoTMQTTClient
+from tesaiot_data.parse.rows import MAX_DEPTH, MAX_ROWS_PER_MESSAGE, ParseOptions, parse_batch
+from tesaiot_data.parse.timestamps import TimeLike, duration_seconds, since_ns
+from tesaiot_data.readers.history import history_frame
 from tesaiot_data.settings import Settings
-from tesaiot_data.sinks import DatasetWriter, Recorder, Sink
-from tesaiot_data.status import stats_summary
-from tesaiot_data.timestamps import TimeLike, duration_seconds, since_ns
-from tesaiot_data.window import Chunk, RollingWindow
+from tesaiot_data.sinks.base import DatasetWriter, Recorder, Sink
+from tesaiot_data.window.resample import Watermark, resample_frame, rule_ns
+from tesaiot_data.window.rolling import Chunk, RollingWindow
 
 if TYPE_CHECKING:
     from tesaiot_data.dashboard import Dashboard
@@ -252,7 +258,7 @@ class Recording:
 
         When the collector has alert rules, the alert events of the recording's time go to
         `<stem>.alerts.parquet` beside it (also when there were none; read it with
-        `tesaiot_data.alerts.load_alerts`).
+        `tesaiot_data.monitor.alerts.load_alerts`).
 
         Raises:
             RecordingError: The file could not be written (disk full, folder removed); the
@@ -588,7 +594,7 @@ class Collector:
         this collector's `snapshot_dir` (its pending rows are written first), or `dataset`,
         for example the folder a `tesaiot-data record --dataset` service writes; the rest
         come from the window. With another process's dataset, a row near the watermark
-        that both hold is kept once (the window's copy); see `tesaiot_data.history`.
+        that both hold is kept once (the window's copy); see `tesaiot_data.readers.history`.
 
         Args:
             since: Rows received at or after this time: a duration back from now (`"7d"`),
@@ -665,7 +671,7 @@ class Collector:
         it had ended when they were handed out). A row that enters the window later with a
         device time before the watermark is counted in `stats.late_rows`: a bucket handed
         out as complete has changed. One watermark serves every rule and filter, and never
-        moves back; see `tesaiot_data.resample.Watermark`.
+        moves back; see `tesaiot_data.window.resample.Watermark`.
 
         Example:
             >>> collector.resample("10s", metrics="temperature")  # doctest: +SKIP
@@ -719,7 +725,7 @@ class Collector:
 
         Every message counts, rejected ones too (a device that sends garbage is alive);
         retained messages the broker replays on subscribing do not. Memory is bounded by
-        the number of devices (see `tesaiot_data.health`): devices not seen for a day, or
+        the number of devices (see `tesaiot_data.monitor.health`): devices not seen for a day, or
         the least recently seen beyond `health.MAX_DEVICES`, are forgotten
         (`stats.devices_evicted`).
 

@@ -19,14 +19,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from tesaiot_data._paho import (
-    AUTH_REFUSED,
-    PAHO_V2,
-    new_client,
-    reason_code,
-    reason_text,
-    set_connect_timeout,
-)
 from tesaiot_data.errors import (
     AuthError,
     ConnectError,
@@ -37,7 +29,15 @@ from tesaiot_data.errors import (
     TLSError,
 )
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.parsing import decode_payload, parse_topic
+from tesaiot_data.mqtt._paho import (
+    AUTH_REFUSED,
+    PAHO_V2,
+    new_client,
+    reason_code,
+    reason_text,
+    set_connect_timeout,
+)
+from tesaiot_data.parse.rows import decode_payload, parse_topic
 from tesaiot_data.settings import BrokerURL, Settings
 
 __all__ = ["BatchHandler", "ClientStats", "TESAIoTMQTTClient"]

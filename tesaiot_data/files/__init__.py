@@ -1,0 +1,1 @@
+"""Files: the Parquet format, file and folder names, metadata, atomic writes and compaction."""

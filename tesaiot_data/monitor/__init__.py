@@ -1,0 +1,1 @@
+"""Monitors over the live stream: device health and alert rules (no files)."""

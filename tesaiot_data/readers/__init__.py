@@ -1,0 +1,1 @@
+"""Readers: the ways back out, from files (recordings, datasets), history and SQL."""

@@ -1,0 +1,1 @@
+"""The window stage: the rolling, bounded columnar store of recent rows, and resampling."""
