@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import platform
 import random
-import ssl
 import statistics
 import subprocess
 import tempfile
@@ -51,11 +50,12 @@ import paho.mqtt.client as mqtt
 import pandas as pd
 
 from tesaiot_data.collector.collector import Collector
-from tesaiot_data.demo.broker import TELEMETRY_FILTER, LocalBroker, PublisherConfig
+from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
+from tesaiot_data.demo.credentials import TELEMETRY_FILTER
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.demo.flood import fleet_packets, flood
 from tesaiot_data.messages import ColumnBatch, RawMessage
-from tesaiot_data.mqtt._paho import new_client
+from tesaiot_data.mqtt.connection import client_for
 from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.settings import Settings
 from tesaiot_data.window.rolling import RollingWindow
@@ -259,21 +259,14 @@ class Bench:
 def _bare_client(bench: Bench, transport: str, *, read_buffer: bool = False) -> mqtt.Client:
     settings = bench.settings(transport)
     url = settings.url
-    # Built as TESAIoTMQTTClient builds its own (tesaiot_data.mqtt._paho), except that the baseline
-    # reads its socket as paho ships (read_buffer=False) unless asked otherwise.
-    client = new_client(
-        f"bench-bare-{os.getpid()}-{time.monotonic_ns()}",
-        transport=url.transport,
+    # Built as TESAIoTMQTTClient builds its own (tesaiot_data.mqtt.connection), except that the
+    # baseline reads its socket as paho ships (read_buffer=False) unless asked otherwise.
+    client = client_for(
+        settings,
+        client_id=f"bench-bare-{os.getpid()}-{time.monotonic_ns()}",
+        clean_session=True,
         read_buffer=read_buffer,
     )
-    client.username_pw_set(settings.token, settings.token)
-    if url.transport == "websockets":
-        client.ws_set_options(path=url.path)
-    if url.tls:  # the same TLS set-up as TESAIoTMQTTClient: verified against the CA
-        context = ssl.create_default_context(cafile=str(settings.ca_certs))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        client.tls_set_context(context)
-    client.max_queued_messages_set(0)
     subscribed = threading.Event()
     client.on_connect = lambda c, *_: c.subscribe(TELEMETRY_FILTER, 0)
     client.on_subscribe = lambda *_: subscribed.set()
@@ -429,7 +422,7 @@ def window_batches(rows: int, start: float, devices: int = _DEVICES) -> Iterator
 
 
 def build_window(rows: int) -> tuple[RollingWindow, dict[str, float]]:
-    """The collector's store, filled the way `Collector._ingest` fills it (no broker)."""
+    """The collector's store, filled the way `Collector.ingest` fills it (no broker)."""
     start = time.time() - rows * 0.001
     _trim()
     rss0 = _rss()

@@ -107,16 +107,16 @@ def refresh_times(repeat: int, points: int) -> None:
         stamp = now_ns - int(WINDOW_MS * 1e6) + k * step
         batch.extend(_reading(d, 25.0 + (k % 7), stamp, stamp) for d in ids)
         if len(batch) >= 20_000:
-            collector._ingest(batch)
+            collector.ingest(batch)
             batch = []
-    collector._ingest(batch)
+    collector.ingest(batch)
     print(f"2. Dashboard.refresh() of {DEVICES * points:,} rows ({DEVICES} devices):")
     for interactive in (True, False):
         dash = Dashboard(collector, metric="temperature", refresh="1h", interactive=interactive)
         seconds = []
         for k in range(repeat):
             received = time.time_ns()
-            collector._ingest([_reading(d, 25.0 + k, received, received) for d in ids])
+            collector.ingest([_reading(d, 25.0 + k, received, received) for d in ids])
             started = time.perf_counter()
             dash.refresh()
             seconds.append(time.perf_counter() - started)

@@ -47,8 +47,9 @@ import pyarrow.parquet as pq
 from tesaiot_data.files.parquet import PARQUET_COMPRESSION, ROW_GROUP_ROWS
 from tesaiot_data.messages import ColumnBatch
 from tesaiot_data.schema import ARROW_SCHEMA
-from tesaiot_data.sinks.base import Recorder
-from tesaiot_data.window.rolling import Chunk, RollingWindow
+from tesaiot_data.sinks.recorder import Recorder
+from tesaiot_data.window.chunk import Chunk, to_frame
+from tesaiot_data.window.rolling import RollingWindow
 
 T0_NS = 1_765_324_800 * 10**9
 WORKER_PERIOD = 0.02  # seconds: a worker batch (one chunk) holds what came in this time
@@ -130,7 +131,7 @@ def recorder_scheme(convert: str) -> Callable[[list[list[Chunk]], int, Path], Ru
         for index, group in enumerate(groups, 1):
             with running:
                 if convert == "frames":
-                    recorder.add(RollingWindow._build(group, group[0].categories))
+                    recorder.add(to_frame(group))
                 else:
                     for batch in RollingWindow.batches_of(group):
                         recorder.add(batch)

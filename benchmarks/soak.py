@@ -129,7 +129,7 @@ def main() -> None:
             t = time.perf_counter()
             collector.frame()
             frame_ms = (time.perf_counter() - t) * 1000
-            entries = collector._window.dictionary_entries
+            entries = collector.window.dictionary_entries
             stats = collector.stats
             if recording.error is not None and not event:
                 event = f"recording: {type(recording.error).__name__}"
@@ -149,7 +149,7 @@ def main() -> None:
             f"\n{sent:,} messages in {elapsed:.0f} s ({sent / elapsed:,.0f} msg/s); "
             f"received {stats.received:,} = messages {stats.messages:,} + rejected "
             f"{stats.rejected:,} + dropped {stats.dropped:,} + failed {stats.failed:,} + "
-            f"pending {stats.pending:,}; dictionary compactions {collector._window.compactions:,}; "
+            f"pending {stats.pending:,}; dictionary compactions {collector.window.compactions:,}; "
             f"recording: {recording.rows:,} rows, {recorded:,} temperature rows read back, "
             f"{path.stat().st_size / 2**20:.0f} MB"
         )

@@ -66,7 +66,7 @@ from tesaiot_data.collector.collector import Collector
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.mqtt._paho import _buffered
+from tesaiot_data.mqtt._paho import buffered_socket
 from tesaiot_data.mqtt.client import TESAIoTMQTTClient
 from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.window.rolling import RollingWindow
@@ -300,7 +300,7 @@ def offline_paho(bench: Bench, count: int, rounds: int = 5) -> dict[str, dict[st
 
     Returns {"tcp"|"wss": {"paho": as shipped, "read buffer": buffered minus as shipped}},
     medians of `rounds`. WSS is TLS (a `trustme` CA) with paho's own `_WebsocketWrapper` over
-    it, past its handshake; the buffered client is wrapped by `_paho._buffered` as
+    it, past its handshake; the buffered client is wrapped by `_paho.buffered_socket` as
     `new_client(read_buffer=True)` does on connect.
     """
     packets = bench.packets(count).read_bytes()
@@ -339,7 +339,7 @@ def offline_paho(bench: Bench, count: int, rounds: int = 5) -> dict[str, dict[st
                 _payload_head=0,
                 _readbuffer_head=0,
             )
-        client._sock = _buffered(wrapped) if read_buffer else wrapped
+        client._sock = buffered_socket(wrapped) if read_buffer else wrapped
         sock.setblocking(False)
         started = time.thread_time()
         while got[0] < count:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tesaiot_data import _moved
 from tesaiot_data._version import __version__
 
+_moved.install()  # the module paths of 0.1 (tesaiot_data.parsing, ...) warn and still work
+
 if TYPE_CHECKING:
-    from tesaiot_data.collector.collector import Collector, CollectorStats, Recording
+    from tesaiot_data.collector import Collector, CollectorStats, Recording
     from tesaiot_data.dashboard import Dashboard
     from tesaiot_data.errors import (
         AuthError,
@@ -31,19 +34,22 @@ if TYPE_CHECKING:
         TokenError,
     )
     from tesaiot_data.files.compaction import CompactionResult, compact_dataset
-    from tesaiot_data.files.parquet import load_recording, load_rejects, read_metadata
     from tesaiot_data.messages import RawMessage, Reject, RejectReason
-    from tesaiot_data.monitor.alerts import AlertEvent, load_alerts
+    from tesaiot_data.monitor.events import AlertEvent
+    from tesaiot_data.monitor.sidecar import load_alerts
     from tesaiot_data.mqtt.client import ClientStats, TESAIoTMQTTClient
-    from tesaiot_data.parse.rows import ParseOptions, Row, parse_message
+    from tesaiot_data.parse.rows import ParseOptions
+    from tesaiot_data.parse.single import Row, parse_message
+    from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
     from tesaiot_data.readers.sql import query
     from tesaiot_data.replay import Replayer, ReplayResult
     from tesaiot_data.settings import BrokerURL, Settings, mask_token
 
 _EXPORTS = {
-    "monitor.alerts": ("AlertEvent", "load_alerts"),
+    "monitor.events": ("AlertEvent",),
+    "monitor.sidecar": ("load_alerts",),
     "mqtt.client": ("ClientStats", "TESAIoTMQTTClient"),
-    "collector.collector": ("Collector", "CollectorStats", "Recording"),
+    "collector": ("Collector", "CollectorStats", "Recording"),
     "files.compaction": ("CompactionResult", "compact_dataset"),
     "dashboard": ("Dashboard",),
     "errors": (
@@ -63,12 +69,13 @@ _EXPORTS = {
         "TokenError",
     ),
     "messages": ("RawMessage", "Reject", "RejectReason"),
-    "parse.rows": ("ParseOptions", "Row", "parse_message"),
+    "parse.rows": ("ParseOptions",),
+    "parse.single": ("Row", "parse_message"),
     # The function replay() stays in its module: a package attribute named like a submodule
     # is replaced by the module as soon as anything imports tesaiot_data.replay.
     "replay": ("ReplayResult", "Replayer"),
     "settings": ("BrokerURL", "Settings", "mask_token"),
-    "files.parquet": ("load_recording", "load_rejects", "read_metadata"),
+    "readers.disk": ("load_recording", "load_rejects", "read_metadata"),
     "readers.sql": ("query",),  # DuckDB is imported on the first query, not here
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
+    "DISK_HINT",
     "AuthError",
     "BrokerNotFoundError",
     "ConfigError",
@@ -17,7 +20,11 @@ __all__ = [
     "TLSError",
     "TesaiotError",
     "TokenError",
+    "disk_error",
 ]
+
+#: What to try first when a file could not be written.
+DISK_HINT = "free disk space, or check that the folder exists and is writable"
 
 
 class TesaiotError(Exception):
@@ -127,3 +134,35 @@ class RecordingError(TesaiotError, OSError):
         self.path = path
         self.rows_on_disk = rows_on_disk
         self.rows_lost = rows_lost
+
+
+def disk_error(
+    message: str,
+    *,
+    path: str | os.PathLike[str],
+    then: str | None = None,
+    rows_on_disk: int = 0,
+    rows_lost: int = 0,
+) -> RecordingError:
+    """Return the `RecordingError` of a file that could not be written, with `DISK_HINT`.
+
+    The one wording of "could not finish, free disk space" for recordings, datasets, alert
+    files and the collector's flushes.
+
+    Args:
+        message: What could not be written, and why (the cause's text).
+        path: The file or folder that could not be written.
+        then: What else the user can do, appended to the hint (where the rows on disk are).
+        rows_on_disk: Rows that reached disk safely before the failure.
+        rows_lost: Rows that never reached disk.
+
+    Returns:
+        The error, to be raised (or returned) by the caller.
+    """
+    return RecordingError(
+        message,
+        hint=DISK_HINT if then is None else f"{DISK_HINT}; {then}",
+        path=os.fspath(path),
+        rows_on_disk=rows_on_disk,
+        rows_lost=rows_lost,
+    )

@@ -29,60 +29,30 @@ with `numeric_strings=False`) comes back as a number to a collector with the def
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-import paho.mqtt.client as mqtt
+from tesaiot_data.errors import ConfigError, TokenError
+from tesaiot_data.mqtt.publisher import NO_TOKEN, Publisher
+from tesaiot_data.parse.encode import MessagePlan, ReplayMessage, messages_of
+from tesaiot_data.readers.disk import load_recording
+from tesaiot_data.settings import Settings
 
-from tesaiot_data.errors import (
-    AuthError,
-    ConfigError,
-    ConnectError,
-    ConnectTimeoutError,
-    TesaiotError,
-    TokenError,
-)
-from tesaiot_data.files.parquet import load_recording
-from tesaiot_data.mqtt._paho import AUTH_REFUSED, new_client, reason_code, reason_text
-from tesaiot_data.mqtt._paho import set_connect_timeout as _set_connect_timeout
-from tesaiot_data.mqtt.client import connect_error, ssl_context
-from tesaiot_data.parse.rows import _RESERVED
-from tesaiot_data.settings import BrokerURL, Settings
-
-__all__ = ["ReplayMessage", "ReplayResult", "Replayer", "messages_of", "replay"]
+__all__ = ["NO_TOKEN", "ReplayMessage", "ReplayResult", "Replayer", "messages_of", "replay"]
 
 logger = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
-_ROWS_PER_MESSAGE = 1_000  # well under the collector's default max_rows_per_message
-_CHUNK_ROWS = 50_000  # rows turned into Python objects at a time
-_BACKLOG = 5_000  # messages handed to paho but not yet written (QoS 0) or acknowledged
-_INFLIGHT = 100  # QoS 1/2 messages awaiting their acknowledgement at once
-_LOOP_EVERY = 20  # messages published between two turns of the network loop
-_LOOP_TIMEOUT = 0.1  # seconds one turn of the network loop may wait
-_RECONNECT_DELAY = 1.0
 _DRAIN_TIMEOUT = 30.0
 _PROGRESS_EVERY = 0.2
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# Keys the parser never reads as a metric, and `value`, which it reads as the enclosing
-# object's own metric: such metrics can only come back as a sensor type's top-level value.
-_NOT_A_KEY = _RESERVED | {"value"}
-#: Stands in for the platform token when publishing with a username and password; never sent.
-NO_TOKEN = "tesa_mqtt_none_" + "0" * 32
-_TOKEN_HINT = "check the token (MQTT_API_TOKEN) or the username and password that publish"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,240 +87,6 @@ class ReplayResult:
     def rate(self) -> float:
         """Messages per second over `seconds` (0.0 when nothing was timed)."""
         return self.messages / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayMessage:
-    """One message of a replay.
-
-    Args:
-        topic: `device/<id>/telemetry/<sensor_type>` (or `device/<id>/telemetry`).
-        payload: UTF-8 JSON.
-        received_ns: When the rows it carries were received, epoch nanoseconds UTC.
-        rows: How many recorded rows it carries.
-    """
-
-    topic: str
-    payload: bytes
-    received_ns: int
-    rows: int
-
-
-# --- rows -> messages ---------------------------------------------------------------------
-
-
-class _Plan:
-    """A recording's columns in replay order (by receive time), with its messages' bounds."""
-
-    def __init__(self, frame: Any) -> None:
-        order = np.argsort(_ns(frame["received_at"]), kind="stable")
-        self.rows = len(order)
-        self.timestamp = _ns(frame["timestamp"])[order]
-        self.received = _ns(frame["received_at"])[order]
-        names: dict[str, list[str | None]] = {}
-        codes: dict[str, np.ndarray] = {}
-        for column in ("device_id", "sensor_type", "metric", "unit", "value_text"):
-            categorical = frame[column].astype("category").array
-            names[column] = [str(name) for name in categorical.categories]
-            codes[column] = np.asarray(categorical.codes)[order]
-        self.names = names
-        self.codes = codes
-        self.value = np.asarray(frame["value"], dtype=np.float64)[order]
-        if self.rows:
-            same = (
-                (codes["device_id"][1:] == codes["device_id"][:-1])
-                & (codes["sensor_type"][1:] == codes["sensor_type"][:-1])
-                & (self.timestamp[1:] == self.timestamp[:-1])
-                & (self.received[1:] == self.received[:-1])
-            )
-            self.starts = np.flatnonzero(np.concatenate(([True], ~same)))
-        else:
-            self.starts = np.zeros(0, dtype=np.int64)
-        self.span_ns = int(self.received[-1] - self.received[0]) if self.rows else 0
-
-    def messages(
-        self, *, shift_ns: int = 0, skipped: list[int] | None = None
-    ) -> Iterator[ReplayMessage]:
-        """Yield the messages in order; rows no message can reproduce go to `skipped[0]`."""
-        encoder = _Encoder(self.names)
-        bounds = np.append(self.starts, self.rows)
-        group = 0
-        groups = len(self.starts)
-        while group < groups:
-            # A chunk of whole messages, turned into Python objects at once.
-            last = int(np.searchsorted(bounds, bounds[group] + _CHUNK_ROWS, side="right")) - 1
-            last = max(last, group + 1)
-            low, high = int(bounds[group]), int(bounds[last])
-            columns = (
-                self.codes["metric"][low:high].tolist(),
-                self.value[low:high].tolist(),
-                self.codes["unit"][low:high].tolist(),
-                self.codes["value_text"][low:high].tolist(),
-            )
-            for index in range(group, last):
-                start, end = int(bounds[index]), int(bounds[index + 1])
-                yield from encoder.encode(
-                    int(self.codes["device_id"][start]),
-                    int(self.codes["sensor_type"][start]),
-                    timestamp_ns=int(self.timestamp[start]) + shift_ns,
-                    received_ns=int(self.received[start]),
-                    columns=columns,
-                    rows=range(start - low, end - low),
-                    skipped=skipped,
-                )
-            group = last
-
-
-def _ns(column: Any) -> np.ndarray:
-    values = column.array
-    asi8 = getattr(values, "asi8", None)
-    if asi8 is not None:
-        return np.asarray(asi8, dtype=np.int64)
-    return np.asarray(column.astype("datetime64[ns, UTC]").array.asi8, dtype=np.int64)
-
-
-def _topic_level_ok(text: str) -> bool:
-    return "" not in text.split("/") and not any(char in text for char in "+#\x00")
-
-
-class _Encoder:
-    """Turns the rows of one recorded message into the payloads that give them back."""
-
-    def __init__(self, names: dict[str, list[str | None]]) -> None:
-        self.devices = names["device_id"]
-        self.sensors = names["sensor_type"]
-        self.metrics = names["metric"]
-        self.units = names["unit"]
-        self.texts = names["value_text"]
-        self._topics: dict[tuple[int, int], tuple[str, str | None] | None] = {}
-        self._second = -1
-        self._prefix = ""
-
-    def _topic(self, device: int, sensor: int) -> tuple[str, str | None] | None:
-        """(topic, sensor_type for the payload or None); None when the device cannot be sent."""
-        key = (device, sensor)
-        try:
-            return self._topics[key]
-        except KeyError:
-            pass
-        device_id, sensor_type = self.devices[device], self.sensors[sensor]
-        found: tuple[str, str | None] | None
-        if device_id is None or "/" in device_id or not _topic_level_ok(device_id):
-            found = None
-        elif sensor_type is not None and _topic_level_ok(sensor_type):
-            found = (f"device/{device_id}/telemetry/{sensor_type}", None)
-        else:
-            found = (f"device/{device_id}/telemetry", sensor_type)
-        self._topics[key] = found
-        return found
-
-    def iso(self, ns: int) -> str:
-        """Epoch nanoseconds as `YYYY-MM-DDTHH:MM:SS.fffffffffZ`, exactly."""
-        second, nanos = divmod(ns, _NS)
-        if second != self._second:
-            self._second = second
-            moment = _EPOCH + timedelta(seconds=second)
-            self._prefix = moment.replace(tzinfo=None).isoformat(timespec="seconds")
-        return f"{self._prefix}.{nanos:09d}Z"
-
-    def encode(
-        self,
-        device: int,
-        sensor: int,
-        *,
-        timestamp_ns: int,
-        received_ns: int,
-        columns: tuple[list[int], list[float], list[int], list[int]],
-        rows: range,
-        skipped: list[int] | None,
-    ) -> Iterator[ReplayMessage]:
-        where = self._topic(device, sensor)
-        if where is None:
-            if skipped is not None:
-                skipped[0] += len(rows)
-            return
-        sensor_type = self.sensors[sensor] or ""
-        place = (*where, sensor_type)
-        metric_codes, values, unit_codes, text_codes = columns
-        stamp = self.iso(timestamp_ns)
-        batch: list[tuple[str, float | str, str | None]] = []
-        seen: set[str] = set()
-        for row in rows:
-            metric = self.metrics[metric_codes[row]] or ""
-            if metric != sensor_type and metric in _NOT_A_KEY:
-                if skipped is not None:
-                    skipped[0] += 1
-                continue
-            if metric in seen or len(batch) >= _ROWS_PER_MESSAGE:
-                # A JSON object holds a key once: the rest goes in the next message.
-                yield self._message(place, stamp, received_ns, batch)
-                batch, seen = [], set()
-            seen.add(metric)
-            text_code = text_codes[row]
-            unit_code = unit_codes[row]
-            value: float | str = (self.texts[text_code] or "") if text_code >= 0 else values[row]
-            batch.append((metric, value, self.units[unit_code] if unit_code >= 0 else None))
-        if batch:
-            yield self._message(place, stamp, received_ns, batch)
-
-    @staticmethod
-    def _message(
-        place: tuple[str, str | None, str],
-        stamp: str,
-        received_ns: int,
-        batch: list[tuple[str, float | str, str | None]],
-    ) -> ReplayMessage:
-        topic, payload_sensor, sensor_type = place
-        obj: dict[str, Any]
-        units = {unit for _, _, unit in batch}
-        if len(batch) == 1 and batch[0][0] == sensor_type:
-            _, value, unit = batch[0]
-            obj = {"value": value} if unit is None else {"value": value, "unit": unit}
-            obj["timestamp"] = stamp
-        elif len(units) == 1 and not any(metric in _NOT_A_KEY for metric, _, _ in batch):
-            (unit,) = units
-            obj = {"timestamp": stamp} if unit is None else {"timestamp": stamp, "unit": unit}
-            for metric, value, _ in batch:
-                obj[metric] = value
-        else:
-            obj = {"timestamp": stamp}
-            data: dict[str, Any] = {}
-            for metric, value, unit in batch:
-                if metric == sensor_type:
-                    obj["value"] = value
-                    if unit is not None:
-                        obj["unit"] = unit
-                else:
-                    data[metric] = (
-                        {"value": value} if unit is None else {"value": value, "unit": unit}
-                    )
-            obj["data"] = data
-        if payload_sensor is not None:
-            obj["sensor_type"] = payload_sensor
-        return ReplayMessage(topic, _dumps(obj, batch), received_ns, len(batch))
-
-
-def _dumps(obj: dict[str, Any], batch: list[tuple[str, float | str, str | None]]) -> bytes:
-    if all(isinstance(value, str) or math.isfinite(value) for _, value, _ in batch):
-        return orjson.dumps(obj)
-    # orjson writes NaN and infinities as null; the parser reads json's NaN and Infinity.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def messages_of(frame: Any, *, shift_ns: int = 0) -> Iterator[ReplayMessage]:
-    """The messages that give back a frame's rows, in the order a replay sends them.
-
-    Args:
-        frame: Rows in the canonical columns, as `load_recording()` returns them.
-        shift_ns: Added to every timestamp, in nanoseconds.
-
-    Returns:
-        An iterator of messages, ordered by receive time (stable).
-    """
-    return _Plan(frame).messages(shift_ns=shift_ns)
-
-
-# --- the publisher ------------------------------------------------------------------------
 
 
 class _Progress:
@@ -452,15 +188,8 @@ class Replayer:
         self._progress = progress
         self.loop = loop
 
-        self._plan: _Plan | None = None
-        self._client: mqtt.Client | None = None
-        self._url: BrokerURL | None = None
-        self._connack = False
-        self._refused: Any = None
-        self._reconnect_at: float | None = None  # while the connection is down
-        self._masked_token = ""
-        self._completed = 0
-        self._published = 0
+        self._plan: MessagePlan | None = None
+        self._publisher: Publisher | None = None
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._result: ReplayResult | None = None
@@ -573,7 +302,7 @@ class Replayer:
     def _prepare(self) -> None:
         if self._plan is None:
             frame = load_recording(self.source, devices=self._devices, metrics=self._metrics)
-            self._plan = _Plan(frame)
+            self._plan = MessagePlan(frame)
             del frame
             logger.info(
                 "replaying %s: %d rows over %.1f s",
@@ -581,7 +310,7 @@ class Replayer:
                 self._plan.rows,
                 self._plan.span_ns / _NS,
             )
-        if self._plan.rows and self._client is None:
+        if self._plan.rows and self._publisher is None:
             self._connect()
 
     def _run_background(self) -> None:
@@ -600,6 +329,9 @@ class Replayer:
             logger.warning("%s holds no rows to replay", self.source)
             self._result = ReplayResult(0, 0, 0.0, 0.0, None if self.max_speed else self.speed)
             return self._result
+        publisher = self._publisher
+        assert publisher is not None
+        publish, pause = publisher.publish, publisher.pause
         progress = _Progress(plan.rows, self._progress)
         skipped = [0]
         rows = dropped = passes = pass_rows = 0
@@ -616,11 +348,11 @@ class Replayer:
                     if not self.max_speed:
                         due = (message.received_ns - first_received) / _NS / self.speed
                         delay = pass_started + due - time.monotonic()
-                        if delay > 0 and self._pause(delay):
+                        if delay > 0 and pause(delay):
                             break
                     if self._halt.is_set():
                         break
-                    if not self._publish(message):
+                    if not publish(message.topic, message.payload):
                         dropped += 1
                         continue
                     rows += message.rows
@@ -634,14 +366,14 @@ class Replayer:
                     gap = plan.span_ns / _NS / max(1, len(plan.starts) - 1) or 1.0
                     period = (plan.span_ns / _NS + gap) / self.speed
                     rest = pass_started + period - time.monotonic()
-                    if rest > 0 and self._pause(rest):
+                    if rest > 0 and pause(rest):
                         break
-            self._drain()
+            publisher.drain(_DRAIN_TIMEOUT)
         finally:
             progress.update(rows if passes == 1 else pass_rows, final=True)
         seconds = time.monotonic() - started
         self._result = ReplayResult(
-            messages=self._published,
+            messages=publisher.published,
             rows=rows,
             seconds=seconds,
             span=plan.span_ns / _NS,
@@ -660,171 +392,32 @@ class Replayer:
             )
         return self._result
 
-    def _publish(self, message: ReplayMessage) -> bool:
-        """Hand one message to paho; False when QoS 0 and the connection is down."""
-        client = self._client
-        assert client is not None
-        while self._published - self._completed >= _BACKLOG and not self._halt.is_set():
-            self._network(_LOOP_TIMEOUT)  # bounded memory: paho holds what is not yet out
-        info = client.publish(message.topic, message.payload, self.qos)
-        if info.rc in (mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_CONN_LOST):
-            if self.qos == 0:
-                return False
-            info.rc = mqtt.MQTT_ERR_SUCCESS  # kept by paho, sent after the reconnect
-        elif info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise ConnectError(
-                f"paho refused a message: {mqtt.error_string(info.rc)}",
-                hint="check that this account may publish (the platform's tokens only read)",
-            )
-        self._published += 1
-        if self._published % _LOOP_EVERY == 0:
-            self._network(0.0)  # acknowledgements, keepalive
-        return True
-
-    def _pause(self, seconds: float) -> bool:
-        """Turn the network loop for `seconds`; True when `stop()` was called meanwhile."""
-        deadline = time.monotonic() + seconds
-        while not self._halt.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._network(min(left, _LOOP_TIMEOUT))
-        return True
-
-    def _network(self, timeout: float) -> None:
-        """One turn of paho's loop in this thread: read, write, keepalive, reconnect.
-
-        The publishing thread drives the loop itself: with paho's own loop thread, every
-        publish from another thread wakes it through a socket pair, which costs more than
-        the publish.
-        """
-        client = self._client
-        assert client is not None
-        if self._reconnect_at is not None:
-            wait = self._reconnect_at - time.monotonic()
-            if wait > 0:
-                time.sleep(min(wait, timeout))
-                return
-            try:
-                client.reconnect()
-            except Exception as exc:  # retried; the cause is logged
-                assert self._url is not None
-                logger.warning(
-                    "replay: reconnect to %s failed: %s", self._url, connect_error(exc, self._url)
-                )
-                self._reconnect_at = time.monotonic() + _RECONNECT_DELAY
-                return
-            self._reconnect_at = None
-        rc = client.loop(timeout=timeout)
-        if self._refused is not None:
-            raise self._refusal(self._refused)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            logger.warning("replay lost its connection to %s (%s); reconnecting", self._url, rc)
-            self._reconnect_at = time.monotonic() + _RECONNECT_DELAY
-
-    def _drain(self) -> None:
-        """Wait until every message is written (QoS 0) or acknowledged (QoS 1/2)."""
-        deadline = time.monotonic() + _DRAIN_TIMEOUT
-        while self._completed < self._published and time.monotonic() < deadline:
-            self._network(_LOOP_TIMEOUT)
-        missing = self._published - self._completed
-        if not missing:
-            return
-        if self.qos == 0:
-            logger.warning("%d QoS 0 messages were not written to %s", missing, self._url)
-            return
-        raise ConnectError(
-            f"{missing} of {self._published} QoS {self.qos} messages were not "
-            f"acknowledged by {self._url} within {_DRAIN_TIMEOUT:g} s",
-            hint="check the connection to the broker, and that this account may publish: a "
-            "broker closes the connection of one that may not (the platform's tokens only read)",
-        )
-
-    def _connection(self) -> tuple[Settings, BrokerURL]:
-        settings = self._settings
-        if settings is None:
-            url: dict[str, Any] = (
-                {} if self._broker_url is None else {"broker_url": self._broker_url}
-            )
-            try:
-                settings = Settings.from_env(**url)
-            except TokenError:
-                if self._username is None or self._password is None:
-                    raise
-                # Publishing as an account: no platform token is needed, and none is sent.
-                settings = Settings.from_env(token=NO_TOKEN, **url)
-        elif self._broker_url is not None:
-            settings = settings.replace(broker_url=self._broker_url)
-        return settings, settings.url
+    def _connection(self) -> Settings:
+        url: dict[str, Any] = {} if self._broker_url is None else {"broker_url": self._broker_url}
+        try:
+            return Settings.resolve(self._settings, **url)
+        except TokenError:
+            if self._settings is not None or self._username is None or self._password is None:
+                raise
+            # Publishing as an account: no platform token is needed, and none is sent.
+            return Settings.from_env(token=NO_TOKEN, **url)
 
     def _connect(self) -> None:
-        settings, url = self._connection()
-        self._url = url
-        self._masked_token = settings.masked_token
-        client = new_client(self.client_id, clean_session=True, transport=url.transport)
-        client.username_pw_set(
-            self._username or settings.username or settings.token,
-            self._password if self._password is not None else settings.token,
+        publisher = Publisher(
+            self._connection(),
+            client_id=self.client_id,
+            username=self._username,
+            password=self._password,
+            qos=self.qos,
+            halt=self._halt,
         )
-        if url.transport == "websockets":
-            client.ws_set_options(path=url.path)
-        if url.tls:
-            client.tls_set_context(ssl_context(settings, url))
-            if settings.insecure:
-                client.tls_insecure_set(True)
-        _set_connect_timeout(client, settings.connect_timeout)
-        client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(_INFLIGHT)
-        client.on_connect = self._on_connect
-        client.on_publish = self._on_publish
-        self._connack = False
-        self._refused = None
-        logger.info("replay connecting to %s as client %s", url, self.client_id)
-        try:
-            client.connect(url.host, url.port, keepalive=settings.keepalive)
-            deadline = time.monotonic() + settings.connect_timeout
-            rc = mqtt.MQTT_ERR_SUCCESS
-            while not self._connack and rc == mqtt.MQTT_ERR_SUCCESS:
-                if time.monotonic() >= deadline:
-                    raise ConnectTimeoutError(
-                        f"{url} did not accept the connection within "
-                        f"{settings.connect_timeout:g} s",
-                        hint="check MQTT_BROKER_URL (host, port, path) and your network",
-                    )
-                rc = client.loop(timeout=_LOOP_TIMEOUT)
-            if self._refused is not None:
-                raise self._refusal(self._refused)
-            if not self._connack:
-                raise ConnectError(f"{url} closed the connection before accepting it ({rc})")
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                client.disconnect()
-            raise connect_error(exc, url) from None
-        self._client = client
-        self._reconnect_at = None
-
-    def _refusal(self, reason: Any) -> TesaiotError:
-        code, text = reason_code(reason), reason_text(reason)
-        if code in AUTH_REFUSED:
-            who = self._username or self._masked_token
-            return AuthError(f"{self._url} refused the account {who}: {text}", hint=_TOKEN_HINT)
-        return ConnectError(f"{self._url} refused the connection: {text}")
+        publisher.connect()
+        self._publisher = publisher
 
     def _disconnect(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.disconnect()  # written at once: no loop thread runs
-
-    def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, *_: Any) -> None:
-        if reason_code(reason) != 0:
-            self._refused = reason
-        elif self._connack:
-            logger.info("replay reconnected to %s", self._url)
-        self._connack = True
-
-    def _on_publish(self, *_args: Any) -> None:
-        self._completed += 1  # called in the publishing thread, from paho's loop
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.disconnect()
 
 
 def replay(

@@ -16,6 +16,8 @@ __all__ = [
     "TIME_COLUMNS",
     "TIME_TYPE",
     "empty_frame",
+    "epoch_ns",
+    "is_canonical",
     "text_categories",
     "to_canonical",
     "used_categories",
@@ -99,6 +101,51 @@ def empty_frame() -> pd.DataFrame:
         else:
             data[name] = pd.Series([], dtype=pd.CategoricalDtype(text_categories(())))
     return pd.DataFrame(data)
+
+
+def epoch_ns(column: pd.Series | pd.Index | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return a time column as int64 nanoseconds since the epoch (UTC).
+
+    Args:
+        column: A pandas time column (`datetime64[ns, UTC]`, or naive `datetime64[ns]` read
+            as UTC) or an Arrow column of `TIME_TYPE`, without missing values.
+
+    Returns:
+        An int64 array of one value per row; a view of the column where no copy is needed.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        chunked: np.ndarray = column.cast(pa.int64()).to_numpy()
+        return chunked
+    if isinstance(column, pa.Array):
+        array: np.ndarray = column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return array
+    times: np.ndarray = column.to_numpy(dtype="datetime64[ns]")
+    return times.view("int64")
+
+
+def is_canonical(frame: pd.DataFrame, *, exact_columns: bool = True) -> bool:
+    """Return whether `frame` has the canonical dtypes, so `to_canonical` would not change it.
+
+    Args:
+        frame: Any frame.
+        exact_columns: Also require exactly the canonical columns in their order; False
+            allows other columns and another order.
+
+    Returns:
+        True when the canonical columns are unique and have their dtypes.
+    """
+    if exact_columns and tuple(frame.columns) != COLUMNS:
+        return False
+    dtypes = frame.dtypes
+    utc = pd.DatetimeTZDtype(unit="ns", tz="UTC")
+    return bool(
+        frame.columns.is_unique
+        and all(name in dtypes for name in COLUMNS)
+        and dtypes["timestamp"] == utc
+        and dtypes["received_at"] == utc
+        and dtypes["value"] == "float64"
+        and all(isinstance(dtypes[c], pd.CategoricalDtype) for c in CATEGORY_COLUMNS)
+    )
 
 
 def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:

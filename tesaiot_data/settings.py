@@ -335,6 +335,29 @@ class Settings:
         return replace(self, **changes)
 
     @classmethod
+    def resolve(cls, settings: Settings | None, **overrides: Any) -> Settings:
+        """The settings a component was given, or the environment's when it was given None.
+
+        The one rule behind every `settings=None` parameter (the client, the collector,
+        the replay): None reads `Settings.from_env(**overrides)`; given settings are copied
+        with `overrides` changed (see `replace`), or returned as they are without any.
+
+        Args:
+            settings: What the caller passed.
+            **overrides: Field values that take precedence, for example `topic=...`.
+
+        Returns:
+            The settings to use.
+
+        Raises:
+            TokenError: `settings` is None and the environment has no valid token.
+            ConfigError: A variable or an override has a bad value.
+        """
+        if settings is None:
+            return cls.from_env(**overrides)
+        return settings.replace(**overrides) if overrides else settings
+
+    @classmethod
     def from_env(
         cls,
         env_file: str | Path | None = ".env",

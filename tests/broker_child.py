@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import sys
 
-import tesaiot_data.demo.broker as broker_module
+import tesaiot_data.demo.tied_process as tied_process
 from tesaiot_data.demo.broker import LocalBroker
 
 
 def main(args: list[str]) -> None:
     if "--watchdog" in args:
-        broker_module._USE_PDEATHSIG = False
+        tied_process._USE_PDEATHSIG = False
     broker = LocalBroker().start()
     print(json.dumps({"pid": broker.pid, "workdir": str(broker.workdir)}), flush=True)
     sys.stdin.read()

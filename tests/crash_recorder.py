@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tesaiot_data.messages import Reject, RejectReason
-from tesaiot_data.sinks.base import Recorder
+from tesaiot_data.sinks.recorder import Recorder
 
 T0 = pd.Timestamp("2025-12-09T12:00:00", tz="UTC")
 

@@ -16,13 +16,9 @@ from tesaiot_data import Collector, ConfigError, Settings, load_recording
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.monitor.alerts import (
-    ALERT_COLUMNS,
-    AlertEngine,
-    AlertEvent,
-    alerts_sidecar,
-    load_alerts,
-)
+from tesaiot_data.monitor.alerts import AlertEngine
+from tesaiot_data.monitor.events import ALERT_COLUMNS, AlertEvent
+from tesaiot_data.monitor.sidecar import alerts_sidecar, load_alerts
 from tests.helpers import publish_acknowledged, wait_for
 
 pytestmark = pytest.mark.broker
@@ -117,7 +113,7 @@ def test_below_and_devices_filter_and_the_active_alerts(
 
 def ingest(collector: Collector, device: str, points: list[tuple[float, float]]) -> None:
     """Feed rows straight to the worker's entry point, with exact receive times."""
-    collector._ingest(
+    collector.ingest(
         [
             RawMessage(
                 f"device/{device}/telemetry/temperature",
@@ -286,7 +282,7 @@ def test_events_beyond_the_limit_are_dropped_and_counted(
     settings: Settings, collectors: Callable[..., Collector]
 ) -> None:
     collector = collectors(settings)
-    collector._alerts = AlertEngine(max_events=3)
+    collector.ingest.alerts = AlertEngine(max_events=3)
     collector.alert("hot", metric="temperature", above=50)
     ingest(collector, "a", [(i, 60 if i % 2 else 20) for i in range(12)])
     stats = collector.stats

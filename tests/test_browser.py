@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from tesaiot_data.demo.broker import _die_with_parent_preexec, free_port
+from tesaiot_data.demo.broker import free_port
+from tesaiot_data.demo.tied_process import die_with_parent_preexec
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +107,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         env=env,
         cwd=root,
-        preexec_fn=_die_with_parent_preexec(),  # noqa: PLW1509  (dies with the test run)
+        preexec_fn=die_with_parent_preexec(),  # noqa: PLW1509  (dies with the test run)
     )
     base = f"http://127.0.0.1:{port}"
 

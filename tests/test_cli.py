@@ -21,7 +21,7 @@ from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.files.parquet import write_frame, write_rejects
 from tesaiot_data.messages import Reject, RejectReason
-from tesaiot_data.sinks.base import Recorder
+from tesaiot_data.sinks.recorder import Recorder
 from tests.helpers import wait_for
 from tests.small_disk import fill, small_disk
 

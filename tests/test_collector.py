@@ -191,7 +191,7 @@ def test_auto_persist_writes_every_row_exactly_once(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "dataset"
-    collector = collectors(settings, snapshot_dir=root, snapshot_every="0.2s", max_rows=30).start()
+    collector = collectors(settings, dataset=root, flush_every="0.2s", max_rows=30).start()
     fleet = fleet_factory(devices=2, qos=1, seed=9)
     for _ in range(3):
         fleet.publish(100)
@@ -337,7 +337,7 @@ def test_the_batch_path_never_raises_and_accounts_for_every_message(
 ) -> None:
     settings = Settings(token="tesa_mqtt_demo_" + "H" * 32, broker_url="mqtt://127.0.0.1:1")
     collector = Collector(settings, max_rows=1_000, window=None)
-    collector._ingest(
+    collector.ingest(
         [RawMessage(topic, payload, 1_765_276_245 * 10**9) for topic, payload in messages]
     )
     stats = collector.stats

@@ -79,7 +79,7 @@ def test_200k_unique_texts_and_devices_keep_memory_and_files_bounded_by_the_wind
     assert counts_add_up(collector)
     assert stats.pending == 0
     assert stats.rows == 1000
-    entries = collector._window.dictionary_entries
+    entries = collector.window.dictionary_entries
     # 1,000 rows held carry at most ~700 distinct ids and texts; the old store kept 200,000+.
     assert entries["device_id"] < 10_000, entries
     assert entries["value_text"] < 20_000, entries
@@ -106,7 +106,7 @@ def test_rows_beyond_the_per_message_limit_are_counted_and_logged(
 ) -> None:
     collector = collectors(broker.settings(), max_rows_per_message=1000).start()
     readings = [{"value": i, "timestamp": int(T0 * 1000) + i} for i in range(1500)]
-    with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector.collector"):
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector.ingest"):
         publish_acknowledged(
             broker.publisher(), [("device/batched/telemetry/vibration", readings)] * 2
         )
@@ -130,7 +130,7 @@ def test_the_default_per_message_limit_keeps_a_batch_of_1500_readings(
 def test_a_recording_made_before_start_with_auto_persist_records_every_row(
     broker: LocalBroker, collectors: Callable[..., Collector], tmp_path: Path
 ) -> None:
-    collector = collectors(broker.settings(), snapshot_dir=tmp_path / "ds", snapshot_every="60s")
+    collector = collectors(broker.settings(), dataset=tmp_path / "ds", flush_every="60s")
     recording = collector.record(tmp_path / "early.parquet", flush_every=0.2)
     collector.start()
     publish_acknowledged(
@@ -223,7 +223,7 @@ def test_a_full_disk_is_reported_once_and_the_rows_are_written_when_space_return
     with open(small_disk / "top-up", "wb") as out, contextlib.suppress(OSError):
         out.write(b"\0" * 1024 * 1024)  # fails part-way: now the disk is truly full
     collector = collectors(broker.settings()).start()
-    with caplog.at_level(logging.WARNING, logger="tesaiot_data.collector.collector"):
+    with caplog.at_level(logging.WARNING, logger="tesaiot_data.sinks.feed"):
         recording = collector.record(small_disk / "r.parquet", flush_every=0.05)
         for batch in range(4):
             publish_acknowledged(
@@ -238,7 +238,7 @@ def test_a_full_disk_is_reported_once_and_the_rows_are_written_when_space_return
         errors = [
             r
             for r in caplog.records
-            if r.name == "tesaiot_data.collector.collector" and "cannot write" in r.getMessage()
+            if r.name == "tesaiot_data.sinks.feed" and "cannot write" in r.getMessage()
         ]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert "No space left" in errors[0].getMessage()
@@ -297,11 +297,11 @@ def test_wrong_device_clocks_are_counted_as_clock_skew(
         ("device/local/telemetry/t", {"value": 4, "timestamp": local}),
     ]
     raw = [RawMessage(t, json.dumps(body).encode(), round(received * 1e9)) for t, body in messages]
-    collector._ingest(raw)
+    collector.ingest(raw)
     assert collector.stats.clock_skew_rows == 3
 
     bangkok = collectors(settings, naive_timezone="Asia/Bangkok")
-    bangkok._ingest(raw[-1:])
+    bangkok.ingest(raw[-1:])
     assert bangkok.stats.clock_skew_rows == 0
     skew = bangkok.frame()["timestamp"].iloc[0] - pd.Timestamp(received, unit="s", tz="UTC")
     assert abs(skew) < pd.Timedelta("5s")

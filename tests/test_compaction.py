@@ -16,9 +16,9 @@ import pytest
 from tesaiot_data import compact_dataset, load_recording, read_metadata
 from tesaiot_data.cli import main
 from tesaiot_data.files.compaction import STEP_DELETED, STEP_WRITTEN
-from tesaiot_data.files.parquet import _read_consistent
+from tesaiot_data.files.layout import read_consistent
 from tesaiot_data.schema import ARROW_SCHEMA
-from tesaiot_data.sinks.base import DatasetWriter
+from tesaiot_data.sinks.dataset import DatasetWriter
 from tests.frames import assert_same_rows, leftovers, make_frame, raw_metadata
 from tests.helpers import wait_for
 
@@ -199,7 +199,7 @@ def test_a_read_whose_parts_vanish_starts_again_and_reads_the_compacted_file(
             compact_dataset(root)
         return sum(pq.read_metadata(file).num_rows for file in files)
 
-    assert _read_consistent(root, read) == ROWS
+    assert read_consistent(root, read) == ROWS
     assert len(calls) == 2
     assert len(calls[0]) == 13
     assert [file.name.startswith("compacted-") for file in calls[1]] == [True, True]

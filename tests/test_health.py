@@ -184,7 +184,7 @@ def test_retained_replays_are_not_signs_of_life(
 ) -> None:
     collector = collectors(settings)
     t0 = time.time()
-    collector._ingest([raw("live", t0), raw("stored", t0 + 0.001, retain=True)])
+    collector.ingest([raw("live", t0), raw("stored", t0 + 0.001, retain=True)])
     health = collector.health()
     assert health["device"].tolist() == ["live"]
 

@@ -23,7 +23,7 @@ from tesaiot_data import (
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
-from tesaiot_data.sinks.base import DatasetWriter
+from tesaiot_data.sinks.dataset import DatasetWriter
 from tests.frames import assert_same_rows, make_frame, plain
 from tests.helpers import wait_for
 from tests.small_disk import fill, small_disk
@@ -72,21 +72,21 @@ def by_data(frame: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values(["timestamp", "device_id", "metric"], ignore_index=True)
 
 
-@pytest.mark.parametrize("snapshot_every", ["0.2s", "1h"])
+@pytest.mark.parametrize("flush_every", ["0.2s", "1h"])
 def test_history_of_the_own_dataset_has_every_row_once_and_the_dtypes_of_frame(
     settings: Settings,
     collectors: Callable[..., Collector],
     fleet_factory: Callable[..., DeviceFleet],
     tmp_path: Path,
-    snapshot_every: str,
+    flush_every: str,
 ) -> None:
     root = tmp_path / "ds"
     collector = collectors(
-        settings, snapshot_dir=root, snapshot_every=snapshot_every, max_rows=WINDOW_ROWS
+        settings, dataset=root, flush_every=flush_every, max_rows=WINDOW_ROWS
     ).start()
     recording = collector.record(tmp_path / "truth.parquet", flush_every=0.2)
     publish_all(unique_clock_fleet(fleet_factory), collector)
-    if snapshot_every == "1h":  # nothing flushed yet: history() must write what was evicted
+    if flush_every == "1h":  # nothing flushed yet: history() must write what was evicted
         assert not list(root.rglob("*.parquet"))
 
     history = collector.history()
@@ -133,8 +133,8 @@ def test_history_over_another_processs_dataset_keeps_each_reading_once(
     root = tmp_path / "service"
     service = collectors(
         broker.settings(client_id=f"service-{uuid.uuid4().hex[:8]}"),
-        snapshot_dir=root,
-        snapshot_every="0.2s",
+        dataset=root,
+        flush_every="0.2s",
     ).start()
     viewer = collectors(settings, max_rows=WINDOW_ROWS).start()
     recording = viewer.record(tmp_path / "truth.parquet", flush_every=0.2)
@@ -202,7 +202,7 @@ def test_receive_times_of_another_process_either_side_of_the_seam(
 
 
 def test_history_needs_a_dataset(settings: Settings) -> None:
-    with pytest.raises(ConfigError, match="snapshot_dir") as info:
+    with pytest.raises(ConfigError, match=r"Collector\(dataset=") as info:
         Collector(settings).history()
     assert "record --dataset" in str(info.value)
 
@@ -238,7 +238,7 @@ def test_history_raises_when_the_pending_rows_cannot_be_written(
     with small_disk(tmp_path / "disk", size="64k") as disk:
         root = disk / "ds"
         collector = collectors(
-            settings, snapshot_dir=root, snapshot_every="1h", max_rows=WINDOW_ROWS
+            settings, dataset=root, flush_every="1h", max_rows=WINDOW_ROWS
         ).start()
         filler = fill(disk)
         publish_all(unique_clock_fleet(fleet_factory), collector)

@@ -20,17 +20,17 @@ from hypothesis import strategies as st
 from tesaiot_data.errors import NotARecordingError
 from tesaiot_data.files.parquet import (
     PARQUET_COMPRESSION,
-    load_recording,
-    load_rejects,
-    read_metadata,
+    atomic_write,
     write_batches,
     write_frame,
     write_rejects,
 )
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.parse.rows import parse_batch
+from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
 from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS, empty_frame, to_canonical
-from tesaiot_data.sinks.base import DatasetWriter, Recorder
+from tesaiot_data.sinks.dataset import DatasetWriter
+from tesaiot_data.sinks.recorder import Recorder
 from tesaiot_data.window.rolling import RollingWindow
 from tests.frames import (
     T0,
@@ -245,8 +245,6 @@ def test_write_batches_refuses_a_batch_of_another_schema(tmp_path: Path) -> None
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
-    from tesaiot_data.files import parquet  # noqa: PLC0415  (the private helper under test)
-
     path = write_frame(make_frame(5), tmp_path / "out.parquet")
 
     def half_then_fail(sink: object) -> None:
@@ -254,7 +252,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        parquet._atomic_write(path, half_then_fail)
+        atomic_write(path, half_then_fail)
     assert len(load_recording(path)) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
 

@@ -1,4 +1,4 @@
-"""Unit tests of tesaiot_data.parse.rows: payload shapes, timestamps, topics, rejects and caps."""
+"""Unit tests of tesaiot_data.parse: payload shapes, timestamps, topics, rejects and caps."""
 
 from __future__ import annotations
 
@@ -13,19 +13,17 @@ import pandas as pd
 import pytest
 
 from tesaiot_data.messages import MAX_REJECT_PAYLOAD, ColumnBatch, RawMessage, Reject, RejectReason
+from tesaiot_data.parse import payload as parse_payload
 from tesaiot_data.parse import rows as parsing
+from tesaiot_data.parse.payload import decode_payload, parse_topic
 from tesaiot_data.parse.rows import (
     MAX_DEPTH,
     MAX_ROWS_PER_MESSAGE,
     MAX_TIMESTAMP_TEXT,
     ParseOptions,
-    ParseResult,
-    Row,
-    decode_payload,
     parse_batch,
-    parse_message,
-    parse_topic,
 )
+from tesaiot_data.parse.single import ParseResult, Row, parse_message
 
 S = 1_000_000_000  # nanoseconds per second
 T0 = 1_765_276_245 * S  # 2025-12-09T10:30:45Z
@@ -395,7 +393,7 @@ def test_payloads_orjson_refuses_or_reads_differently_give_the_rows_json_gives(
     payload: bytes,
 ) -> None:
     assert parsing._orjson_loads is not json.loads  # the fast path is really orjson
-    value, reason, detail = parsing._loads_json(payload)
+    value, reason, detail = parse_payload.read_payload_stdlib(payload)
     assert (reason, detail) == (None, "")
     assert repr(columns(batch_of((TOPIC, payload)))) == repr(
         columns(batch_of((TOPIC, json.dumps(value, allow_nan=True).encode())))
@@ -456,7 +454,7 @@ def test_rejects_keep_the_reasons_and_details_of_json(
     reject = only_reject(TOPIC, payload)
     assert reject.reason is reason
     assert reject.detail.startswith(detail)
-    assert parsing._loads(payload)[1:] == parsing._loads_json(payload)[1:]
+    assert parse_payload.read_payload(payload)[1:] == parse_payload.read_payload_stdlib(payload)[1:]
 
 
 # --- bare values and arrays -----------------------------------------------------------------
@@ -668,11 +666,11 @@ def test_parse_topic_of_a_non_string_is_none() -> None:
 
 
 def test_the_topic_cache_stays_bounded() -> None:
-    for i in range(parsing._CACHE_SIZE * 2 + 5):
+    for i in range(parse_payload.TOPIC_CACHE_SIZE * 2 + 5):
         assert parse_topic(f"device/d{i}/telemetry") == (f"d{i}", "default")
-    assert 0 < len(parsing._topic_cache) <= parsing._CACHE_SIZE
+    assert 0 < len(parse_payload.TOPIC_CACHE) <= parse_payload.TOPIC_CACHE_SIZE
     assert parse_topic("x" * 10_000) is None
-    assert "x" * 10_000 not in parsing._topic_cache
+    assert "x" * 10_000 not in parse_payload.TOPIC_CACHE
 
 
 # --- rejects --------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tesaiot_data.messages import ColumnBatch, RawMessage
 from tesaiot_data.parse import rows as parsing
-from tesaiot_data.parse.rows import ParseOptions, parse_batch, parse_topic
+from tesaiot_data.parse.payload import parse_topic
+from tesaiot_data.parse.rows import ParseOptions, parse_batch
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RECEIVED_NS = 1_765_276_300_000_000_000

@@ -1,4 +1,4 @@
-"""Property tests of tesaiot_data.parse.rows: any topic and any bytes, and the invariants hold."""
+"""Property tests of tesaiot_data.parse: any topic and any bytes, and the invariants hold."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tesaiot_data.messages import MAX_REJECT_PAYLOAD, ColumnBatch, RawMessage
-from tesaiot_data.parse import rows as parsing
-from tesaiot_data.parse.rows import MAX_ROWS_PER_MESSAGE, decode_payload, parse_batch, parse_message
+from tesaiot_data.parse import payload as parse_payload
+from tesaiot_data.parse.payload import decode_payload
+from tesaiot_data.parse.rows import MAX_ROWS_PER_MESSAGE, parse_batch
+from tesaiot_data.parse.single import parse_message
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -223,7 +225,7 @@ def same_json(fast: Any, reference: Any) -> bool:
 @FAST
 @given(st.one_of(payloads, st.builds(lambda value: json.dumps(value).encode(), scalars)))
 def test_orjson_first_decodes_as_json_alone_did(payload: bytes) -> None:
-    value, reason, detail = parsing._loads(payload)
-    ref_value, ref_reason, ref_detail = parsing._loads_json(payload)
+    value, reason, detail = parse_payload.read_payload(payload)
+    ref_value, ref_reason, ref_detail = parse_payload.read_payload_stdlib(payload)
     assert (reason, detail) == (ref_reason, ref_detail)
     assert same_json(value, ref_value)

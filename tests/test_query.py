@@ -25,7 +25,8 @@ from tesaiot_data.cli import main
 from tesaiot_data.files.compaction import STEP_WRITTEN, compact_dataset
 from tesaiot_data.files.parquet import write_frame, write_rejects
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
-from tesaiot_data.sinks.base import DatasetWriter, Recorder
+from tesaiot_data.sinks.dataset import DatasetWriter
+from tesaiot_data.sinks.recorder import Recorder
 from tests.frames import UTC_NS, assert_same_rows, make_frame, reject
 
 pytest.importorskip("duckdb", reason="DuckDB, the sql extra, is not installed")

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import trustme
 
-from tesaiot_data.mqtt._paho import PAHO_V2, ReadBuffer, _buffered
+from tesaiot_data.mqtt._paho import PAHO_V2, ReadBuffer, buffered_socket
 from tests.fake_broker import publish
 from tests.helpers import wait_for
 
@@ -128,7 +128,7 @@ def websocket(
     )
     peer.join()
     sock.setblocking(False)
-    yield _buffered(wrapper), peer
+    yield buffered_socket(wrapper), peer
     peer.sock.close()
     sock.close()
 

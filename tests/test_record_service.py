@@ -167,7 +167,7 @@ def test_a_dataset_service_keeps_every_message_once_and_stops_cleanly(
         f"recorded {count:,} rows from {count:,} messages to {root} (0 rejected, 0 dropped)"
     )
     log = service.log()
-    assert re.search(r"INFO tesaiot_data\.cli: connected \| \d+ msg/s \|", log), log
+    assert re.search(r"INFO tesaiot_data\.cli\.streaming: connected \| \d+ msg/s \|", log), log
     if stop_signal == signal.SIGTERM:
         assert "SIGTERM received: writing the last rows and stopping" in log
     assert broker.token not in log + service.output()

@@ -324,3 +324,21 @@ def test_an_empty_environment_variable_does_not_hide_the_file(tmp_path: Path) ->
     settings = Settings.from_env(env_file, environ={"MQTT_API_TOKEN": "", "MQTT_BROKER_URL": " "})
     assert settings.token == TOKEN
     assert settings.url.host == "from-file"
+
+
+def test_resolve_reads_the_environment_only_when_given_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    given = Settings(token=TOKEN)
+    assert Settings.resolve(given) is given
+    changed = Settings.resolve(given, topic="device/abc/telemetry/#")
+    assert changed.topic == "device/abc/telemetry/#"
+    assert changed.token == TOKEN
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("MQTT_API_TOKEN", TOKEN)
+    from_env = Settings.resolve(None, broker_url="mqtt://127.0.0.1:1883")
+    assert from_env.token == TOKEN
+    assert from_env.broker_url == "mqtt://127.0.0.1:1883"
+    monkeypatch.delenv("MQTT_API_TOKEN")
+    with pytest.raises(TokenError):
+        Settings.resolve(None)

@@ -38,7 +38,7 @@ from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.errors import ConfigError
 from tesaiot_data.settings import Settings
-from tesaiot_data.sinks.base import DatasetWriter
+from tesaiot_data.sinks.dataset import DatasetWriter
 from tests.frames import assert_same_rows, make_frame
 from tests.helpers import wait_for
 

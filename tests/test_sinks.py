@@ -22,18 +22,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from tesaiot_data.errors import RecordingError
-from tesaiot_data.files.parquet import (
-    load_recording,
-    load_rejects,
-    read_metadata,
-    write_frame,
-    write_rejects,
-)
+from tesaiot_data.files.parquet import write_frame, write_rejects
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.parse.rows import parse_batch
+from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
 from tesaiot_data.schema import COLUMNS
-from tesaiot_data.sinks.base import DatasetWriter, Recorder, Sink
-from tesaiot_data.window.rolling import Chunk, RollingWindow
+from tesaiot_data.sinks.base import Sink
+from tesaiot_data.sinks.dataset import DatasetWriter
+from tesaiot_data.sinks.recorder import Recorder
+from tesaiot_data.window.chunk import Chunk
+from tesaiot_data.window.rolling import RollingWindow
 from tests.frames import (
     T0,
     UTC_NS,

@@ -21,7 +21,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tesaiot_data import Collector, Settings
-from tesaiot_data.collector.status import plural, stats_summary, status_line
+from tesaiot_data.collector.stats import plural, stats_summary, status_line
 from tesaiot_data.dashboard.format import (
     RECORDINGS_DIR,
     default_recording_path,
@@ -35,7 +35,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def offline_collector() -> Collector:
-    """A collector that is never started: tests feed it with `_ingest` as the client would."""
+    """A collector that is never started: tests feed it through `ingest` as the client would."""
     settings = Settings(token="tesa_mqtt_demo_" + "D" * 32, broker_url="mqtt://127.0.0.1:1")
     return Collector(settings, window="15min")
 
@@ -63,7 +63,7 @@ def test_plural_agrees_with_the_count() -> None:
 
 def test_status_line_says_one_reject_and_one_reconnect() -> None:
     collector = offline_collector()
-    collector._ingest([raw("device/d1/telemetry/temperature", b"not json")])
+    collector.ingest([raw("device/d1/telemetry/temperature", b"not json")])
     stats = dataclasses.replace(collector.stats, rows=1, reconnects=1)
     assert stats.rejected == 1
     assert status_line(stats, running=False) == (
@@ -98,7 +98,7 @@ def test_a_stopped_collector_shows_no_rate(
 
 def test_print_stats_gives_a_readable_summary() -> None:
     collector = offline_collector()
-    collector._ingest(
+    collector.ingest(
         [
             raw("device/d1/telemetry/temperature", {"value": 21.5, "unit": "celsius"}),
             raw("device/d1/telemetry/env", {"humidity": 60, "timestamp": "1970-01-01T00:00:00Z"}),
@@ -126,7 +126,7 @@ def test_print_stats_gives_a_readable_summary() -> None:
 def test_latest_keeps_the_last_unit_a_reading_had() -> None:
     collector = offline_collector()
     topic = "device/d1/telemetry/temperature"
-    collector._ingest(
+    collector.ingest(
         [
             raw(topic, {"value": 21.0, "unit": "celsius", "timestamp": now_iso(3)}, seconds_ago=3),
             raw(topic, {"value": 22.0, "unit": "kelvin", "timestamp": now_iso(2)}, seconds_ago=2),

@@ -8,10 +8,11 @@ import warnings
 import pandas as pd
 import pytest
 
+from tesaiot_data.arguments import duration_seconds, parse_timedelta, since_ns
 from tesaiot_data.errors import ConfigError
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.parse.rows import parse_batch
-from tesaiot_data.parse.timestamps import duration_seconds, parse_timedelta, since_ns, timestamp_ns
+from tesaiot_data.parse.timestamps import timestamp_ns
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,15 @@ In a notebook::
     collector.dashboard()          # the cell's value: the widget shows and updates itself
 
 The package's modules: `widget` (`Dashboard`, the ipywidgets box and its refresh thread),
-`live_chart` (`LiveChart`, the interactive uPlot chart, an anywidget, and `decimate`),
-`chart` (the matplotlib chart for `save_png` and front ends without widget JavaScript, and
-`downsample`), `panels` (the health and alerts tables) and `format` (the latest-values table
-and other text). `static/` holds the chart's JavaScript (uPlot 1.6.32, MIT, vendored). The
-collector imports this package only when `Collector.dashboard()` is called: ipywidgets,
-anywidget and matplotlib stay out of scripts that never show one.
+made of `controls` (the selectors and the pause button), `capture` (Record and Snapshot),
+`monitor_panels` (the health and alerts tables as widgets), `rows` (what it reads from the
+collector) and `live_feed` (what the interactive chart is sent); `live_chart` (`LiveChart`,
+the interactive uPlot chart, an anywidget, and `decimate`), `chart` (the matplotlib chart for
+`save_png` and front ends without widget JavaScript, `downsample`, and the time axis both
+charts share), `panels` (the health and alerts tables as HTML) and `format` (the
+latest-values table and other text). `static/` holds the chart's JavaScript (uPlot 1.6.32,
+MIT, vendored). The collector imports this package only when `Collector.dashboard()` is
+called: ipywidgets, anywidget and matplotlib stay out of scripts that never show one.
 """
 
 from __future__ import annotations

@@ -28,16 +28,25 @@ from matplotlib.lines import Line2D
 
 from tesaiot_data.dashboard.format import short_ids
 
-__all__ = ["MAX_LEGEND_ENTRIES", "MAX_POINTS_PER_LINE", "Chart", "downsample"]
+__all__ = [
+    "AXIS_PAD",
+    "MAX_LEGEND_ENTRIES",
+    "MAX_POINTS_PER_LINE",
+    "Chart",
+    "downsample",
+    "off_axis_note",
+    "time_axis",
+]
 
 #: A line with more points than this is downsampled (min/max per bucket) before drawing.
 MAX_POINTS_PER_LINE = 2_000
 #: Devices named in the legend; the rest are summed up as "+N more".
 MAX_LEGEND_ENTRIES = 10
+#: Share of the window left free right of "now" on the time axis: room for the newest point.
+AXIS_PAD = 0.02
 
 _FIGSIZE = (9.0, 3.6)  # inches, at _DPI: a 900 x 360 px chart
 _DPI = 100
-_AXIS_PAD = 0.02  # share of the window left free right of "now": room for the newest point
 _NOTE_COLOR = "#b35900"
 _TAB10 = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -45,6 +54,27 @@ _TAB10 = (
 )  # fmt: skip
 # Ten colours, then the same ten dashed and dotted: 30 lines that all look different.
 _LINE_STYLES = tuple((color, style) for style in ("-", "--", ":") for color in _TAB10)
+
+
+def time_axis(now_ns: int, window_ns: int) -> tuple[int, int]:
+    """The time axis of both charts: the window up to now, and `AXIS_PAD` of it beyond.
+
+    Args:
+        now_ns: Now, in ns since the epoch.
+        window_ns: The window's length, in ns.
+
+    Returns:
+        The axis's first and last moments, in ns since the epoch; a point dated outside
+        them (a device's clock is off) is left out and counted (`off_axis_note`).
+    """
+    return now_ns - window_ns, now_ns + int(window_ns * AXIS_PAD)
+
+
+def off_axis_note(count: int) -> str:
+    """The line under a chart that counts the points left out of its time axis ("" for none)."""
+    if not count:
+        return ""
+    return f"{count:,} point{'' if count == 1 else 's'} outside the time axis (device clock?)"
 
 
 def downsample(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +189,9 @@ class Chart:
         # The axis is the chosen window up to now, whatever the devices' clocks say: one
         # reading dated 2262 must not push every other device off the chart.
         now_ns = time.time_ns()
-        axis_start = np.datetime64(now_ns - window_ns, "ns")
-        axis_end = np.datetime64(now_ns + int(window_ns * _AXIS_PAD), "ns")
+        start_ns, end_ns = time_axis(now_ns, window_ns)
+        axis_start = np.datetime64(start_ns, "ns")
+        axis_end = np.datetime64(end_ns, "ns")
         data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         unit = ""
         off_axis = 0
@@ -189,12 +220,7 @@ class Chart:
                     order = np.argsort(x, kind="stable")
                     x, y = x[order], y[order]
                 data[str(device)] = downsample(x, y, MAX_POINTS_PER_LINE)
-        note = (
-            f"{off_axis:,} point{'' if off_axis == 1 else 's'} outside the time axis "
-            "(device clock?)"
-            if off_axis
-            else ""
-        )
+        note = off_axis_note(off_axis)
         xlim = (float(mdates.date2num(axis_start)), float(mdates.date2num(axis_end)))
         self.plotted_devices = sorted(data)
         self.off_axis_points = off_axis

@@ -12,100 +12,51 @@ closes.
 The certificates come from `trustme` (built on `cryptography`), in this process: the CA's
 private key lives only in memory, signs the server certificate once and is gone. On disk are
 the CA certificate (`ca_file`), the server certificate and the server key (mode 0600).
+
+This module holds `LocalBroker` (its ports, folder and lifecycle) and `PublisherConfig`;
+`mosquitto_config` finds Mosquitto and writes its config, `credentials` the accounts, ACL and
+certificates, and `tied_process` starts a process that ends with this one.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import ctypes
-import datetime
-import functools
-import hashlib
 import ipaddress
-import json
 import logging
 import os
-import queue
 import secrets
 import shutil
 import signal
 import socket
-import string
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import weakref
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import trustme
-
+from tesaiot_data.demo.credentials import (
+    DEMO_TOKEN_PREFIX,
+    PUBLISHER_USERNAME,
+    TELEMETRY_FILTER,
+    make_certificates,
+    new_token,
+    write_accounts,
+    write_private,
+)
+from tesaiot_data.demo.mosquitto_config import config_text, find_dynsec, find_mosquitto
+from tesaiot_data.demo.tied_process import spawn_tied, stop_tied
 from tesaiot_data.errors import BrokerNotFoundError, ConfigError, TesaiotError, TokenError
 from tesaiot_data.settings import Settings, mask_token
 
-__all__ = ["LocalBroker", "PublisherConfig", "free_port"]
+# The token prefix and the token's filter live in `credentials`; named here as before.
+__all__ = ["DEMO_TOKEN_PREFIX", "TELEMETRY_FILTER", "LocalBroker", "PublisherConfig", "free_port"]
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 _ANY = "0.0.0.0"  # noqa: S104  (only to test that a port is free everywhere)
-DEMO_TOKEN_PREFIX = "tesa_mqtt_demo_"
-PUBLISHER_USERNAME = "publisher"
-TELEMETRY_FILTER = "device/+/telemetry/#"
-
-_INSTALL_HINT = (
-    "install Mosquitto: apt-get install mosquitto (Debian/Ubuntu), "
-    "conda install -c conda-forge mosquitto, or brew install mosquitto (macOS); "
-    "or point TESAIOT_MOSQUITTO at the mosquitto executable"
-)
-_MOSQUITTO_PLACES = (
-    "/usr/sbin/mosquitto",
-    "/usr/local/sbin/mosquitto",
-    "/opt/homebrew/sbin/mosquitto",
-)
-_TOKEN_ALPHABET = string.ascii_letters + string.digits
-# mosquitto_passwd 2.0's defaults, which the dynsec plugin shares: PBKDF2-SHA512,
-# 101 iterations, a 12-byte salt.
-_PBKDF2_ITERATIONS = 101
-_SALT_BYTES = 12
-_DYNSEC_NAME = "mosquitto_dynamic_security.so"
-_CERT_DAYS = 3  # the server certificate's validity; the CA's key is gone anyway
-_CERT_ORGANIZATION = "tesaiot-data local broker"
-_STOP_TIMEOUT = 5.0
 _LOG_TAIL_LINES = 15
-
-# Linux ties the broker to its parent with prctl(PR_SET_PDEATHSIG); elsewhere a watchdog
-# process does (tests switch this off to run the watchdog on Linux too).
-_USE_PDEATHSIG = sys.platform.startswith("linux")
-_PR_SET_PDEATHSIG = 1
-# SIGTERM: Mosquitto saves its persistence file and exits within milliseconds.
-_PARENT_DEATH_SIGNAL = signal.SIGTERM
-# Run as `python -I -S -c _WATCHDOG <broker pid>` with a pipe as stdin. A byte on the pipe
-# means the owner stops the broker itself; end of file without one means the owner died.
-_WATCHDOG = """\
-import os, signal, sys, time
-broker = int(sys.argv[1])
-if sys.stdin.buffer.read(1):
-    raise SystemExit(0)
-for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-    try:
-        os.kill(broker, sig)
-    except ProcessLookupError:
-        raise SystemExit(0)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(broker, 0)
-        except ProcessLookupError:
-            raise SystemExit(0)
-        time.sleep(0.05)
-"""
 
 # MQTT 3.1.1 CONNECT: protocol "MQTT" level 4, clean session, keepalive 5 s, empty client id.
 _ANONYMOUS_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x05\x00\x00"
@@ -159,23 +110,6 @@ def free_port(*, host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def _find_mosquitto(given: str | None) -> str:
-    if given:
-        path = shutil.which(given)
-        if path is None:
-            raise BrokerNotFoundError(
-                f"mosquitto executable {given!r} was not found", hint=_INSTALL_HINT
-            )
-        return path
-    for candidate in (shutil.which("mosquitto"), *_MOSQUITTO_PLACES):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise BrokerNotFoundError(
-        f"mosquitto was not found on PATH nor in {', '.join(_MOSQUITTO_PLACES)}",
-        hint=_INSTALL_HINT,
-    )
-
-
 def _port_is_free(port: int, host: str) -> bool:
     # SO_REUSEADDR, as Mosquitto sets it, so our own connections in TIME_WAIT do not count.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -198,54 +132,6 @@ def _answers_mqtt(port: int, host: str = HOST) -> bool:
         return False
 
 
-def _password_line(username: str, password: str) -> str:
-    salt, digest = _pbkdf2(password)
-    return f"{username}:$7${_PBKDF2_ITERATIONS}${salt}${digest}\n"
-
-
-def _pbkdf2(password: str) -> tuple[str, str]:
-    salt = secrets.token_bytes(_SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _PBKDF2_ITERATIONS)
-    return base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
-
-
-def _dynsec_client(username: str, password: str, role: str) -> dict[str, Any]:
-    salt, digest = _pbkdf2(password)
-    return {
-        "username": username,
-        "password": digest,
-        "salt": salt,
-        "iterations": _PBKDF2_ITERATIONS,
-        "roles": [{"rolename": role}],
-    }
-
-
-def _find_dynsec(mosquitto: str) -> str | None:
-    given = os.environ.get("TESAIOT_MOSQUITTO_DYNSEC")
-    if given:
-        return given if Path(given).is_file() else None
-    prefixes = dict.fromkeys(
-        [Path(mosquitto).parent.parent, Path(os.path.realpath(mosquitto)).parent.parent]
-    )
-    for prefix in prefixes:
-        for pattern in ("lib", "lib/*", "lib64", "lib/mosquitto", "lib/*/mosquitto"):
-            found = sorted(prefix.glob(f"{pattern}/{_DYNSEC_NAME}"))
-            if found:
-                return str(found[0])
-    return None
-
-
-def _new_token() -> str:
-    return DEMO_TOKEN_PREFIX + "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(32))
-
-
-def _write_private(path: Path, data: str | bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data.encode() if isinstance(data, str) else data)
-    path.chmod(0o600)  # a file that was there before keeps its mode through os.open
-
-
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -263,136 +149,6 @@ def _tail(path: Path, offset: int, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-@functools.cache
-def _prctl() -> Callable[..., int]:
-    # Looked up before the fork: the child must do as little as possible before exec.
-    function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    return function
-
-
-def _die_with_parent_preexec() -> Callable[[], None]:
-    """A `preexec_fn` that makes the child get SIGTERM when the forking thread ends."""
-    prctl = _prctl()
-    parent = os.getpid()
-    option, sig = _PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL)
-
-    def die_with_parent() -> None:
-        if prctl(option, sig, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent:  # the parent died before prctl: nobody would signal
-            os._exit(1)
-
-    return die_with_parent
-
-
-_Factory = Callable[[], "subprocess.Popen[bytes]"]
-
-
-class _Spawner:
-    """Forks every broker from one thread that lives as long as the process (Linux).
-
-    The kernel sends the parent-death signal when the *thread* that forked the child ends,
-    not the process: a broker that `start()` or `restart()` forked on a short-lived thread (a
-    worker, a widget's callback) would be killed as soon as that thread returned.
-    """
-
-    def __init__(self) -> None:
-        self._requests: queue.SimpleQueue[tuple[_Factory, Future[subprocess.Popen[bytes]]]] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def popen(self, factory: _Factory) -> subprocess.Popen[bytes]:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._serve, name="tesaiot-broker-spawner", daemon=True
-                )
-                self._thread.start()
-        future: Future[subprocess.Popen[bytes]] = Future()
-        self._requests.put((factory, future))
-        try:
-            return future.result()
-        except BaseException:
-            # Interrupted (Ctrl-C) while the spawner forks: leave no broker without an owner.
-            with contextlib.suppress(BaseException):
-                orphan = future.result(timeout=_STOP_TIMEOUT)
-                orphan.kill()
-                orphan.wait()
-            raise
-
-    def _serve(self) -> None:
-        while True:
-            factory, future = self._requests.get()
-            try:
-                process = factory()
-            except BaseException as exc:  # handed to the caller, which raises it
-                future.set_exception(exc)
-            else:
-                future.set_result(process)
-
-
-_spawner = _Spawner()
-
-
-def _spawn_tied(
-    argv: list[str], *, stdout: IO[bytes], cwd: Path
-) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
-    """Start a process that ends when this process ends, even by SIGKILL.
-
-    Returns:
-        The process, and its watchdog process where there is one (not on Linux).
-    """
-
-    def popen(preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            # Unsafe with threads only if the function takes a lock another thread held at
-            # the fork; ours calls prctl and getppid, nothing else.
-            preexec_fn=preexec_fn,  # noqa: PLW1509
-            # A Ctrl-C in the terminal or notebook goes to the caller, which then stops the
-            # broker in order, rather than killing it under its clients.
-            start_new_session=True,
-        )
-
-    if _USE_PDEATHSIG:
-        preexec = _die_with_parent_preexec()
-        return _spawner.popen(lambda: popen(preexec)), None
-    process = popen()
-    try:
-        watchdog = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(process.pid)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Not in our process group: a Ctrl-C must not end the watchdog before the broker.
-            start_new_session=True,
-        )
-    except BaseException:
-        _terminate(process, signal.SIGKILL, _STOP_TIMEOUT)
-        raise
-    return process, watchdog
-
-
-def _disarm(watchdog: subprocess.Popen[bytes]) -> None:
-    # The byte tells the watchdog that we stop the broker; it exits without signalling.
-    if watchdog.stdin is not None:
-        with contextlib.suppress(OSError):
-            watchdog.stdin.write(b"x")
-        with contextlib.suppress(OSError):
-            watchdog.stdin.close()
-    try:
-        watchdog.wait(timeout=_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()
-        watchdog.wait()
-
-
 class _Runtime:
     """What the finalizer needs, kept apart from the broker so the broker can be collected."""
 
@@ -405,25 +161,9 @@ class _Runtime:
     def end(self, sig: int) -> subprocess.Popen[bytes] | None:
         """Stop the broker (and disarm its watchdog first); return the process it was."""
         watchdog, self.watchdog = self.watchdog, None
-        if watchdog is not None:
-            _disarm(watchdog)
         process, self.process = self.process, None
-        if process is not None:
-            _terminate(process, sig, _STOP_TIMEOUT)
+        stop_tied(process, watchdog, sig)
         return process
-
-
-def _terminate(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        logger.warning("mosquitto (pid %d) ignored signal %d; killing it", process.pid, sig)
-        process.kill()
-        process.wait()
 
 
 def _finalize(runtime: _Runtime) -> None:
@@ -493,8 +233,8 @@ class LocalBroker:
                 f"LocalBroker(host={host!r}) is not an IPv4 address",
                 hint=f"use {HOST!r} (the default) or an address of this machine",
             ) from None
-        self._mosquitto = _find_mosquitto(mosquitto or os.environ.get("TESAIOT_MOSQUITTO"))
-        self._dynsec_plugin = None if dynsec is False else _find_dynsec(self._mosquitto)
+        self._mosquitto = find_mosquitto(mosquitto or os.environ.get("TESAIOT_MOSQUITTO"))
+        self._dynsec_plugin = None if dynsec is False else find_dynsec(self._mosquitto)
         if dynsec and self._dynsec_plugin is None:
             raise BrokerNotFoundError(
                 f"Mosquitto's dynamic-security plugin was not found beside {self._mosquitto}",
@@ -506,7 +246,7 @@ class LocalBroker:
                 "Mosquitto's dynamic-security plugin was not found; using an ACL file, with "
                 "which subscriptions outside the ACL are granted but receive nothing"
             )
-        self.token: str = Settings(token=token).token if token is not None else _new_token()
+        self.token: str = Settings(token=token).token if token is not None else new_token()
         if any(char.isspace() or char == ":" for char in self.token):
             # Neither fits in Mosquitto's password and ACL files.
             raise TokenError(
@@ -634,7 +374,7 @@ class LocalBroker:
         self._log_offsets = (_size(self._out_file), _size(self.log_file))
         try:
             with self._out_file.open("ab") as out:
-                process, watchdog = _spawn_tied(
+                process, watchdog = spawn_tied(
                     [self._mosquitto, "-c", str(self._config_file)], stdout=out, cwd=self.workdir
                 )
         except (OSError, subprocess.SubprocessError) as exc:
@@ -736,125 +476,28 @@ class LocalBroker:
         return text or "(mosquitto wrote nothing)"
 
     def _write_files(self) -> None:
-        self._make_certificates()
+        make_certificates(self.workdir, self.ca_file, hosts=["localhost", HOST, "::1", self.host])
         self._write_accounts()
         (self.workdir / "data").mkdir(exist_ok=True)
-        _write_private(self._config_file, self._config())
+        write_private(
+            self._config_file,
+            config_text(
+                workdir=self.workdir,
+                host=self.host,
+                wss_port=self.wss_port,
+                tcp_port=self.tcp_port,
+                ws_port=self.ws_port,
+                ca_file=self.ca_file,
+                log_file=self.log_file,
+                dynsec_plugin=self._dynsec_plugin,
+            ),
+        )
 
     def _write_accounts(self) -> None:
-        if self._dynsec_plugin is not None:
-            _write_private(self.workdir / "dynsec.json", self._dynsec_json())
-            return
-        token_line = "" if self._token_revoked else _password_line(self.token, self.token)
-        _write_private(
-            self.workdir / "passwd",
-            token_line + _password_line(PUBLISHER_USERNAME, self._publisher_password),
+        write_accounts(
+            self.workdir,
+            token=self.token,
+            publisher_password=self._publisher_password,
+            token_revoked=self._token_revoked,
+            dynsec=self._dynsec_plugin is not None,
         )
-        _write_private(
-            self.workdir / "acl",
-            f"user {self.token}\ntopic read {TELEMETRY_FILTER}\n\n"
-            f"user {PUBLISHER_USERNAME}\ntopic readwrite device/#\n",
-        )
-
-    def _dynsec_json(self) -> str:
-        def allow(acltype: str, topic: str) -> dict[str, Any]:
-            return {"acltype": acltype, "topic": topic, "allow": True}
-
-        document: dict[str, Any] = {
-            "defaultACLAccess": {
-                "publishClientSend": False,
-                "publishClientReceive": False,
-                "subscribe": False,
-                "unsubscribe": True,
-            },
-            "clients": [
-                _dynsec_client(PUBLISHER_USERNAME, self._publisher_password, "telemetry-writer"),
-            ],
-            "groups": [],
-            "roles": [
-                {
-                    "rolename": "telemetry-reader",
-                    "acls": [
-                        allow("subscribePattern", TELEMETRY_FILTER),
-                        # Mosquitto 2.0 checks a shared subscription's filter with its
-                        # $share/<group>/ prefix; EMQX checks the filter without it.
-                        allow("subscribePattern", f"$share/+/{TELEMETRY_FILTER}"),
-                        allow("publishClientReceive", TELEMETRY_FILTER),
-                    ],
-                },
-                {
-                    "rolename": "telemetry-writer",
-                    "acls": [
-                        allow("subscribePattern", "device/#"),
-                        allow("publishClientReceive", "device/#"),
-                        allow("publishClientSend", "device/#"),
-                    ],
-                },
-            ],
-        }
-        if not self._token_revoked:
-            document["clients"].append(_dynsec_client(self.token, self.token, "telemetry-reader"))
-        return json.dumps(document, indent=1)
-
-    def _config(self) -> str:
-        path = self.workdir
-        if self._dynsec_plugin is not None:
-            security = [
-                f"plugin {self._dynsec_plugin}",
-                f"plugin_opt_config_file {path / 'dynsec.json'}",
-            ]
-        else:
-            security = [f"password_file {path / 'passwd'}", f"acl_file {path / 'acl'}"]
-        lines = [
-            "# Written by tesaiot_data.demo.broker; remade for every LocalBroker.",
-            "per_listener_settings false",
-            "allow_anonymous false",
-            *security,
-            "persistence true",
-            f"persistence_location {path / 'data'}/",
-            # The default of 1000 silently drops even QoS 0 messages to a busy subscriber.
-            "max_queued_messages 0",
-            "set_tcp_nodelay true",
-            f"log_dest file {self.log_file}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
-        ]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            # Started as root, Mosquitto drops to user `mosquitto`, who cannot read our files;
-            # changing user would also clear the parent-death signal.
-            lines.append("user root")
-        # Mosquitto 2.0.11's websockets listeners (libwebsockets) ignore the bind address and
-        # listen on every interface, and serve MQTT on any path; /mqtt is what clients use.
-        lines += [
-            "",
-            f"listener {self.wss_port} {self.host}",
-            "protocol websockets",
-            f"cafile {self.ca_file}",
-            f"certfile {path / 'server.pem'}",
-            f"keyfile {path / 'server.key'}",
-        ]
-        if self.ws_port is not None:
-            lines += ["", f"listener {self.ws_port} {self.host}", "protocol websockets"]
-        # Last, so that once it answers every listener before it is open.
-        lines += ["", f"listener {self.tcp_port} {self.host}", "protocol mqtt", ""]
-        return "\n".join(lines)
-
-    def _make_certificates(self) -> None:
-        # The CA's key exists only inside `ca`: it signs the server certificate once and is
-        # dropped with it, so neither a crash nor a kill -9 can leave it behind on disk.
-        ca = trustme.CA(organization_name=_CERT_ORGANIZATION, organization_unit_name="local CA")
-        names = dict.fromkeys(["localhost", HOST, "::1", self.host])
-        server = ca.issue_cert(
-            *names,
-            common_name="localhost",
-            organization_name=_CERT_ORGANIZATION,
-            organization_unit_name="local broker",
-            not_after=datetime.datetime.now(datetime.timezone.utc)
-            + datetime.timedelta(days=_CERT_DAYS),
-        )
-        self.ca_file.write_bytes(ca.cert_pem.bytes())
-        (self.workdir / "server.pem").write_bytes(server.cert_chain_pems[0].bytes())
-        _write_private(self.workdir / "server.key", server.private_key_pem.bytes())

@@ -16,10 +16,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from tesaiot_data.demo.broker import PublisherConfig
-from tesaiot_data.errors import AuthError, ConfigError, ConnectError, ConnectTimeoutError
+from tesaiot_data.errors import ConfigError, ConnectError, ConnectTimeoutError
+from tesaiot_data.mqtt.connection import PahoClient, configured_client, connack_refusal
+from tesaiot_data.mqtt.publisher import publish_message
+from tesaiot_data.settings import BrokerURL
 
 __all__ = ["SENSORS", "DeviceFleet"]
 
@@ -47,23 +48,6 @@ _BATTERY_EMPTY = 3.3
 _DAY = 86_400.0
 _CONNECT_TIMEOUT = 10.0
 _DRAIN_TIMEOUT = 10.0
-
-
-def _new_paho_client(client_id: str) -> mqtt.Client:
-    if hasattr(mqtt, "CallbackAPIVersion"):  # paho-mqtt 2.x
-        return mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
-    return mqtt.Client(client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
-
-
-def _is_failure(reason: Any) -> bool:
-    # paho 2.x passes a ReasonCode, paho 1.6 an int.
-    failure = getattr(reason, "is_failure", None)
-    return bool(failure) if failure is not None else reason != 0
 
 
 class _Device:
@@ -159,9 +143,9 @@ class DeviceFleet:
         self._completed = 0  # written to the socket (QoS 0) or acknowledged (QoS > 0)
         self._done = threading.Condition()
         self._lock = threading.Lock()  # one message stream, whichever thread publishes
-        self._client: mqtt.Client | None = None
+        self._client: PahoClient | None = None
         self._connack = threading.Event()
-        self._refused: Any = None
+        self._refused: ConnectError | None = None
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
 
@@ -309,9 +293,14 @@ class DeviceFleet:
         if self._client is not None:
             return
         config = self._publisher
-        client = _new_paho_client(self.client_id)
-        client.username_pw_set(config.username, config.password)
-        client.max_queued_messages_set(0)  # keep every QoS > 0 message while the broker is away
+        # No queue limit: every QoS > 0 message is kept while the broker is away.
+        client = configured_client(
+            BrokerURL("mqtt", config.host, config.port),
+            client_id=self.client_id,
+            username=config.username,
+            password=config.password,
+            connect_timeout=_CONNECT_TIMEOUT,
+        )
         # Reconnect within a fraction of a second of a broker restart; paho types the
         # delays as int but sleeps for floats.
         client.reconnect_delay_set(min_delay=0.1, max_delay=2)  # type: ignore[arg-type]
@@ -336,25 +325,29 @@ class DeviceFleet:
                     f"the broker at {config.host}:{config.port} did not answer the fleet's "
                     f"CONNECT within {_CONNECT_TIMEOUT:g} s"
                 )
-            raise AuthError(
-                f"the broker refused the fleet's account {config.username!r}: {self._refused}",
-                hint="use the PublisherConfig from LocalBroker.publisher()",
-            )
+            raise self._refused
         with self._done:
             # Whatever an earlier connection left unacknowledged went with its client.
             self._completed = self.published
         self._client = client
         logger.info("fleet %s connected to %s:%d", self.client_id, config.host, config.port)
 
-    def _on_connect(self, _client: mqtt.Client, _userdata: Any, *args: Any) -> None:
-        reason = args[1]  # (flags, rc) in paho 1.6; (flags, reason_code, properties) in 2.x
-        if _is_failure(reason):
-            self._refused = reason
+    def _on_connect(
+        self, _client: PahoClient, _userdata: Any, _flags: Any, reason: Any, *_: Any
+    ) -> None:
+        refused = connack_refusal(
+            reason,
+            broker="the broker",
+            who=f"the fleet's account {self._publisher.username!r}",
+            hint="use the PublisherConfig from LocalBroker.publisher()",
+        )
+        if refused is not None:
+            self._refused = refused
         elif self._connack.is_set():
             logger.info("fleet %s reconnected", self.client_id)
         self._connack.set()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, *args: Any) -> None:
+    def _on_disconnect(self, _client: PahoClient, _userdata: Any, *args: Any) -> None:
         if self._client is not None:
             logger.info("fleet %s lost its connection; reconnecting", self.client_id)
 
@@ -393,16 +386,9 @@ class DeviceFleet:
             if message is None:
                 continue
             topic, payload, broken = message
-            info = client.publish(topic, payload, qos)
-            if info.rc == mqtt.MQTT_ERR_NO_CONN:
-                if qos == 0:
-                    self.dropped += 1
-                    continue
-                # paho keeps a QoS > 0 message published while offline and sends it after the
-                # reconnect, yet leaves NO_CONN in rc, which would make wait_for_publish raise.
-                info.rc = mqtt.MQTT_ERR_SUCCESS
-            elif info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise ConnectError(f"paho refused a message: {mqtt.error_string(info.rc)}")
+            if not publish_message(client, topic, payload, qos):
+                self.dropped += 1  # QoS 0 while the broker is away
+                continue
             self.published += 1
             if broken:
                 self.malformed_published += 1

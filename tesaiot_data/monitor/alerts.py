@@ -1,4 +1,4 @@
-"""Alert rules on live telemetry: thresholds on a metric, and devices that went silent.
+"""The alert engine: evaluates the rules (`monitor.rules`) on live telemetry and keeps the events.
 
 A rule fires once when its condition starts and clears once when it ends, per (rule,
 device). Threshold rules are evaluated on every batch on the collector's worker thread,
@@ -12,37 +12,23 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from tesaiot_data.errors import ConfigError, NotARecordingError
-from tesaiot_data.files.parquet import check_metadata, write_table
-from tesaiot_data.parse.timestamps import duration_seconds, parse_timedelta
-from tesaiot_data.schema import TIME_TYPE
-from tesaiot_data.window.rolling import Chunk
+from tesaiot_data.errors import ConfigError
+from tesaiot_data.monitor.events import AlertEvent, AlertState, events_frame
+from tesaiot_data.monitor.rules import AlertRule
+from tesaiot_data.window.chunk import Chunk
 
 __all__ = [
-    "ALERTS_SCHEMA",
-    "ALERT_COLUMNS",
     "MAX_EVENTS",
+    "MAX_EVENTS_PER_RECORDING",
+    "AlertCapture",
     "AlertEngine",
-    "AlertEvent",
-    "AlertRule",
-    "AlertState",
-    "alerts_sidecar",
-    "events_frame",
-    "load_alerts",
-    "write_alerts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,169 +38,7 @@ MAX_EVENTS = 10_000
 MAX_EVENTS_PER_RECORDING = 100_000
 """Alert events kept for one recording's `<stem>.alerts.parquet`; more are dropped (logged)."""
 
-AlertState = Literal["firing", "cleared"]
-ALERT_COLUMNS = ("time", "rule", "device", "metric", "value", "state")
-ALERTS_SCHEMA = pa.schema(
-    [
-        pa.field("time", TIME_TYPE, nullable=False),
-        pa.field("rule", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-        pa.field("device", pa.string(), nullable=False),
-        pa.field("metric", pa.string()),
-        pa.field("value", pa.float64()),
-        pa.field("state", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-    ]
-)
-_ALERTS_SUFFIX = ".alerts.parquet"
-_STATES = ("firing", "cleared")
 _NS = 1_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """A rule's condition started (`firing`) or ended (`cleared`) for one device.
-
-    Args:
-        time_ns: When, in epoch ns UTC. Threshold rules: the receive time of the row that
-            changed the state. Silent rules: firing at last receive time + `silent`, cleared
-            at the receive time of the device's next message.
-        rule: The rule's name.
-        device: The device id.
-        metric: The rule's metric; None for silent rules.
-        value: The row's value (threshold rules) or the device's silence in seconds when the
-            state changed (silent rules).
-        state: `"firing"` or `"cleared"`.
-    """
-
-    time_ns: int
-    rule: str
-    device: str
-    metric: str | None
-    value: float
-    state: AlertState
-
-    @property
-    def time(self) -> pd.Timestamp:
-        """`time_ns` as a UTC Timestamp."""
-        return pd.Timestamp(self.time_ns, unit="ns", tz="UTC")
-
-
-def _zero_or_duration(value: str | float | pd.Timedelta, *, name: str) -> float:
-    if isinstance(value, str | pd.Timedelta) and not isinstance(value, bool):
-        try:
-            if parse_timedelta(value) == pd.Timedelta(0):
-                return 0.0
-        except ValueError:
-            pass
-    elif value == 0 and not isinstance(value, bool):
-        return 0.0
-    return duration_seconds(value, name=name)
-
-
-def _threshold(value: float | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name}={value!r} is not a finite number", hint=f"pass {name}=30.0")
-    return float(value)
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRule:
-    """One alert rule: a threshold on a metric, or silence of a device.
-
-    Build it with `AlertRule.make` (what `Collector.alert` does), which checks the options.
-
-    Args:
-        name: Unique among the collector's rules.
-        metric: The metric a threshold rule watches; None for a silent rule.
-        above: Fire while a value is greater than this.
-        below: Fire while a value is less than this (with `above`: outside the band).
-        for_s: Seconds the condition must hold (by receive time) before firing.
-        devices: Only these device ids; None watches every device.
-        silent_s: Fire when a device sent nothing for this many seconds.
-        callback: Called with each `AlertEvent` of the rule, on the housekeeping thread.
-    """
-
-    name: str
-    metric: str | None = None
-    above: float | None = None
-    below: float | None = None
-    for_s: float = 0.0
-    devices: frozenset[str] | None = None
-    silent_s: float | None = None
-    callback: Callable[[AlertEvent], object] | None = field(default=None, compare=False)
-
-    @classmethod
-    def make(
-        cls,
-        name: str,
-        *,
-        metric: str | None = None,
-        above: float | None = None,
-        below: float | None = None,
-        for_: str | float | pd.Timedelta = "0s",
-        devices: Iterable[str] | str | None = None,
-        silent: str | float | pd.Timedelta | None = None,
-        callback: Callable[[AlertEvent], object] | None = None,
-    ) -> AlertRule:
-        """Check the options of `Collector.alert` and return the rule.
-
-        Raises:
-            ConfigError: The options do not make one rule (see the message and hint).
-        """
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"alert name {name!r} must be a non-empty string", hint="'too-hot'")
-        high, low = _threshold(above, "above"), _threshold(below, "below")
-        try:
-            for_s = _zero_or_duration(for_, name="for_")
-            silent_s = None if silent is None else duration_seconds(silent, name="silent")
-        except ValueError as exc:
-            raise ConfigError(str(exc), hint="use for example '30s', '5min' or 10.0") from exc
-        if high is None and low is None and silent_s is None:
-            raise ConfigError(
-                f"alert {name!r} has no condition",
-                hint="pass metric= with above= and/or below=, or silent='30s'",
-            )
-        if silent_s is not None:
-            if high is not None or low is not None:
-                raise ConfigError(
-                    f"alert {name!r} has both a threshold and silent=",
-                    hint="make two rules with different names",
-                )
-            if metric is not None or for_s:
-                raise ConfigError(
-                    f"alert {name!r}: a silent rule watches whole devices",
-                    hint="drop metric= and for_= (silent= is itself the duration)",
-                )
-        elif not isinstance(metric, str) or not metric:
-            raise ConfigError(
-                f"alert {name!r} has a threshold but no metric",
-                hint="pass metric='temperature'",
-            )
-        if high is not None and low is not None and not low < high:
-            raise ConfigError(
-                f"alert {name!r}: below={low} must be less than above={high}",
-                hint="the rule fires while a value is outside [below, above]",
-            )
-        if callback is not None and not callable(callback):
-            raise ConfigError(
-                f"alert {name!r}: callback {callback!r} is not callable",
-                hint="pass a function that takes an AlertEvent",
-            )
-        chosen = None
-        if devices is not None:
-            chosen = frozenset([devices] if isinstance(devices, str) else devices)
-            if not chosen or not all(isinstance(d, str) and d for d in chosen):
-                raise ConfigError(
-                    f"alert {name!r}: devices={devices!r} must name one or more device ids",
-                    hint="pass devices=['dev-1'] or leave it out for every device",
-                )
-        return cls(name, metric, high, low, for_s, chosen, silent_s, callback)
-
-    @property
-    def is_silent(self) -> bool:
-        """Whether this is a silent rule (else a threshold rule)."""
-        return self.silent_s is not None
 
 
 class _Run:
@@ -235,6 +59,7 @@ class AlertCapture:
         self.dropped = 0
 
     def add(self, event: AlertEvent) -> None:
+        """Keep `event`, or count it as dropped past `MAX_EVENTS_PER_RECORDING`."""
         if len(self.events) < MAX_EVENTS_PER_RECORDING:
             self.events.append(event)
         else:
@@ -549,96 +374,3 @@ class AlertEngine:
             events = [e for key, e in latest.items() if key in firing and e.state == "firing"]
             events.sort(key=lambda e: e.time_ns)
         return events_frame(events)
-
-
-def events_frame(events: Iterable[AlertEvent]) -> pd.DataFrame:
-    """Return alert events as a DataFrame.
-
-    Returns:
-        Columns time (datetime64[ns, UTC]), rule (category), device (str), metric (str,
-        missing for silent rules), value (float64), state (category of "firing",
-        "cleared"); a RangeIndex.
-    """
-    events = list(events)
-    return pd.DataFrame(
-        {
-            "time": pd.DatetimeIndex(
-                np.array([e.time_ns for e in events], dtype=np.int64).view("M8[ns]")
-            ).tz_localize("UTC"),
-            "rule": pd.Categorical([e.rule for e in events]),
-            "device": pd.Series([e.device for e in events], dtype=str),
-            "metric": pd.Series([e.metric for e in events], dtype=str),
-            "value": np.array([e.value for e in events], dtype=np.float64),
-            "state": pd.Categorical([e.state for e in events], categories=_STATES),
-        }
-    )
-
-
-def alerts_sidecar(path: Path) -> Path:
-    """Return the alerts file beside a recording, `<stem>.alerts.parquet`."""
-    return path.with_name(path.stem + _ALERTS_SUFFIX)
-
-
-def write_alerts(
-    events: Iterable[AlertEvent], path: Path, *, metadata: Mapping[str, str] | None = None
-) -> Path:
-    """Write alert events to a Parquet file atomically, in `ALERTS_SCHEMA`.
-
-    Raises:
-        OSError: The file could not be written; an old file at `path` is left as it was.
-    """
-    events = list(events)
-    table = pa.table(
-        [
-            pa.array(
-                np.array([e.time_ns for e in events], dtype=np.int64).view("M8[ns]"), type=TIME_TYPE
-            ),
-            pa.array([e.rule for e in events], type=pa.string()).dictionary_encode(),
-            pa.array([e.device for e in events], type=pa.string()),
-            pa.array([e.metric for e in events], type=pa.string()),
-            pa.array([e.value for e in events], type=pa.float64()),
-            pa.array([e.state for e in events], type=pa.string())
-            .dictionary_encode()
-            .cast(pa.dictionary(pa.int8(), pa.string())),
-        ],
-        schema=ALERTS_SCHEMA,
-    )
-    return write_table(table, path, metadata=check_metadata(metadata), time_column="time")
-
-
-def load_alerts(path: str | Path) -> pd.DataFrame:
-    """Read the alert events recorded beside a recording.
-
-    Args:
-        path: The recording (its `<stem>.alerts.parquet` is read) or the alerts file itself.
-
-    Returns:
-        The events as `Collector.alerts()` returns them (same columns and dtypes).
-
-    Raises:
-        FileNotFoundError: There is no alerts file (the collector had no alert rules).
-        NotARecordingError: The file is not an alerts file.
-    """
-    path = Path(path)
-    if not path.name.endswith(_ALERTS_SUFFIX):
-        path = alerts_sidecar(path)
-    table = pq.read_table(path)
-    if table.schema.names != list(ALERT_COLUMNS):
-        raise NotARecordingError(
-            f"{path} is not an alerts file (columns {table.schema.names})",
-            hint="pass the recording or its <stem>.alerts.parquet",
-        )
-    times = table.column("time").cast(pa.int64()).to_numpy()
-    events = [
-        AlertEvent(int(t), str(r), str(d), m, float(v), s)
-        for t, r, d, m, v, s in zip(
-            times.tolist(),
-            table.column("rule").to_pylist(),
-            table.column("device").to_pylist(),
-            table.column("metric").to_pylist(),
-            table.column("value").to_pylist(),
-            table.column("state").to_pylist(),
-            strict=True,
-        )
-    ]
-    return events_frame(events)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tesaiot_data.messages import Reject, RejectReason
-from tesaiot_data.window.rolling import Chunk
+from tesaiot_data.window.chunk import Chunk
 
 __all__ = [
     "ARRIVALS_KEPT",

@@ -1,4 +1,4 @@
-"""The one place that knows paho-mqtt's insides: building a client, reason codes, read buffers.
+"""The one place that knows paho-mqtt's insides: a client, reason codes, topics, read buffers.
 
 The client, the tests' helpers and the benchmarks' bare clients all build their paho clients
 here, so that a bare client in a benchmark is set up as the collector's is (the benchmarks say
@@ -7,19 +7,25 @@ when they differ by the read buffer).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import paho.mqtt.client as mqtt
 
 __all__ = [
     "AUTH_REFUSED",
     "PAHO_V2",
+    "PahoClient",
     "ReadBuffer",
+    "buffered_socket",
     "new_client",
     "reason_code",
     "reason_text",
     "set_connect_timeout",
+    "topic_of",
 ]
+
+PahoClient: TypeAlias = mqtt.Client
+"""paho's client class, for annotations outside `tesaiot_data.mqtt`."""
 
 PAHO_V2 = hasattr(mqtt, "CallbackAPIVersion")
 """Whether paho-mqtt is 2.x (callbacks with reason codes and properties) rather than 1.6."""
@@ -118,8 +124,16 @@ class ReadBuffer:
         return getattr(self._sock, name)
 
 
-def _buffered(sock: Any) -> Any:
-    """`sock` with a `ReadBuffer` over it, and under paho's WebSocket wrapper too."""
+def buffered_socket(sock: Any) -> Any:
+    """`sock` with a `ReadBuffer` over it, and under paho's WebSocket wrapper too.
+
+    Args:
+        sock: What paho's `Client._create_socket` made: a socket, an `ssl.SSLSocket` or
+            paho's WebSocket wrapper (whose own socket is buffered too).
+
+    Returns:
+        The `ReadBuffer` paho reads from.
+    """
     websocket: Any = getattr(mqtt, "_WebsocketWrapper", None)
     inner = getattr(sock, "_socket", None)  # where paho 2.x's _WebsocketWrapper keeps its socket
     if websocket is not None and isinstance(sock, websocket) and inner is not None:
@@ -133,7 +147,7 @@ class _BufferedClient(mqtt.Client):
     """A paho 2.x client that reads each socket it makes through `ReadBuffer`s."""
 
     def _create_socket(self) -> Any:
-        return _buffered(super()._create_socket())  # type: ignore[misc,unused-ignore]
+        return buffered_socket(super()._create_socket())  # type: ignore[misc,unused-ignore]
 
 
 _CAN_BUFFER = PAHO_V2 and hasattr(mqtt.Client, "_create_socket")
@@ -215,3 +229,24 @@ def set_connect_timeout(client: mqtt.Client, seconds: float) -> None:
         client.connect_timeout = seconds
     else:
         client._connect_timeout = seconds  # no setter in paho 1.6
+
+
+def topic_of(message: mqtt.MQTTMessage) -> str:
+    """A received message's topic; bytes that are not UTF-8 become lone surrogates, not an error.
+
+    A broker may forward such a topic, and paho's `message.topic` raises on it. The parser
+    rejects the surrogates as a bad topic, so the message is counted and kept, not lost.
+
+    Args:
+        message: What paho passed to `on_message`.
+
+    Returns:
+        The topic as text.
+    """
+    raw = message._topic  # bytes in paho 1.6 and 2.x
+    if not isinstance(raw, bytes):
+        return str(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")

@@ -1,13 +1,15 @@
-"""The TESAIoT streaming client: one paho-mqtt client over WSS, made reliable and typed."""
+"""The subscriber: one paho-mqtt connection, its network and worker threads, and the inbox between.
+
+paho's network thread appends each message to the inbox (a deque owned here) and the worker
+thread hands batches of it to `on_batch` or to `process_telemetry()`. How the connection is
+built, secured and its failures typed lives in `tesaiot_data.mqtt.connection`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import signal
-import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -19,25 +21,19 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from tesaiot_data.errors import (
-    AuthError,
-    ConnectError,
-    ConnectTimeoutError,
-    StreamError,
-    SubscribeError,
-    TesaiotError,
-    TLSError,
-)
+from tesaiot_data.errors import ConnectError, ConnectTimeoutError, StreamError, TesaiotError
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.mqtt._paho import (
-    AUTH_REFUSED,
-    PAHO_V2,
-    new_client,
-    reason_code,
-    reason_text,
-    set_connect_timeout,
+from tesaiot_data.mqtt._paho import PAHO_V2, topic_of
+from tesaiot_data.mqtt.connection import (
+    TOKEN_HINT,
+    Backoff,
+    ClientIdClash,
+    client_for,
+    connack_refusal,
+    connect_error,
+    suback_refusal,
 )
-from tesaiot_data.parse.rows import decode_payload, parse_topic
+from tesaiot_data.parse.payload import decode_payload, parse_topic
 from tesaiot_data.settings import BrokerURL, Settings
 
 __all__ = ["BatchHandler", "ClientStats", "TESAIoTMQTTClient"]
@@ -46,13 +42,6 @@ logger = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[RawMessage]], None]
 
-_TOKEN_HINT = (
-    "check MQTT_API_TOKEN: copy it again from Admin UI -> Organization Settings -> MQTT Tokens"
-)
-_TLS_HINT = (
-    "pass ca_certs=... (or set CA_CERT_PATH) to the CA that signed the broker's certificate; "
-    "insecure=True skips verification (not for production)"
-)
 _BUG_HINT = (
     "this is a bug in tesaiot-data: please report it with the traceback logged before it; "
     "call connect() again to resume"
@@ -71,14 +60,6 @@ _READ_BURST = 100  # packets read without select() after each loop() (see _netwo
 # batch (at most _CATCH_UP_WAIT s) before it reads on; see _wait_for_worker.
 _READ_AHEAD = 2 * _BATCH_ENOUGH
 _CATCH_UP_WAIT = _BATCH_INTERVAL
-# Two clients with one client id take the session from each other: the broker closes the
-# older connection whenever the other one (re)connects. We warn after _CLASH_COUNT
-# connections closed within _SHORT_CONNECTION s of their CONNACK, all within _CLASH_WINDOW s,
-# and then at most once every _CLASH_WARN_EVERY s.
-_SHORT_CONNECTION = 10.0
-_CLASH_COUNT = 3
-_CLASH_WINDOW = 120.0
-_CLASH_WARN_EVERY = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,40 +89,8 @@ class ClientStats:
     last_message_at: datetime | None
 
 
-class _Backoff:
-    """Exponential backoff with full jitter: 1 s, 2 s, 4 s ... up to a cap."""
-
-    def __init__(self, *, initial: float, maximum: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2**self.attempt)
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=timezone.utc)
-
-
-def _topic_of(message: mqtt.MQTTMessage) -> str:
-    """The message's topic; bytes that are not UTF-8 become lone surrogates, not an error.
-
-    A broker may forward such a topic, and paho's `message.topic` raises on it. The parser
-    rejects the surrogates as a bad topic, so the message is counted and kept, not lost.
-    """
-    raw = message._topic  # bytes in paho 1.6 and 2.x
-    if not isinstance(raw, bytes):
-        return str(raw)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "surrogateescape")
 
 
 class TESAIoTMQTTClient:
@@ -179,15 +128,11 @@ class TESAIoTMQTTClient:
         reconnect_max: float = 60.0,
         **overrides: Any,
     ) -> None:
-        if settings is None:
-            settings = Settings.from_env(**overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
-        self.settings = settings
+        self.settings = settings = Settings.resolve(settings, **overrides)
         self._url: BrokerURL = settings.url
         self._on_batch = on_batch
         self._queue_size = queue_size
-        self._backoff = _Backoff(initial=reconnect_initial, maximum=reconnect_max)
+        self._backoff = Backoff(initial=reconnect_initial, maximum=reconnect_max)
 
         self._inbox: deque[RawMessage] = deque()
         self._wake = threading.Event()  # set by the network thread on an empty inbox
@@ -200,9 +145,7 @@ class TESAIoTMQTTClient:
         self._connected_at: float | None = None
         self._last_message_at: int | None = None  # epoch ns
         self._ever_connected = False
-        self._connack_at: float | None = None  # monotonic time of the current CONNACK
-        self._short_connections: deque[float] = deque(maxlen=_CLASH_COUNT)  # when they ended
-        self._clash_warned_at: float | None = None
+        self._clash = ClientIdClash(url=self._url, client_id=settings.client_id)
 
         self._ready = threading.Event()  # first CONNACK+SUBACK, or a failure
         self._stopping = threading.Event()
@@ -219,32 +162,12 @@ class TESAIoTMQTTClient:
     # ----------------------------------------------------------------- set-up
 
     def _make_paho_client(self) -> mqtt.Client:
-        s, url = self.settings, self._url
-        client = new_client(
-            s.client_id,
-            clean_session=s.clean_session,
-            transport=url.transport,
-            read_buffer=True,
-        )
-        client.username_pw_set(s.username or s.token, s.token)
-        if url.transport == "websockets":
-            client.ws_set_options(path=url.path)
-        if url.tls:
-            client.tls_set_context(self._ssl_context())
-            if s.insecure:
-                client.tls_insecure_set(True)
-        elif s.insecure:
-            logger.warning("insecure=True has no effect on %s (no TLS)", url)
-        set_connect_timeout(client, s.connect_timeout)
-        client.max_queued_messages_set(0)
+        client = client_for(self.settings, read_buffer=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        return ssl_context(self.settings, self._url)
 
     # ------------------------------------------------------------- public API
 
@@ -509,19 +432,7 @@ class TESAIoTMQTTClient:
         self._needs_reconnect = True
 
     def _reconnect(self) -> bool:
-        delay = self._backoff.next_delay()
-        logger.warning(
-            "connection to %s lost; reconnecting in %.1f s (attempt %d)",
-            self._url,
-            delay,
-            self._backoff.attempt,
-        )
-        if self._stopping.wait(delay):
-            return False
-        try:
-            self._mqtt.reconnect()
-        except Exception as exc:  # every failure here is retried; the cause is logged
-            logger.warning("reconnect to %s failed: %s", self._url, self._translate(exc))
+        if not self._backoff.reconnect(self._mqtt, url=self._url, stopping=self._stopping):
             return False
         self._needs_reconnect = False
         return True
@@ -602,7 +513,7 @@ class TESAIoTMQTTClient:
                 self._dropped += 1
                 return
             payload: bytes = message.payload  # type: ignore[assignment]  # always bytes off the wire
-            inbox.append(RawMessage(_topic_of(message), payload, now, bool(message.retain)))
+            inbox.append(RawMessage(topic_of(message), payload, now, bool(message.retain)))
             if not waiting:  # the worker may be asleep: wake it, once per batch
                 self._wake.set()
         except Exception as exc:
@@ -633,20 +544,17 @@ class TESAIoTMQTTClient:
         self._fail(StreamError(f"unexpected error in the {name} callback: {exc!r}", hint=_BUG_HINT))
 
     def _handle_connack(self, reason: Any) -> None:
-        code = reason_code(reason)
-        if code != 0:
-            text = reason_text(reason)
-            if code in AUTH_REFUSED:
-                error: TesaiotError = AuthError(
-                    f"{self._url} refused token {self.settings.masked_token}: {text}",
-                    hint=_TOKEN_HINT,
-                )
-            else:
-                error = ConnectError(f"{self._url} refused the connection: {text}")
-            self._fail(error)
+        refused = connack_refusal(
+            reason,
+            broker=self._url,
+            who=f"token {self.settings.masked_token}",
+            hint=TOKEN_HINT,
+        )
+        if refused is not None:
+            self._fail(refused)
             return
         self._backoff.reset()
-        self._connack_at = time.monotonic()
+        self._clash.connected()
         # With a share group, `$share/<group>/<topic>`: the messages still carry their own topic.
         result, mid = self._mqtt.subscribe(self.settings.subscription, qos=self.settings.qos)
         if result != mqtt.MQTT_ERR_SUCCESS:
@@ -657,18 +565,9 @@ class TESAIoTMQTTClient:
     def _handle_suback(self, mid: int, granted: Any) -> None:
         if mid != self._subscribe_mid:
             return
-        codes = [reason_code(item) for item in granted]
-        if any(code >= 0x80 for code in codes):
-            hint = "the token may only read device/+/telemetry/#; check MQTT_SUBSCRIBE_TOPIC"
-            if self.settings.subscription.startswith("$share/"):
-                hint += " (and that the broker's ACL allows shared subscriptions, $share/...)"
-            self._fail(
-                SubscribeError(
-                    f"{self._url} refused the subscription to {self.settings.subscription!r} "
-                    f"for token {self.settings.masked_token}",
-                    hint=hint,
-                )
-            )
+        refused = suback_refusal(granted, settings=self.settings)
+        if refused is not None:
+            self._fail(refused)
             return
         if self._ever_connected:
             self._reconnects += 1
@@ -682,36 +581,10 @@ class TESAIoTMQTTClient:
     def _connection_lost(self, reason: object, *, by_broker: bool = True) -> None:
         was_connected = self._connected_at is not None
         self._connected_at = None
-        connack_at, self._connack_at = self._connack_at, None
-        if self._stopping.is_set():
-            return
-        if was_connected:
+        stopping = self._stopping.is_set()
+        if was_connected and not stopping:
             logger.warning("disconnected from %s: %s", self._url, reason)
-        now = time.monotonic()
-        if by_broker and connack_at is not None and now - connack_at <= _SHORT_CONNECTION:
-            self._short_connection_ended(now)
-
-    def _short_connection_ended(self, now: float) -> None:
-        """Warn (rate-limited) when connections keep being closed soon after they are made."""
-        ends = self._short_connections
-        ends.append(now)
-        if len(ends) < _CLASH_COUNT or now - ends[0] > _CLASH_WINDOW:
-            return
-        if self._clash_warned_at is not None and now - self._clash_warned_at < _CLASH_WARN_EVERY:
-            return
-        self._clash_warned_at = now
-        logger.warning(
-            "%d connections to %s were closed by the broker within %g s of being made, in "
-            "the last %.0f s: another client with the same client id %r is the likely cause "
-            "(the broker closes the older connection whenever a client with the same id "
-            "connects, so each gets part of the stream) (hint: give each collector its own "
-            "MQTT_CLIENT_ID / client_id)",
-            len(ends),
-            self._url,
-            _SHORT_CONNECTION,
-            now - ends[0],
-            self.settings.client_id,
-        )
+        self._clash.connection_ended(by_broker=by_broker and not stopping)
 
     def _fail(self, error: TesaiotError) -> None:
         """Record an error no retry can fix and stop the network loop."""
@@ -721,94 +594,5 @@ class TESAIoTMQTTClient:
         self._stopping.set()
         self._ready.set()
 
-    # --------------------------------------------------------------- errors
-
     def _translate(self, exc: BaseException) -> TesaiotError:
         return connect_error(exc, self._url)
-
-
-def ssl_context(settings: Settings, url: BrokerURL) -> ssl.SSLContext:
-    """The TLS context of a connection: system or given CAs, TLS 1.2 at least.
-
-    Verification stays on unless `settings.insecure`, which logs a warning.
-
-    Args:
-        settings: Where `ca_certs` and `insecure` come from.
-        url: The broker, for the warning.
-
-    Returns:
-        A client-side context.
-
-    Raises:
-        OSError: `settings.ca_certs` cannot be read.
-        ssl.SSLError: `settings.ca_certs` holds no certificate.
-    """
-    context = ssl.create_default_context(
-        cafile=str(settings.ca_certs) if settings.ca_certs else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if settings.insecure:
-        logger.warning(
-            "TLS certificate verification is OFF for %s (insecure=True): the connection "
-            "is encrypted but the broker's identity is not checked",
-            url,
-        )
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def connect_error(exc: BaseException, url: BrokerURL) -> TesaiotError:
-    """The typed error, with a hint, for an exception raised while connecting to `url`.
-
-    Used by the client and by `tesaiot_data.replay`'s publisher.
-
-    Args:
-        exc: What paho or the socket raised.
-        url: The broker.
-
-    Returns:
-        `exc` itself when it is already a TesaiotError; else a TLSError, ConnectError or
-        ConnectTimeoutError.
-    """
-    if isinstance(exc, TesaiotError):
-        return exc
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSError(
-            f"the certificate of {url.host} could not be verified: "
-            f"{getattr(exc, 'verify_message', None) or exc}",
-            hint=_TLS_HINT,
-        )
-    if isinstance(exc, ssl.SSLError):
-        return TLSError(
-            f"TLS handshake with {url.host}:{url.port} failed: {exc}",
-            hint=f"is {url.port} a TLS port? use {'ws' if url.scheme == 'wss' else 'mqtt'}:// "
-            "for a plain one",
-        )
-    if isinstance(exc, socket.gaierror):
-        return ConnectError(
-            f"cannot resolve {url.host!r}: {exc.strerror}",
-            hint="check the host in MQTT_BROKER_URL",
-        )
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return ConnectTimeoutError(
-            f"{url.host}:{url.port} did not answer in time",
-            hint="check MQTT_BROKER_URL and that a firewall does not block the port",
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return ConnectError(
-            f"{url.host}:{url.port} refused the connection",
-            hint="check the port in MQTT_BROKER_URL (the platform uses 8085 for wss)",
-        )
-    if type(exc).__name__ == "WebsocketConnectionError":
-        return ConnectError(
-            f"{url} did not accept the WebSocket upgrade: {exc}",
-            hint="check the path in MQTT_BROKER_URL (the platform uses /mqtt) "
-            "and that the port serves MQTT over WebSocket",
-        )
-    if isinstance(exc, OSError | ValueError):
-        return ConnectError(
-            f"cannot connect to {url}: {exc}",
-            hint="is the port right for the scheme (wss:// for WebSocket, mqtt:// for TCP)?",
-        )
-    return ConnectError(f"cannot connect to {url}: {exc!r}")

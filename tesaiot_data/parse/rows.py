@@ -1,4 +1,8 @@
-"""Turn TESAIoT telemetry messages into rows: one row per metric, in columns ready for pandas.
+"""The batch walker: TESAIoT telemetry messages into rows, one per metric, in columns.
+
+`parse_batch` is the collector's hot path; `parse.single.parse_message` feeds one message to
+the same walker. Topics and payload bytes are read by `parse.payload`, device times by
+`parse.timestamps`.
 
 A message arrives on `device/<device_id>/telemetry[/<sensor>/...]`; the topic gives the row's
 `device_id` and `sensor_type` ("default" when there is no sensor part). The payload is JSON in
@@ -50,14 +54,13 @@ size of the message (no backtracking on unbounded text).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any
+from datetime import tzinfo
+from typing import Any
 
 import orjson
 
@@ -69,23 +72,30 @@ from tesaiot_data.messages import (
     Reject,
     RejectReason,
 )
-from tesaiot_data.parse.timestamps import _SECONDS as _ISO_SECONDS
-from tesaiot_data.parse.timestamps import MAX_TIMESTAMP_TEXT, NaiveZone, seconds_ns, timestamp_ns
-
-if TYPE_CHECKING:
-    import pandas as pd
+from tesaiot_data.parse.payload import (
+    RESERVED_KEYS,
+    TOPIC_CACHE,
+    TOPIC_HELP,
+    as_bytes,
+    read_payload,
+    read_payload_stdlib,
+    short_detail,
+    topic_info,
+)
+from tesaiot_data.parse.timestamps import (
+    ISO_SECOND_CACHE,
+    MAX_TIMESTAMP_TEXT,
+    NaiveZone,
+    timestamp_ns,
+)
 
 __all__ = [
+    "LAST_PAYLOADS_MAX",
     "MAX_DEPTH",
     "MAX_ROWS_PER_MESSAGE",
     "MAX_TIMESTAMP_TEXT",
     "ParseOptions",
-    "ParseResult",
-    "Row",
-    "decode_payload",
     "parse_batch",
-    "parse_message",
-    "parse_topic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,14 +108,8 @@ LAST_PAYLOADS_MAX = 100_000
 """Topics whose last payload `parse_batch` remembers for the retained check; beyond it the
 memory starts afresh (a retained redelivery on a forgotten topic is then kept as a row)."""
 
-_MAX_DETAIL = 200
-_TOPIC_CACHE_MAX_LENGTH = 512  # longer topics are parsed every time rather than pinned in memory
 _NAN = float("nan")
 _INF = float("inf")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_SECOND = timedelta(seconds=1)
-_RESERVED = frozenset(("timestamp", "ts", "time", "device_id", "sensor_type", "unit"))
-_CACHE_SIZE = 4096
 _NS_MIN = -(2**63) + 1  # pd.Timestamp.min; -2**63 itself is NaT
 _NS_MAX = 2**63 - 1
 # RFC 8259's number grammar; each step is deterministic, so matching is linear.
@@ -113,15 +117,13 @@ _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASC
 _NUMBER_START = frozenset("-0123456789")
 _orjson_loads = orjson.loads
 _OrjsonError = orjson.JSONDecodeError
-# A run of 19 digits may be an integer beyond 64 bits (-9223372036854775809 has 19).
-_LONG_DIGITS = re.compile(rb"\d{19}")
 _JSON_NAMES = {dict: "object", list: "array", type(None): "null"}
-# `_ISO_SECONDS` is timestamps' cache of "YYYY-MM-DDTHH:MM:SS" -> epoch ns, read by `_feed_all`
-# in line to spare two calls per message; it is only ever cleared, never replaced, so the name
-# bound here stays its cache.
+# `ISO_SECOND_CACHE` is timestamps' cache of "YYYY-MM-DDTHH:MM:SS" -> epoch ns, read by
+# `_feed_all` in line to spare two calls per message; `TOPIC_CACHE` is payload's topic cache,
+# read the same way. Both are only ever cleared, never replaced, so the names bound here stay
+# their caches.
 # "000".."999" -> nanoseconds: checks and converts an ISO timestamp's milliseconds in one look-up.
 _MILLIS_NS = {f"{millis:03d}": millis * 1_000_000 for millis in range(1000)}
-_TOPIC_HELP = "expected device/<device_id>/telemetry[/<sensor>...]"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,176 +161,6 @@ class ParseOptions:
 _DEFAULT_OPTIONS = ParseOptions()
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One metric of one message.
-
-    Args:
-        timestamp: The device's timestamp, or the receive time when it had none (UTC).
-        received_at: When the message arrived (UTC).
-        device_id: From the topic.
-        sensor_type: From the topic, or the payload's when the topic has no sensor part.
-        metric: The sensor type for a single value, else the field name, dotted when nested.
-        value: The number; NaN for text rows.
-        unit: The unit, when the payload gives one.
-        value_text: The text of a text row.
-    """
-
-    timestamp: pd.Timestamp
-    received_at: pd.Timestamp
-    device_id: str
-    sensor_type: str
-    metric: str
-    value: float
-    unit: str | None = None
-    value_text: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ParseResult:
-    """What one message became.
-
-    Args:
-        rows: The rows, in payload order; empty when the message was rejected.
-        reject: The reject, or None when the message gave rows.
-        timestamp_fallbacks: How many rows got the receive time as their timestamp.
-    """
-
-    rows: tuple[Row, ...]
-    reject: Reject | None
-    timestamp_fallbacks: int
-
-
-# --- topics -------------------------------------------------------------------------------
-
-# topic -> (device_id, sensor_type, topic has a sensor part), or None for a bad topic
-_topic_cache: dict[str, tuple[str, str, bool] | None] = {}
-
-
-def _split_topic(topic: str) -> tuple[str, str, bool] | None:
-    levels = topic.split("/")
-    if len(levels) < 3 or levels[0] != "device" or levels[2] != "telemetry":
-        return None
-    if "" in levels or "+" in topic or "#" in topic or "\x00" in topic:
-        return None
-    try:
-        topic.encode("utf-8")  # lone surrogates would break Parquet later
-    except UnicodeEncodeError:
-        return None
-    if len(levels) == 3:
-        return levels[1], "default", False
-    return levels[1], "/".join(levels[3:]), True
-
-
-def _topic_info(topic: str) -> tuple[str, str, bool] | None:
-    try:
-        return _topic_cache[topic]
-    except KeyError:
-        pass
-    except TypeError:  # not a string: unhashable
-        return None
-    if type(topic) is not str:
-        return None
-    info = _split_topic(topic)
-    if len(topic) <= _TOPIC_CACHE_MAX_LENGTH:
-        if len(_topic_cache) >= _CACHE_SIZE:
-            _topic_cache.clear()  # atomic, so safe to share between threads; refills in a blink
-        _topic_cache[topic] = info
-    return info
-
-
-def parse_topic(topic: str) -> tuple[str, str] | None:
-    """Split a telemetry topic into device id and sensor type.
-
-    Results are cached (a bounded cache), so calling this per message is cheap.
-
-    Args:
-        topic: For example `device/abc/telemetry/bme280` or `device/abc/telemetry`.
-
-    Returns:
-        `(device_id, sensor_type)`, where the sensor type is the levels after `telemetry`
-        joined with `/`, or `"default"` when there are none; None when the topic is not
-        `device/<id>/telemetry[/<sensor>...]`, has an empty level or contains a wildcard.
-    """
-    info = _topic_info(topic)
-    return None if info is None else (info[0], info[1])
-
-
-# --- payloads -----------------------------------------------------------------------------
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
-
-
-def _as_bytes(payload: object) -> bytes:
-    if isinstance(payload, (bytearray, memoryview)):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode("utf-8", "surrogatepass")
-    if payload is None:
-        return b""
-    return str(payload).encode("utf-8", "surrogatepass")
-
-
-def _loads(payload: bytes) -> tuple[Any, RejectReason | None, str]:
-    """Decode a payload: (value, None, "") or (the text or bytes, reason, detail).
-
-    orjson reads almost every payload, from bytes, without a separate UTF-8 decode. What it
-    refuses goes to `_loads_json`, which says why (the same reasons and details as ever) or
-    accepts what `json` accepts and orjson does not: NaN and Infinity, numbers beyond float
-    range (they become infinities), escaped lone surrogates and a byte order mark.
-    """
-    try:
-        return _orjson_loads(payload), None, ""
-    except _OrjsonError:
-        return _loads_json(payload)
-
-
-def _loads_json(payload: bytes) -> tuple[Any, RejectReason | None, str]:
-    """`_loads` with the standard library's decoder alone: slower, and the reference."""
-    if not payload:
-        return payload, RejectReason.EMPTY, "the payload is empty"
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return payload, RejectReason.INVALID_UTF8, _short(str(exc))
-    try:
-        return json.loads(text), None, ""
-    except RecursionError:
-        return text, RejectReason.NOT_JSON, "JSON nested too deeply to decode"
-    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
-        error = exc
-    if not text.strip():
-        return text, RejectReason.EMPTY, "the payload is only whitespace"
-    if text[0] == "\ufeff":  # some devices prefix a byte order mark
-        try:
-            return json.loads(text[1:]), None, ""
-        except (ValueError, RecursionError):
-            pass
-    return text, RejectReason.NOT_JSON, _short(str(error))
-
-
-def decode_payload(payload: bytes) -> Any:
-    """Decode a payload for per-message use, keeping whatever cannot be decoded.
-
-    Args:
-        payload: The raw payload.
-
-    Returns:
-        The JSON value; the text (str) when the payload is UTF-8 but not JSON (an empty
-        payload gives `""`); the bytes themselves when it is not UTF-8. Integers of any
-        size stay exact integers.
-    """
-    if type(payload) is not bytes:
-        payload = _as_bytes(payload)
-    # orjson reads integers beyond 64 bits as floats; the rows do too, but a caller of this
-    # may hold an id, so such payloads (rare) are read by json, which keeps them exact.
-    loads = _loads_json if _LONG_DIGITS.search(payload) else _loads
-    value, reason, _ = loads(payload)
-    return "" if reason is RejectReason.EMPTY and not payload else value
-
-
 def _clean_text(text: str | None) -> str | None:
     if text is None:
         return None
@@ -342,7 +174,7 @@ def _float(number: float) -> float:
         return _INF if number > 0 else -_INF
 
 
-# --- the one code path for batch and single messages --------------------------------------
+# --- the one code path for batch and single messages (`parse.single` feeds one) -----------
 
 
 class _Writer:
@@ -392,10 +224,10 @@ class _Writer:
         batch = self.batch
         batch.messages += 1
         if type(payload) is not bytes:
-            payload = _as_bytes(payload)
-        info = _topic_info(topic)
+            payload = as_bytes(payload)
+        info = topic_info(topic)
         if info is None:
-            self._reject(topic, payload, RejectReason.BAD_TOPIC, _TOPIC_HELP, received_ns)
+            self._reject(topic, payload, RejectReason.BAD_TOPIC, TOPIC_HELP, received_ns)
             return
         last = self.last_payloads
         if last is not None:
@@ -407,7 +239,7 @@ class _Writer:
             if len(last) >= LAST_PAYLOADS_MAX and topic not in last:
                 last.clear()  # bounded by topics, never by messages
             last[topic] = key
-        obj, reason, detail = _loads(payload)
+        obj, reason, detail = read_payload(payload)
         if reason is not None:
             self._reject(topic, payload, reason, detail, received_ns)
             return
@@ -442,7 +274,7 @@ class _Writer:
             del self.text[start:]
             batch.timestamp_fallbacks = fallbacks
             self.cut = 0
-            detail = _short(f"internal error: {exc!r}")
+            detail = short_detail(f"internal error: {exc!r}")
             self._reject(topic, payload, RejectReason.NO_FIELDS, detail, received_ns)
             return
         if not rows:
@@ -565,7 +397,7 @@ class _Writer:
         else:
             value_unit = field_unit = own
         for key, item in obj.items():
-            if key in _RESERVED:
+            if key in RESERVED_KEYS:
                 continue
             if key == "value":
                 if type(item) is dict:
@@ -660,9 +492,9 @@ def _feed_all(writer: _Writer, messages: Iterable[RawMessage]) -> None:
     take = writer.take
     last = writer.last_payloads
     naive = writer.options._naive
-    topics = _topic_cache
+    topics = TOPIC_CACHE
     loads = _orjson_loads
-    iso_seconds = _ISO_SECONDS
+    iso_seconds = ISO_SECOND_CACHE
     millis_ns = _MILLIS_NS
     add_timestamp = writer.timestamp.append
     add_received = writer.received.append
@@ -698,7 +530,7 @@ def _feed_all(writer: _Writer, messages: Iterable[RawMessage]) -> None:
             try:
                 obj = loads(payload)
             except _OrjsonError:
-                obj, reason, detail = _loads_json(payload)
+                obj, reason, detail = read_payload_stdlib(payload)
                 if reason is not None:
                     writer._reject(topic, payload, reason, detail, received_ns)
                     continue
@@ -719,7 +551,7 @@ def _feed_all(writer: _Writer, messages: Iterable[RawMessage]) -> None:
             unit = obj.get("unit")
             if type(unit) is not str:
                 unit = None
-            # `timestamps._text_ns`'s own fast path, on its own cache, without two calls:
+            # `parse.timestamps`' own fast path, on its own cache, without two calls:
             # "2025-12-09T10:30:45.123Z" is the second (cached) plus the milliseconds.
             if (
                 type(raw) is str
@@ -749,80 +581,3 @@ def _feed_all(writer: _Writer, messages: Iterable[RawMessage]) -> None:
         batch.messages += taken
         batch.parsed_messages += parsed
         batch.timestamp_fallbacks += fallbacks
-
-
-def _received_ns(received_at: float | datetime | pd.Timestamp) -> int:
-    import pandas as pd  # noqa: PLC0415  (parse_batch, the hot path, needs no pandas)
-
-    ns: int | None
-    if isinstance(received_at, pd.Timestamp):
-        stamp = received_at if received_at.tz is not None else received_at.tz_localize("UTC")
-        ns = stamp.value
-    elif isinstance(received_at, datetime):
-        if received_at is pd.NaT:  # a datetime subclass, but no time at all
-            ns = None
-        else:
-            aware = received_at
-            if aware.tzinfo is None or aware.utcoffset() is None:
-                aware = aware.replace(tzinfo=timezone.utc)
-            ns = seconds_ns((aware - _EPOCH) / _ONE_SECOND)
-    elif isinstance(received_at, (int, float)) and not isinstance(received_at, bool):
-        ns = seconds_ns(received_at)
-    else:
-        raise TypeError(
-            f"received_at must be epoch seconds, a datetime or a pandas Timestamp, "
-            f"not {type(received_at).__name__}"
-        )
-    return time.time_ns() if ns is None else ns
-
-
-def parse_message(
-    topic: str,
-    payload: bytes,
-    received_at: float | datetime | pd.Timestamp,
-    *,
-    options: ParseOptions | None = None,
-) -> ParseResult:
-    """Parse one message into rows, on the same code path as `parse_batch`.
-
-    Args:
-        topic: The MQTT topic.
-        payload: The raw payload.
-        received_at: When it arrived: epoch seconds, a datetime or a pandas Timestamp; naive
-            ones are UTC. NaN, infinite or out-of-range values are replaced by the current
-            time.
-        options: How to read payloads; default `ParseOptions()`.
-
-    Returns:
-        The rows, or the reject.
-
-    Raises:
-        TypeError: `received_at` is not a number, datetime or Timestamp.
-    """
-    import pandas as pd  # noqa: PLC0415  (parse_batch, the hot path, needs no pandas)
-
-    received_ns = _received_ns(received_at)
-    batch = ColumnBatch()
-    _Writer(batch, options or _DEFAULT_OPTIONS).feed(topic, payload, received_ns, False)
-    if batch.rejects:
-        return ParseResult(rows=(), reject=batch.rejects[0], timestamp_fallbacks=0)
-    received = pd.Timestamp(received_ns, unit="ns", tz="UTC")
-    stamps: dict[int, pd.Timestamp] = {received_ns: received}
-    rows = []
-    for i, ns in enumerate(batch.timestamp_ns):
-        stamp = stamps.get(ns)
-        if stamp is None:
-            stamp = stamps[ns] = pd.Timestamp(ns, unit="ns", tz="UTC")
-        rows.append(
-            Row(
-                timestamp=stamp,
-                received_at=received,
-                device_id=batch.device_id[i],
-                sensor_type=batch.sensor_type[i],
-                metric=batch.metric[i],
-                value=batch.value[i],
-                unit=batch.unit[i],
-                value_text=batch.value_text[i],
-            )
-        )
-    return ParseResult(rows=tuple(rows), reject=None, timestamp_fallbacks=batch.timestamp_fallbacks)

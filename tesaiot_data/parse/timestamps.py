@@ -1,8 +1,8 @@
-"""Time: device timestamps as epoch nanoseconds, and the durations and `since` values users give.
+"""Device times: the timestamps devices send, as epoch nanoseconds UTC.
 
 Pure functions on the hot path (no pandas): `timestamp_ns()` reads what devices send, in time
 linear in the text. `NaiveZone` holds the zone of devices that send local time without one.
-`duration_seconds()` and `since_ns()` read what users type (`"15min"`, `"5s"`, a time).
+What users type (durations, `since`/`until`) is read by `tesaiot_data.arguments`.
 """
 
 from __future__ import annotations
@@ -11,29 +11,20 @@ import math
 import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tesaiot_data.errors import ConfigError
 
-if TYPE_CHECKING:
-    import pandas as pd
-
 __all__ = [
+    "ISO_SECOND_CACHE",
     "MAX_TIMESTAMP_TEXT",
     "NaiveZone",
-    "TimeLike",
-    "duration_seconds",
-    "parse_timedelta",
     "seconds_ns",
-    "since_ns",
     "timestamp_ns",
 ]
 
 MAX_TIMESTAMP_TEXT = 64
 """Longer texts are not read as timestamps (the longest ISO 8601 form is about 35)."""
-
-TimeLike: TypeAlias = "str | pd.Timedelta | pd.Timestamp | datetime"
 
 _NS_MIN = -(2**63) + 1  # pd.Timestamp.min; -2**63 itself is NaT
 _NS_MAX = 2**63 - 1
@@ -232,7 +223,10 @@ def _epoch_text_ns(match: re.Match[str]) -> int | None:
     return _in_range(-nanos if sign == "-" else nanos)
 
 
-_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ns, for the fast path
+ISO_SECOND_CACHE: dict[str, int] = {}
+"""Text "YYYY-MM-DDTHH:MM:SS" -> epoch ns of that second (UTC), bounded; the batch walker's
+fast path reads it directly. Only ever cleared, never replaced, so a name bound to it stays
+the cache; only seconds whose every millisecond fits in int64 nanoseconds are held."""
 _SECONDS_MAX = 4096
 
 
@@ -243,17 +237,17 @@ def _text_ns(text: str, naive: NaiveZone | None = None) -> int | None:
     # second is looked up (a stream repeats it), the milliseconds added. 3x the regex path.
     # Only a head shaped "YYYY-MM-DDTHH:MM:SS" is cached (not "   2025-12-09T10:30", which
     # reads as a minute once stripped), and only seconds whose every millisecond fits in
-    # int64 nanoseconds: `parsing` adds milliseconds to cache hits without a range check.
+    # int64 nanoseconds: `parse.rows` adds milliseconds to cache hits without a range check.
     if len(text) == 24 and text[19] == "." and text[23] == "Z" and text[13] == text[16] == ":":
         millis = text[20:23]
         if millis.isascii() and millis.isdigit():
             head = text[:19]
-            second = _SECONDS.get(head)
+            second = ISO_SECOND_CACHE.get(head)
             if second is None and (second := _text_ns(head + "Z")) is not None:
-                if len(_SECONDS) >= _SECONDS_MAX:
-                    _SECONDS.clear()
+                if len(ISO_SECOND_CACHE) >= _SECONDS_MAX:
+                    ISO_SECOND_CACHE.clear()
                 if second <= _NS_MAX - 999_000_000:
-                    _SECONDS[head] = second
+                    ISO_SECOND_CACHE[head] = second
             if second is not None:
                 return _in_range(second + int(millis) * 1_000_000)
     if (match := _ISO.fullmatch(text)) is not None:
@@ -301,104 +295,3 @@ def _seconds_ns(seconds: float) -> int | None:
         return _in_range(round(seconds * 1_000_000) * 1000)
     except (TypeError, ValueError, OverflowError):  # not a number, NaN, infinite
         return None
-
-
-# --- what users type ------------------------------------------------------------------------
-
-
-# pandas 3 warns on, and pandas 4 refuses, the unit spellings "7d", "1w" and "2H" that users
-# type; they mean what "7D", "1W" and "2h" mean, so they are rewritten before pandas sees them.
-_OLD_UNITS = re.compile(r"(?<=[0-9\s])(d|w|H)(?![A-Za-z])")
-_NEW_UNITS = {"d": "D", "w": "W", "H": "h"}
-
-
-def parse_timedelta(value: str | float | pd.Timedelta) -> pd.Timedelta:
-    """`pd.Timedelta(value)`, also accepting `"7d"`, `"1w"` and `"2H"` without a warning.
-
-    Args:
-        value: A duration string such as `"30s"`, `"5min"`, `"7d"`; a Timedelta; or a number
-            of nanoseconds, as `pd.Timedelta` reads it.
-
-    Returns:
-        The duration.
-
-    Raises:
-        ValueError: `value` is not a duration pandas can read.
-    """
-    import pandas as pd  # noqa: PLC0415  (the hot path above needs no pandas)
-
-    if isinstance(value, str):
-        value = _OLD_UNITS.sub(lambda match: _NEW_UNITS[match.group(1)], value)
-    return pd.Timedelta(value)
-
-
-def duration_seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
-    """A positive duration in seconds from `"15min"`, `"5s"`, a number of seconds or a Timedelta.
-
-    Args:
-        value: The duration.
-        name: The option's name, for the error message.
-
-    Raises:
-        ValueError: `value` is not a positive duration.
-    """
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        if isinstance(value, int | float) or (
-            isinstance(value, str) and value.strip().replace(".", "", 1).isdigit()
-        ):
-            seconds = float(value)
-        else:
-            seconds = parse_timedelta(value).total_seconds()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{name}={value!r} is not a duration; use for example '30s', '5min' or '2h'"
-        ) from exc
-    if not seconds > 0:
-        raise ValueError(f"{name}={value!r} must be a positive duration, for example '1s'")
-    return seconds
-
-
-def since_ns(since: TimeLike | None, *, now_ns: int | None = None) -> int | None:
-    """Epoch nanoseconds of a `since=` value: a duration back from now, or a point in time.
-
-    Args:
-        since: `"5min"` or a Timedelta (back from now), a time (`"2025-12-09 10:00"`, a
-            datetime or Timestamp; naive means UTC), or None.
-        now_ns: The present, in epoch ns; default the clock.
-
-    Returns:
-        The epoch nanoseconds, or None when `since` is None.
-
-    Raises:
-        ConfigError: `since` is neither a duration nor a time (a ValueError too).
-    """
-    import time  # noqa: PLC0415
-
-    import pandas as pd  # noqa: PLC0415
-
-    if since is None:
-        return None
-    if isinstance(since, pd.Timedelta) or (isinstance(since, str) and _is_duration(since)):
-        now = time.time_ns() if now_ns is None else now_ns
-        return now - int(parse_timedelta(since).total_seconds() * 1e9)
-    try:
-        stamp = pd.Timestamp(since)
-    except (TypeError, ValueError) as exc:  # pandas' DateParseError is a ValueError
-        stamp = exc
-    if not isinstance(stamp, pd.Timestamp) or stamp is pd.NaT:
-        raise ConfigError(
-            f"since={since!r} is neither a duration nor a time",
-            hint="use for example '5min', '7d' or '2025-12-09 10:00'; a time without a zone is UTC",
-        )
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int(stamp.value)
-
-
-def _is_duration(text: str) -> bool:
-    try:
-        parse_timedelta(text)
-    except ValueError:
-        return False
-    return True

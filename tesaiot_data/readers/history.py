@@ -1,7 +1,7 @@
 """History: one DataFrame over the rows on disk and the collector's live window.
 
 `Collector.history()` joins two sources of the same stream: a dataset on disk (the
-collector's own `snapshot_dir`, or the folder a separate recorder such as
+collector's own, `Collector(dataset=...)`, or the folder a separate recorder such as
 `tesaiot-data record --dataset` writes) and the rolling window in memory.
 
 The seam is the window's watermark `w`, the oldest `received_at` the window holds. The
@@ -35,10 +35,10 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from tesaiot_data.errors import ConfigError, RecordingError
-from tesaiot_data.files.parquet import read_received
-from tesaiot_data.parse.timestamps import TimeLike, since_ns
-from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame, text_categories
+from tesaiot_data.arguments import TimeLike, moment_ns, name_list
+from tesaiot_data.errors import ConfigError, disk_error
+from tesaiot_data.readers.disk import read_rows
+from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame, epoch_ns, text_categories
 from tesaiot_data.window.rolling import RollingWindow
 
 __all__ = ["SEAM_MARGIN", "DatasetFeed", "history_frame"]
@@ -89,7 +89,7 @@ def history_frame(
         devices: Only these device ids (one string is one device).
         metrics: Only these metrics (one string is one metric).
         dataset: The dataset to read; default `own_dataset`.
-        own_dataset: The collector's own auto-persist folder (`snapshot_dir`), if any.
+        own_dataset: The collector's own auto-persist folder (`Collector(dataset=...)`), if any.
         own_feed: The feed that writes `own_dataset`, flushed before reading; None when
             the collector is not running (its rows are all on disk then).
 
@@ -106,11 +106,11 @@ def history_frame(
         RecordingError: The collector could not write its pending rows to its dataset.
     """
     path, own = _which_dataset(dataset, own_dataset)
-    device_list = _as_list(devices)
-    metric_list = _as_list(metrics)
+    device_list = name_list(devices)
+    metric_list = name_list(metrics)
     now = time.time_ns()
-    start = _moment(since, "since", now)
-    end = _moment(until, "until", now)
+    start = moment_ns(since, name="since", now_ns=now)
+    end = moment_ns(until, name="until", now_ns=now)
     if start is not None and end is not None and end <= start:
         return empty_frame()
 
@@ -120,11 +120,11 @@ def history_frame(
     if own and own_feed is not None:
         own_feed.flush()
         if own_feed.error is not None:
-            raise RecordingError(
+            raise disk_error(
                 f"history() could not write the collector's pending rows to {path}: "
                 f"{own_feed.error}",
-                hint="free disk space or check the folder; frame() still has the window",
-                path=str(path),
+                path=path,
+                then="frame() still has the window",
             )
 
     margin = 0 if own else int(SEAM_MARGIN.value)
@@ -134,8 +134,12 @@ def history_frame(
     ):
         stored = empty_frame()
     else:
-        stored = read_received(
-            path, start_ns=start, end_ns=stored_end, devices=device_list, metrics=metric_list
+        stored = read_rows(
+            path,
+            received_since=start,
+            received_until=stored_end,
+            devices=device_list,
+            metrics=metric_list,
         )
     live = _select(live, start=start, end=end, devices=device_list, metrics=metric_list)
     if margin and watermark is not None:
@@ -148,8 +152,8 @@ def _which_dataset(dataset: str | Path | None, own: str | Path | None) -> tuple[
         if own is None:
             raise ConfigError(
                 "history() reads past rows from a dataset on disk, and this collector has "
-                "no snapshot_dir and no dataset= was given",
-                hint="create the collector with snapshot_dir='data/telemetry' to keep its "
+                "no dataset of its own (Collector(dataset=...)) and no dataset= was given",
+                hint="create the collector with dataset='data/telemetry' to keep its "
                 "rows, or pass dataset= the folder that `tesaiot-data record --dataset` "
                 "writes",
             )
@@ -158,29 +162,12 @@ def _which_dataset(dataset: str | Path | None, own: str | Path | None) -> tuple[
     return path, own is not None and path.resolve() == Path(own).resolve()
 
 
-def _moment(value: TimeLike | None, name: str, now: int) -> int | None:
-    try:
-        return since_ns(value, now_ns=now)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"{name}={value!r} is not a time or a duration",
-            hint="use for example '7d', '2h' or '2025-12-09 10:00' (UTC)",
-        ) from exc
-
-
-def _as_list(names: Iterable[str] | str | None) -> list[str] | None:
-    if names is None:
-        return None
-    return [names] if isinstance(names, str) else [str(name) for name in names]
-
-
 def _earliest(a: int | None, b: int) -> int:
     return b if a is None else min(a, b)
 
 
 def _received_ns(frame: pd.DataFrame) -> np.ndarray:
-    times: np.ndarray = frame["received_at"].to_numpy(dtype="datetime64[ns]")
-    return times.view("int64")
+    return epoch_ns(frame["received_at"])
 
 
 def _select(

@@ -27,7 +27,8 @@ import pandas as pd
 import pyarrow as pa
 
 from tesaiot_data.errors import ConfigError, MissingExtraError, NotARecordingError, QueryError
-from tesaiot_data.files.parquet import _read_consistent, _recording_footer
+from tesaiot_data.files.layout import read_consistent
+from tesaiot_data.readers.disk import recording_footer
 from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS
 
 __all__ = ["VIEW", "query"]
@@ -121,7 +122,7 @@ def query(
                     connection.close()
             except duckdb.Error as exc:
                 gone = [file for file in files if not file.exists()]
-                if gone:  # a compaction replaced it meanwhile: _read_consistent reads again
+                if gone:  # a compaction replaced it meanwhile: read_consistent reads again
                     raise FileNotFoundError(f"{gone[0]} vanished while it was read") from exc
                 raise _query_error(exc, duckdb, source=path) from exc
         logger.debug(
@@ -135,7 +136,7 @@ def query(
 
     # The files load_recording reads; for a dataset, one whole state of it, read again if a
     # compaction replaced its parts meanwhile.
-    return _to_frame(_read_consistent(path, run))
+    return _to_frame(read_consistent(path, run))
 
 
 def _import_duckdb() -> ModuleType:
@@ -180,7 +181,7 @@ def _file_columns(files: Sequence[Path]) -> list[set[str]]:
     """The canonical columns in each file, after checking that it is a recording."""
     out = []
     for file in files:
-        schema = _recording_footer(file).schema.to_arrow_schema()
+        schema = recording_footer(file).schema.to_arrow_schema()
         present = set()
         for field in ARROW_SCHEMA:
             index = schema.get_field_index(field.name)

@@ -1,8 +1,8 @@
-"""The rolling window: a bounded, columnar deque of telemetry rows.
+"""The rolling window: a bounded, columnar deque of telemetry chunks, with `frame(since, ...)`.
 
-It hands out pandas frames to users (`frame()`) and Arrow record batches to the sinks
-(`batches_of()`, `batches()`): a chunk's int64 nanoseconds, float64 values and dictionary
-codes are an Arrow record batch with dictionary columns, so the way to disk needs no pandas.
+Rows arrive as parsed batches, are dictionary-coded into `Chunk`s (`window.chunk`) and leave
+by age or count. Users get pandas frames (`frame()`), the sinks Arrow record batches
+(`batches_of()`, `batches()`), both through the chunks' exits.
 """
 
 from __future__ import annotations
@@ -10,26 +10,17 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from tesaiot_data.messages import ColumnBatch
-from tesaiot_data.schema import (
-    ARROW_SCHEMA,
-    CATEGORY_COLUMNS,
-    COLUMNS,
-    TIME_TYPE,
-    empty_frame,
-    text_categories,
-    used_categories,
-)
+from tesaiot_data.schema import CATEGORY_COLUMNS
+from tesaiot_data.window.chunk import Chunk, to_batches, to_frame
 
-__all__ = ["Chunk", "RollingWindow"]
+__all__ = ["RollingWindow"]
 
-_UTC = pd.DatetimeTZDtype(unit="ns", tz="UTC")
 # Batches are merged into chunks of about this many rows, so that a slow stream (one row
 # a batch) does not pay numpy's per-array overhead for every row.
 _SEAL_ROWS = 65_536
@@ -91,88 +82,6 @@ def _smallest_int(values: int) -> type[np.signedinteger]:
     if values < 32_767:
         return np.int16
     return np.int32
-
-
-@dataclass(slots=True)
-class Chunk:
-    """Rows in arrival order: int64 ns times, float64 values, integer dictionary codes.
-
-    Chunks are never changed once made, so they can be shared with other threads.
-    """
-
-    timestamp: np.ndarray
-    received: np.ndarray
-    value: np.ndarray
-    codes: dict[str, np.ndarray]
-    categories: dict[str, list[str]]
-    """Per column, the strings the codes index: the dictionary generation the chunk was
-    made in. Shared, append-only lists, so a chunk stays readable after the window moved on."""
-
-    def __len__(self) -> int:
-        return len(self.received)
-
-    def take(self, selector: slice | np.ndarray) -> Chunk:
-        """Return the rows picked by a slice (views) or a boolean mask (copies)."""
-        return Chunk(
-            self.timestamp[selector],
-            self.received[selector],
-            self.value[selector],
-            {name: codes[selector] for name, codes in self.codes.items()},
-            self.categories,
-        )
-
-    @classmethod
-    def concat(
-        cls, chunks: Sequence[Chunk], *, code_dtypes: Mapping[str, type] | None = None
-    ) -> Chunk:
-        """Return the rows of several chunks of one generation as one (itself when alone).
-
-        Args:
-            chunks: Chunks of one dictionary generation, in order.
-            code_dtypes: Per string column, the integer type to store its codes in;
-                default int32.
-        """
-        if len(chunks) == 1 and code_dtypes is None:
-            return chunks[0]
-        return cls(
-            np.concatenate([c.timestamp for c in chunks]),
-            np.concatenate([c.received for c in chunks]),
-            np.concatenate([c.value for c in chunks]),
-            {
-                name: np.concatenate([c.codes[name] for c in chunks]).astype(
-                    (code_dtypes or {}).get(name, np.int32), copy=False
-                )
-                for name in CATEGORY_COLUMNS
-            },
-            chunks[0].categories,
-        )
-
-    def nbytes(self) -> int:
-        """Return the bytes held by the chunk's arrays."""
-        arrays = [self.timestamp, self.received, self.value, *self.codes.values()]
-        return sum(a.nbytes for a in arrays)
-
-    def to_arrow(self) -> pa.RecordBatch:
-        """Return the rows as an Arrow record batch in `schema.ARROW_SCHEMA`.
-
-        The time and value columns share the chunk's arrays (no copy; NaN values become
-        nulls, as a Parquet reader expects). Each string column is a dictionary array of
-        only the strings these rows use, so a batch of a few rows never carries the whole
-        dictionary generation.
-
-        Returns:
-            One record batch of `len(self)` rows.
-        """
-        columns: dict[str, pa.Array] = {
-            "timestamp": pa.array(self.timestamp.view("M8[ns]"), type=TIME_TYPE),
-            "received_at": pa.array(self.received.view("M8[ns]"), type=TIME_TYPE),
-            "value": pa.array(self.value, type=pa.float64(), from_pandas=True),
-        }
-        for name in CATEGORY_COLUMNS:
-            columns[name] = _dictionary_array(self.codes[name], self.categories[name])
-        return pa.RecordBatch.from_arrays(
-            [columns[name] for name in ARROW_SCHEMA.names], schema=ARROW_SCHEMA
-        )
 
 
 class RollingWindow:
@@ -246,11 +155,7 @@ class RollingWindow:
     def batches_of(chunks: Sequence[Chunk]) -> list[pa.RecordBatch]:
         """Return the rows of chunks from `append()` as Arrow record batches, in order.
 
-        For the sinks (recorders, dataset writers), which write them to Parquet as they
-        are. Chunks stay readable after they were evicted and after the window compacted
-        its dictionaries; one batch is made per run of chunks of the same dictionary
-        generation (usually one), holding only the strings its rows use. A single chunk's
-        batch shares its time and value arrays.
+        The same as `window.chunk.to_batches` (which sinks import without the window).
 
         Args:
             chunks: Chunks returned by `append()`, in arrival order.
@@ -259,13 +164,7 @@ class RollingWindow:
             One batch per generation run, each in `schema.ARROW_SCHEMA`; empty when
             `chunks` is.
         """
-        batches = []
-        start = 0
-        for end in range(1, len(chunks) + 1):
-            if end == len(chunks) or chunks[end].categories is not chunks[start].categories:
-                batches.append(Chunk.concat(chunks[start:end]).to_arrow())
-                start = end
-        return batches
+        return to_batches(chunks)
 
     def batches(self) -> list[pa.RecordBatch]:
         """Return the rows held now as Arrow record batches (see `batches_of()`).
@@ -456,9 +355,9 @@ class RollingWindow:
             wanted["metric"] = dictionaries["metric"].lookup(metric_set)
         if since_ns is not None or wanted:
             chunks = [c for c in (self._select(c, since_ns, wanted) for c in chunks) if len(c)]
-        if len(chunks) == 1:  # _build would share the window's arrays
+        if len(chunks) == 1:  # to_frame would share the window's arrays
             chunks = [chunks[0], chunks[0].take(slice(0, 0))]
-        frame = self._build(chunks, chunks[0].categories if chunks else self._generation)
+        frame = to_frame(chunks)
         self._cache = (key, frame)
         return frame.copy(deep=not _COPY_ON_WRITE)
 
@@ -474,42 +373,3 @@ class RollingWindow:
                 mask &= np.isin(chunk.codes[name], codes)
             chunk = chunk.take(mask)
         return chunk
-
-    @staticmethod
-    def _build(chunks: Sequence[Chunk], generation: Mapping[str, list[str]]) -> pd.DataFrame:
-        if not chunks:
-            return empty_frame()
-        merged = Chunk.concat(chunks)
-        data: dict[str, object] = {
-            "timestamp": pd.DatetimeIndex(merged.timestamp.view("M8[ns]")).tz_localize("UTC"),
-            "received_at": pd.DatetimeIndex(merged.received.view("M8[ns]")).tz_localize("UTC"),
-            "value": merged.value,
-        }
-        for name in CATEGORY_COLUMNS:
-            codes, names = _used_only(merged.codes[name], generation[name])
-            data[name] = pd.Categorical.from_codes(
-                codes, categories=text_categories(names), validate=False
-            )
-        return pd.DataFrame({name: data[name] for name in COLUMNS}, copy=False)
-
-
-def _used_only(codes: np.ndarray, values: list[str]) -> tuple[np.ndarray, list[str]]:
-    """The rows' codes and categories with only the strings the rows use.
-
-    O(rows + distinct strings of the generation) in numpy, and O(strings used) in Python, so
-    a frame or file of a few rows never copies a large dictionary.
-    """
-    size = len(values)  # the ingest thread may append to the shared list meanwhile
-    compact = used_categories(codes, size)
-    if compact is None:
-        return codes, values[:size]
-    kept, remapped = compact
-    return remapped, [values[i] for i in kept.tolist()]
-
-
-def _dictionary_array(codes: np.ndarray, values: list[str]) -> pa.DictionaryArray:
-    codes, strings = _used_only(codes, values)
-    indices = np.asarray(codes, dtype=np.int32)  # no copy for an unsealed chunk's codes
-    missing = indices < 0
-    array = pa.array(indices, type=pa.int32(), mask=missing if missing.any() else None)
-    return pa.DictionaryArray.from_arrays(array, pa.array(strings, type=pa.string()))

@@ -1,17 +1,100 @@
-"""The collector's state as text: the one-line status, and a summary of its counters.
+"""CollectorStats, the collector's counters read at one moment, and their text.
 
-The command line and the dashboard show `status_line()`; `str(collector.stats)` is
-`stats_summary()`.
+`str(collector.stats)` is `stats_summary()`; the command line and the dashboard show
+`status_line()`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
-if TYPE_CHECKING:
-    from tesaiot_data.collector.collector import CollectorStats
+__all__ = ["CollectorStats", "plural", "stats_summary", "status_line"]
 
-__all__ = ["plural", "stats_summary", "status_line"]
+
+@dataclass(frozen=True, slots=True)
+class CollectorStats:
+    """The collector's counters, read at one moment.
+
+    `received == messages + rejected + dropped + failed + pending` at every moment, also
+    after `stop()` and after a recording failed. Rows are counted apart from messages: a
+    message gives one or more rows, and `rows_cut` rows beyond `max_rows_per_message`.
+
+    Args:
+        received: Messages taken from the network.
+        messages: Messages that became one or more rows.
+        rejected: Messages rejected by the parser (see `rejects_by_reason`, `rejects()`),
+            including retained messages the broker sent again on a reconnect
+            (`retained_duplicate`).
+        dropped: Messages dropped because the internal queue was full.
+        failed: Messages lost to an unexpected error while storing them (logged; should be 0).
+        pending: Messages received but not yet parsed.
+        rows: Rows held in the window now.
+        rows_total: Rows produced since the start.
+        rows_evicted: Rows dropped by the window's age or size limit.
+        rejects_by_reason: Rejected messages by reason.
+        timestamp_fallbacks: Rows whose timestamp was missing or unreadable (receive time used).
+        truncated_messages: Messages that gave rows but lost some to the per-message row
+            limit or to nesting deeper than `parse.rows.MAX_DEPTH`.
+        rows_cut: Rows not kept because their message exceeded `max_rows_per_message`.
+        clock_skew_rows: Rows whose device timestamp is further than `clock_skew` from the
+            receive time (a device clock that is wrong, or local time without a zone).
+        late_rows: Rows that entered the window with a device time before the watermark
+            of `resample()`: their bucket had already been handed out as complete (see
+            `resample()`). 0 until the first `resample()`.
+        retained: Messages taken that carried the MQTT retain flag (a broker's stored last
+            value, sent on subscribing); their redeliveries are rejected, not kept twice.
+        failed_sinks: Recordings or auto-persist writes that failed (see the log and
+            `Recording.error`); their rows stay pending in memory and are retried.
+        alert_events: Alert events (firing or cleared) made since the start; poll it to
+            see cheaply whether `alerts()` has something new.
+        alert_events_dropped: Alert events no longer kept by `alerts()` (it keeps the last
+            `alerts.MAX_EVENTS`).
+        alert_callback_errors: Alert callbacks that raised (each rule's first is logged).
+        devices: Devices followed by `health()` now.
+        devices_evicted: Devices `health()` forgot: not seen for a day, or the least
+            recently seen beyond `health.MAX_DEVICES`.
+        rate: Messages per second over the last few seconds.
+        mean_rate: Messages per second since the start.
+        connected: Whether the client is connected now.
+        reconnects: Reconnections after a lost connection.
+        last_message_at: When the last message arrived (UTC), or None.
+        error: The error that stopped the stream, if any (for example a revoked token).
+    """
+
+    received: int
+    messages: int
+    rejected: int
+    dropped: int
+    failed: int
+    pending: int
+    rows: int
+    rows_total: int
+    rows_evicted: int
+    rejects_by_reason: Mapping[str, int]
+    timestamp_fallbacks: int
+    truncated_messages: int
+    rows_cut: int
+    clock_skew_rows: int
+    late_rows: int
+    retained: int
+    failed_sinks: int
+    alert_events: int
+    alert_events_dropped: int
+    alert_callback_errors: int
+    devices: int
+    devices_evicted: int
+    rate: float
+    mean_rate: float
+    connected: bool
+    reconnects: int
+    last_message_at: datetime | None
+    error: str | None
+
+    def __str__(self) -> str:
+        """A few readable lines (`print(collector.stats)`); `repr()` shows every field."""
+        return stats_summary(self)
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

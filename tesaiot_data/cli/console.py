@@ -1,0 +1,90 @@
+"""What the command line shows while a command runs: the live status line, errors as one line.
+
+`watch` is the one status loop of `record`, `record --dataset` and `demo`: on a terminal the
+status line is redrawn in place twice a second; elsewhere (a pipe, a file, systemd's journal)
+a plain line goes out every few seconds, so that a log is not flooded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
+
+from tesaiot_data.collector.stats import status_line
+
+if TYPE_CHECKING:
+    from tesaiot_data.collector import Collector, Recording
+
+__all__ = ["one_line", "recording_status", "watch"]
+
+_TICK = 0.5  # seconds between two status lines on a terminal
+_PLAIN_EVERY = 5.0  # seconds between two plain status lines, by default
+
+
+def watch(
+    collector: Collector,
+    *,
+    duration: float | None,
+    line: Callable[[], str],
+    out: TextIO,
+    plain: Callable[[str], None] | None = None,
+    plain_every: float = _PLAIN_EVERY,
+    plain_at_start: bool = True,
+    stop: threading.Event | None = None,
+) -> None:
+    """Show a live status line until the duration ends, Ctrl-C, `stop` or the stream fails.
+
+    Args:
+        collector: The running collector; a failure of its connection ends the watch.
+        duration: Seconds to watch; None: until Ctrl-C or `stop`.
+        line: Makes the status line (called when it is shown).
+        out: Where a terminal's line is drawn; where plain lines go by default.
+        plain: What to do with a status line when `out` is not a terminal; default: print
+            it on `out`.
+        plain_every: Seconds between two plain status lines.
+        plain_at_start: Give the first plain line at once, else after `plain_every`.
+        stop: An event that ends the watch when set (SIGTERM, for a service).
+
+    Raises:
+        TesaiotError: The collector's connection failed (for example, the token was
+            revoked); Ctrl-C is not an error and ends the watch quietly.
+    """
+    if plain is None:
+
+        def plain(text: str) -> None:
+            print(text, file=out, flush=True)
+
+    stop = stop or threading.Event()
+    tty = out.isatty()
+    deadline = None if duration is None else time.monotonic() + duration
+    next_plain = time.monotonic() + (0.0 if plain_at_start else plain_every)
+    try:
+        while True:
+            wait = _TICK if deadline is None else min(_TICK, deadline - time.monotonic())
+            if wait <= 0 or stop.wait(wait):
+                break
+            if tty:
+                print(f"\r{line()}\x1b[K", end="", file=out, flush=True)
+            elif time.monotonic() >= next_plain:
+                next_plain = time.monotonic() + plain_every
+                plain(line())
+            client = collector.client
+            if client is not None and client.error is not None:
+                raise client.error
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if tty:
+            print(file=out)
+
+
+def recording_status(collector: Collector, recording: Recording) -> str:
+    """The status line of a collector that records: the collector's, and the rows recorded."""
+    return status_line(collector.stats, running=collector.running, rows_recorded=recording.rows)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, for `error: ...` on standard error."""
+    return " ".join(str(exc).splitlines())

@@ -1,0 +1,104 @@
+"""The commands that read files: `inspect` (what a recording holds), `compact` and `query`.
+
+`summary` is also what `record` and `demo` print about the recording they made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from tesaiot_data.collector.stats import plural
+from tesaiot_data.files.compaction import compact_dataset
+from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
+from tesaiot_data.readers.sql import query
+
+__all__ = ["cmd_compact", "cmd_inspect", "cmd_query", "summary"]
+
+
+def summary(path: Path, out: TextIO) -> None:
+    """Print what a recording holds: span, devices, metrics and per-metric figures.
+
+    Args:
+        path: A Parquet file, a `.parts` folder or a dataset folder.
+        out: Where to print.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+        NotARecordingError: `path` is not a recording.
+    """
+    frame = load_recording(path)
+    meta = read_metadata(path)
+    print(_where(path), file=out)
+    for key in ("start", "end", "topic", "broker", "rows", "rejects", "version"):
+        if key in meta:
+            print(f"{key + ':':<10} {meta[key]}", file=out)
+    if frame.empty:
+        print("no rows", file=out)
+        return
+    span = frame["timestamp"].max() - frame["timestamp"].min()
+    print(f"span:      {frame['timestamp'].min()} .. {frame['timestamp'].max()} ({span})", file=out)
+    print(f"devices:   {frame['device_id'].nunique()}", file=out)
+    print(f"metrics:   {', '.join(sorted(frame['metric'].unique().astype(str)))}", file=out)
+    table = frame.groupby("metric", observed=True).agg(
+        rows=("value", "size"),
+        devices=("device_id", "nunique"),
+        mean=("value", "mean"),
+        min=("value", "min"),
+        max=("value", "max"),
+    )
+    print(table.round(3).to_string(), file=out)
+    rejects = load_rejects(path)
+    if len(rejects):
+        print(f"rejects by reason: {rejects['reason'].value_counts().to_dict()}", file=out)
+
+
+def _where(path: Path) -> str:
+    """The first summary line: the file and its size, or the folder and what it holds."""
+    if path.is_file():
+        return f"file:      {path} ({path.stat().st_size:,} bytes)"
+    folder = path if path.is_dir() else path.with_name(path.name + ".parts")
+    files = [f for f in folder.rglob("*.parquet") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    return f"folder:    {folder} ({len(files):,} Parquet files, {size:,} bytes)"
+
+
+def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
+    """`inspect PATH`: print the summary of a recording."""
+    summary(Path(args.path), out)
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
+    """`compact PATH [--before ...]`: merge each closed day of a dataset into one file."""
+    result = compact_dataset(args.path, before=args.before)
+    if not result.partitions:
+        print(f"nothing to compact in {args.path}: no closed partition has several files", file=out)
+        return 0
+    print(
+        f"compacted {plural(result.partitions, 'partition')} of {args.path}: "
+        f"{result.parts:,} files -> "
+        f"{result.partitions:,}, {result.rows:,} rows, {result.bytes_before:,} -> "
+        f"{result.bytes_after:,} bytes",
+        file=out,
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace, out: TextIO) -> int:
+    """`query SOURCE SQL`: run SQL over a recording with DuckDB and print the rows."""
+    sql = sys.stdin.read() if args.sql == "-" else args.sql
+    frame = query(args.source, sql, memory_limit=args.memory_limit, threads=args.threads)
+    if frame.empty:
+        print(f"no rows (columns: {', '.join(map(str, frame.columns))})", file=out)
+        return 0
+    print(frame.head(args.max_rows).to_string(index=False), file=out)
+    if len(frame) > args.max_rows:
+        print(
+            f"... {len(frame) - args.max_rows:,} more rows ({len(frame):,} in all; "
+            "--max-rows shows more)",
+            file=out,
+        )
+    return 0

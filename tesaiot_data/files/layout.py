@@ -1,0 +1,409 @@
+"""Every name on disk, and the listing of a recording's files that stays whole under compaction.
+
+A recording is one Parquet file `<name>.parquet`, with `<stem>.rejects.parquet` and
+`<stem>.alerts.parquet` beside it; while it records (or after a crash), its rows are in
+`<name>.parquet.parts/part-NNNNNN.parquet` and `rejects-NNNNNN.parquet`. A dataset is a
+folder of hive partitions `date=YYYY-MM-DD/` holding
+`part-<UTC stamp>-<host>-<pid>-<8 hex>.parquet` files and, once compacted,
+`compacted-<UTC stamp>-<8 hex>.parquet`. Temporary files are hidden (`.<name>.<hex>.tmp`)
+and match none of these names, so the leftovers of a crash are never read.
+
+A compacted file (`tesaiot_data.files.compaction`) lists in its metadata the files it
+replaces; the listing skips them. Between a compacted file's rename into place and the
+deletion of the files it replaces, a reader thus sees the compacted file only, before it the
+parts only; `read_consistent` reads again when a compaction changed the files under it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tesaiot_data.errors import NotARecordingError
+from tesaiot_data.files.metadata import PREFIX, REPLACES_KEY
+from tesaiot_data.schema import COLUMNS
+
+__all__ = [
+    "ALERTS_SUFFIX",
+    "COMPACTED_PREFIX",
+    "PART_GLOB",
+    "REJECTS_PART_GLOB",
+    "REJECTS_SUFFIX",
+    "alerts_sidecar",
+    "compacted_name",
+    "compacted_replaces",
+    "dataset_part_name",
+    "is_parts_dir",
+    "not_parquet_error",
+    "not_telemetry_error",
+    "partition_day",
+    "partition_files",
+    "partition_name",
+    "parts_dir",
+    "read_consistent",
+    "recording_part_name",
+    "rejects_error",
+    "rejects_part_name",
+    "rejects_sidecar",
+    "sorted_parts",
+    "temporary_path",
+    "utc_day",
+    "utc_stamp",
+    "writer_tag",
+]
+
+logger = logging.getLogger(__name__)
+
+PART_GLOB = "part-*.parquet"
+REJECTS_PART_GLOB = "rejects-*.parquet"
+REJECTS_SUFFIX = ".rejects.parquet"
+ALERTS_SUFFIX = ".alerts.parquet"
+#: The name prefix of a dataset partition's merged file (see `tesaiot_data.files.compaction`).
+COMPACTED_PREFIX = "compacted-"
+_PARTS_SUFFIX = ".parts"
+_PART_PREFIX = "part-"
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
+_HOST_MAX = 32  # characters of the host name kept in a part file's name
+# How many times a dataset read starts again when a compaction changed the files under it.
+_READ_ATTEMPTS = 10
+_T = TypeVar("_T")
+
+_WHAT_A_RECORDING_IS = (
+    "a recording is a Parquet file written by tesaiot-data (write_frame, Recorder, "
+    "DatasetWriter), an unfinished recording's <file>.parts folder or a dataset folder, "
+    f"with the columns {', '.join(COLUMNS)}"
+)
+_USE_LOAD_REJECTS = (
+    "use load_rejects() for the rejected messages, and load_recording() on the recording beside it"
+)
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def parts_dir(path: Path) -> Path:
+    """Return the folder of an unfinished recording's part files, `<path>.parts`."""
+    return path.with_name(path.name + _PARTS_SUFFIX)
+
+
+def is_parts_dir(path: Path) -> bool:
+    """Return whether `path` is named as a recording's parts folder (`<file>.parts`)."""
+    return path.name.endswith(_PARTS_SUFFIX)
+
+
+def rejects_sidecar(path: Path) -> Path:
+    """Return the rejects file beside a recording, `<stem>.rejects.parquet`."""
+    return path.with_name(path.stem + REJECTS_SUFFIX)
+
+
+def alerts_sidecar(path: Path) -> Path:
+    """Return the alerts file beside a recording, `<stem>.alerts.parquet`."""
+    return path.with_name(path.stem + ALERTS_SUFFIX)
+
+
+def recording_part_name(number: int) -> str:
+    """Return the name of a recording's `number`th part file, `part-NNNNNN.parquet`."""
+    return f"{_PART_PREFIX}{number:06d}.parquet"
+
+
+def rejects_part_name(number: int) -> str:
+    """Return the name of a recording's `number`th rejects part, `rejects-NNNNNN.parquet`."""
+    return f"rejects-{number:06d}.parquet"
+
+
+def temporary_path(path: Path) -> Path:
+    """Return a new hidden temporary name beside `path`, `.<name>.<8 hex>.tmp`.
+
+    Never matched by the readers' `part-*.parquet` globs, and skipped by pyarrow.dataset
+    discovery, which ignores names starting with "." or "_".
+    """
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def utc_stamp(moment: datetime) -> str:
+    """Return a time as the UTC stamp of file names, `YYYYmmddTHHMMSSffffff`.
+
+    The stamps of later times sort after earlier ones, to the microsecond.
+    """
+    return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+
+
+def writer_tag() -> str:
+    """Return `<host>-<pid>` of this process, safe in a file name: the short host name only.
+
+    The host name keeps its first 32 letters, digits and `-`, the rest as `_`.
+    """
+    host = socket.gethostname().split(".", 1)[0]
+    host = _HOST_UNSAFE.sub("_", host)[:_HOST_MAX].strip("-") or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def dataset_part_name(stamp: str, tag: str) -> str:
+    """Return a new dataset part's name, `part-<stamp>-<tag>-<8 hex>.parquet`.
+
+    Args:
+        stamp: The flush time (`utc_stamp`); names sort by it first.
+        tag: The writer (`writer_tag`); with the random suffix, the name is unique.
+    """
+    return f"{_PART_PREFIX}{stamp}-{tag}-{secrets.token_hex(4)}.parquet"
+
+
+def compacted_name(moment: datetime) -> str:
+    """Return a new compacted file's name, `compacted-<UTC stamp>-<8 hex>.parquet`."""
+    return f"{COMPACTED_PREFIX}{utc_stamp(moment)}-{secrets.token_hex(4)}.parquet"
+
+
+def partition_name(day: date | str) -> str:
+    """Return the folder name of a dataset's date partition, `date=YYYY-MM-DD`."""
+    return f"date={day}"
+
+
+def partition_day(name: str) -> date | None:
+    """Return the day of a `date=YYYY-MM-DD` folder name, or None for another name."""
+    match = _PARTITION.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def utc_day(ns: int) -> date:
+    """Return the UTC date of an epoch time in nanoseconds (its dataset partition)."""
+    return datetime.fromtimestamp(ns // 10**9, tz=timezone.utc).date()
+
+
+def sorted_parts(paths: Iterable[Path]) -> list[Path]:
+    """Return part files in the order they were written.
+
+    A recording's part-1000000 sorts after part-999999: shorter numbered names first. A
+    dataset's part-<UTC stamp>-<host>-<pid>-... names sort by time as they are, whatever the
+    length of each writer's host name.
+    """
+
+    def key(path: Path) -> tuple[str, int, str]:
+        numbered = path.name.split("-", 1)[-1].removesuffix(".parquet").isdigit()
+        return str(path.parent), len(path.name) if numbered else 0, path.name
+
+    return sorted(paths, key=key)
+
+
+# --- what is not a recording -------------------------------------------------------------------
+
+
+def rejects_error(path: Path) -> NotARecordingError:
+    """Return the error for a rejects file read as telemetry."""
+    return NotARecordingError(
+        f"{path} holds a recording's rejected messages, not its telemetry",
+        hint=_USE_LOAD_REJECTS,
+    )
+
+
+def not_parquet_error(path: Path, cause: BaseException) -> NotARecordingError:
+    """Return the error for a file that is not Parquet (or only part of a Parquet file)."""
+    return NotARecordingError(
+        f"{path} is not a Parquet file, or only part of one (a half-copied file): {cause}",
+        hint=_WHAT_A_RECORDING_IS,
+    )
+
+
+def not_telemetry_error(path: Path, message: str) -> NotARecordingError:
+    """Return the error for a file or folder that is not a telemetry recording."""
+    return NotARecordingError(f"{path} {message}", hint=_WHAT_A_RECORDING_IS)
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+
+def partition_files(
+    folder: Path, names: Iterable[str] | None = None
+) -> tuple[list[Path], list[Path]]:
+    """Return the files of one dataset folder that hold its rows, and the ones replaced.
+
+    A file is replaced when a compacted file in the same folder lists it in its
+    `tesaiot.replaces` metadata (a compaction wrote the merged file and has not yet deleted,
+    or stopped before deleting, the files it merged).
+
+    Args:
+        folder: A partition folder, such as `root/date=2025-12-09`.
+        names: The names of its `part-*.parquet` and `compacted-*.parquet` files, when
+            already listed; default: list the folder.
+
+    Returns:
+        `(current, replaced)`: the files to read, compacted files first, then parts in
+        flush order; and the replaced files still present.
+
+    Raises:
+        FileNotFoundError: The folder, or a compacted file in it, vanished meanwhile.
+        NotARecordingError: A compacted file is not Parquet or has a broken list.
+    """
+    if names is None:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if _is_data_name(e.name) and e.is_file()]
+    names = list(names)
+    compacted = sorted(name for name in names if name.startswith(COMPACTED_PREFIX))
+    replaced: set[str] = set()
+    if compacted and len(names) > 1:  # a lone file replaces nothing: no footer to read
+        for name in compacted:
+            replaced |= compacted_replaces(folder / name)
+    current = [folder / name for name in compacted if name not in replaced]
+    current += sorted_parts(
+        folder / name
+        for name in names
+        if not name.startswith(COMPACTED_PREFIX) and name not in replaced
+    )
+    return current, sorted(folder / name for name in names if name in replaced)
+
+
+def compacted_replaces(path: Path) -> frozenset[str]:
+    """Return the names of the files a compacted file replaces (its `tesaiot.replaces`).
+
+    Raises:
+        FileNotFoundError: The file vanished (a later compaction replaced it).
+        NotARecordingError: It is not Parquet, or its list is not a JSON list of names.
+    """
+    try:
+        raw = (pq.read_metadata(path).metadata or {}).get(f"{PREFIX}{REPLACES_KEY}".encode())
+    except pa.ArrowInvalid as exc:
+        raise not_parquet_error(path, exc) from exc
+    if raw is None:
+        return frozenset()
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise NotARecordingError(
+            f"{path} has a broken {PREFIX}{REPLACES_KEY} list",
+            hint="delete that file and run `tesaiot-data compact` again; the files it "
+            "merged are still beside it",
+        )
+    return frozenset(names)
+
+
+def read_consistent(
+    path: Path,
+    read: Callable[[list[Path]], _T],
+    *,
+    days: tuple[date, date] | None = None,
+) -> _T:
+    """Run `read` on the files of a recording; for a dataset, on one whole state of it.
+
+    A compaction may replace a dataset's parts while they are read: a part that vanished
+    before it was opened fails the read, and a listing that overlapped the merged file's
+    rename may miss both it and parts already deleted, which listing again after the read
+    shows (a compacted file that was not there before). Either way the read starts again.
+
+    Args:
+        path: A recording's file, its parts folder (or the file when only its parts folder
+            exists), or a dataset folder.
+        read: Called with the files that hold the rows, in row order; it may run more
+            than once.
+        days: For a dataset, only the `date=YYYY-MM-DD` folders in this inclusive range.
+
+    Returns:
+        What `read` returned for the last, whole, state.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`, or the dataset changed under every attempt.
+        NotARecordingError: `path` is a rejects file.
+    """
+    if not path.is_dir() or is_parts_dir(path):
+        return read(_recording_files(path))
+    for attempt in range(1, _READ_ATTEMPTS + 1):
+        listing = _dataset_listing(path, days)
+        try:
+            result = read(_current_files(listing))
+        except FileNotFoundError as exc:
+            if attempt == _READ_ATTEMPTS:
+                raise
+            logger.debug("%s changed while it was read (%s); reading it again", path, exc)
+            continue
+        if not _new_compacted_files(listing, _dataset_listing(path, days)):
+            return result
+        logger.debug("%s was compacted while it was read; reading it again", path)
+    raise FileNotFoundError(
+        f"{path} was compacted during each of {_READ_ATTEMPTS} attempts to read it (hint: "
+        "read it again when the compaction has finished)"
+    )
+
+
+def _recording_files(path: Path) -> list[Path]:
+    if path.is_file():
+        if path.name.endswith(REJECTS_SUFFIX):
+            raise rejects_error(path)
+        if parts_dir(path).is_dir():
+            logger.warning(
+                "%s has a leftover %s folder of an unfinished recording; reading the file",
+                path,
+                parts_dir(path).name,
+            )
+        return [path]
+    if path.is_dir():
+        if is_parts_dir(path):
+            return sorted_parts(path.glob(PART_GLOB))
+        return _current_files(_dataset_listing(path))
+    parts = parts_dir(path)
+    if parts.is_dir():
+        files = sorted_parts(parts.glob(PART_GLOB))
+        logger.warning(
+            "%s does not exist; reading the %d flushed parts of its unfinished recording",
+            path,
+            len(files),
+        )
+        return files
+    raise FileNotFoundError(
+        f"no recording at {path}: not a Parquet file, a dataset folder or a recording with a "
+        f"{parts.name} folder"
+    )
+
+
+def _is_data_name(name: str) -> bool:
+    return name.endswith(".parquet") and name.startswith((_PART_PREFIX, COMPACTED_PREFIX))
+
+
+def _dataset_listing(root: Path, days: tuple[date, date] | None = None) -> dict[Path, list[str]]:
+    """Each folder under `root` that holds data files, and their names.
+
+    With `days`, only the `date=YYYY-MM-DD` folders in that (inclusive) range are entered.
+    """
+    listing: dict[Path, list[str]] = {}
+    for folder, subfolders, names in os.walk(root):
+        if days is not None:
+            subfolders[:] = [name for name in subfolders if _day_wanted(name, days)]
+        found = [name for name in names if _is_data_name(name)]
+        if found:
+            listing[Path(folder)] = found
+    return listing
+
+
+def _day_wanted(name: str, days: tuple[date, date]) -> bool:
+    day = partition_day(name)
+    return day is None or days[0] <= day <= days[1]
+
+
+def _current_files(listing: Mapping[Path, list[str]]) -> list[Path]:
+    files: list[Path] = []
+    for folder in sorted(listing, key=str):
+        files += partition_files(folder, listing[folder])[0]
+    return files
+
+
+def _new_compacted_files(before: Mapping[Path, list[str]], after: Mapping[Path, list[str]]) -> bool:
+    for folder, names in after.items():
+        seen = set(before.get(folder, ()))
+        if any(name.startswith(COMPACTED_PREFIX) and name not in seen for name in names):
+            return True
+    return False

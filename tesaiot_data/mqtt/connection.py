@@ -1,0 +1,390 @@
+"""One connection to a broker: a configured paho client, its TLS, and its failures as typed errors.
+
+The subscriber (`tesaiot_data.mqtt.client`), the replay's publisher and the demo fleet all build
+their paho clients here, read a refused CONNACK here, and turn what the socket raised into a
+`TesaiotError` with a hint here. The reconnect backoff of the subscriber lives here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from tesaiot_data.errors import (
+    AuthError,
+    ConnectError,
+    ConnectTimeoutError,
+    SubscribeError,
+    TesaiotError,
+    TLSError,
+)
+from tesaiot_data.mqtt._paho import (
+    AUTH_REFUSED,
+    PahoClient,
+    new_client,
+    reason_code,
+    reason_text,
+    set_connect_timeout,
+)
+from tesaiot_data.settings import BrokerURL, Settings
+
+__all__ = [
+    "TOKEN_HINT",
+    "Backoff",
+    "ClientIdClash",
+    "PahoClient",
+    "client_for",
+    "configured_client",
+    "connack_refusal",
+    "connect_error",
+    "ssl_context",
+    "suback_refusal",
+]
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HINT = (
+    "check MQTT_API_TOKEN: copy it again from Admin UI -> Organization Settings -> MQTT Tokens"
+)
+"""The hint of an AuthError for a refused platform token."""
+
+_TLS_HINT = (
+    "pass ca_certs=... (or set CA_CERT_PATH) to the CA that signed the broker's certificate; "
+    "insecure=True skips verification (not for production)"
+)
+# Two clients with one client id take the session from each other: the broker closes the
+# older connection whenever the other one (re)connects. We warn after _CLASH_COUNT
+# connections closed within _SHORT_CONNECTION s of their CONNACK, all within _CLASH_WINDOW s,
+# and then at most once every _CLASH_WARN_EVERY s.
+_SHORT_CONNECTION = 10.0
+_CLASH_COUNT = 3
+_CLASH_WINDOW = 120.0
+_CLASH_WARN_EVERY = 600.0
+
+
+class Backoff:
+    """Exponential backoff with full jitter: 1 s, 2 s, 4 s ... up to a cap.
+
+    Args:
+        initial: The first delay's ceiling, in seconds.
+        maximum: The largest ceiling, in seconds.
+    """
+
+    def __init__(self, *, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """The next delay in seconds: uniform in [ceiling / 2, ceiling]; counts the attempt."""
+        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start again from `initial` (after a connection succeeded)."""
+        self.attempt = 0
+
+    def reconnect(self, client: PahoClient, *, url: BrokerURL, stopping: threading.Event) -> bool:
+        """Wait the next delay, then reconnect `client` once.
+
+        Args:
+            client: A paho client whose connection was lost.
+            url: The broker, for the log.
+            stopping: Ends the wait early.
+
+        Returns:
+            True when reconnected (the CONNACK is yet to come); False when `stopping` was
+            set or the attempt failed (the cause is logged: every failure here is retried).
+        """
+        delay = self.next_delay()
+        logger.warning(
+            "connection to %s lost; reconnecting in %.1f s (attempt %d)", url, delay, self.attempt
+        )
+        if stopping.wait(delay):
+            return False
+        try:
+            client.reconnect()
+        except Exception as exc:  # every failure here is retried; the cause is logged
+            logger.warning("reconnect to %s failed: %s", url, connect_error(exc, url))
+            return False
+        return True
+
+
+class ClientIdClash:
+    """Warns (rate-limited) when the broker keeps closing connections soon after they are made.
+
+    That is the mark of another client with the same client id: each connection takes the
+    session from the other, so each gets part of the stream.
+
+    Args:
+        url: The broker, for the warning.
+        client_id: The client id, for the warning.
+    """
+
+    def __init__(self, *, url: BrokerURL, client_id: str) -> None:
+        self._url = url
+        self._client_id = client_id
+        self._connack_at: float | None = None  # monotonic time of the current CONNACK
+        self._short_connections: deque[float] = deque(maxlen=_CLASH_COUNT)  # when they ended
+        self._warned_at: float | None = None
+
+    def connected(self) -> None:
+        """A CONNACK accepted the connection now."""
+        self._connack_at = time.monotonic()
+
+    def connection_ended(self, *, by_broker: bool) -> None:
+        """The connection ended now; `by_broker` when the broker (not this side) closed it."""
+        connack_at, self._connack_at = self._connack_at, None
+        if not by_broker or connack_at is None:
+            return
+        now = time.monotonic()
+        if now - connack_at > _SHORT_CONNECTION:
+            return
+        ends = self._short_connections
+        ends.append(now)
+        if len(ends) < _CLASH_COUNT or now - ends[0] > _CLASH_WINDOW:
+            return
+        if self._warned_at is not None and now - self._warned_at < _CLASH_WARN_EVERY:
+            return
+        self._warned_at = now
+        logger.warning(
+            "%d connections to %s were closed by the broker within %g s of being made, in "
+            "the last %.0f s: another client with the same client id %r is the likely cause "
+            "(the broker closes the older connection whenever a client with the same id "
+            "connects, so each gets part of the stream) (hint: give each collector its own "
+            "MQTT_CLIENT_ID / client_id)",
+            len(ends),
+            self._url,
+            _SHORT_CONNECTION,
+            now - ends[0],
+            self._client_id,
+        )
+
+
+def ssl_context(
+    url: BrokerURL, *, ca_certs: str | Path | None = None, insecure: bool = False
+) -> ssl.SSLContext:
+    """The TLS context of a connection: system or given CAs, TLS 1.2 at least.
+
+    Verification stays on unless `insecure`, which logs a warning.
+
+    Args:
+        url: The broker, for the warning.
+        ca_certs: A PEM file of trusted CAs; None uses the system store.
+        insecure: Skip certificate verification.
+
+    Returns:
+        A client-side context.
+
+    Raises:
+        OSError: `ca_certs` cannot be read.
+        ssl.SSLError: `ca_certs` holds no certificate.
+    """
+    context = ssl.create_default_context(cafile=str(ca_certs) if ca_certs else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        logger.warning(
+            "TLS certificate verification is OFF for %s (insecure=True): the connection "
+            "is encrypted but the broker's identity is not checked",
+            url,
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def configured_client(
+    url: BrokerURL,
+    *,
+    client_id: str,
+    username: str,
+    password: str,
+    clean_session: bool = True,
+    ca_certs: str | Path | None = None,
+    insecure: bool = False,
+    connect_timeout: float = 10.0,
+    read_buffer: bool = False,
+) -> PahoClient:
+    """A paho client set up to reach `url`: transport, WebSocket path, TLS and credentials.
+
+    It keeps every QoS > 0 message published while offline (no queue limit). Callbacks
+    are the caller's to set; see `tesaiot_data.mqtt._paho.new_client` for their signatures.
+
+    Args:
+        url: The broker.
+        client_id: The MQTT client id.
+        username: The MQTT username.
+        password: The MQTT password.
+        clean_session: Whether the broker forgets the session on disconnect.
+        ca_certs: A PEM file of trusted CAs (TLS URLs); None uses the system store.
+        insecure: Skip certificate verification (TLS URLs; a warning is logged).
+        connect_timeout: Seconds `connect()` waits for the TCP connection.
+        read_buffer: Read the socket through `ReadBuffer`s (see `new_client`).
+
+    Returns:
+        The client, not yet connected.
+
+    Raises:
+        OSError: `ca_certs` cannot be read.
+        ssl.SSLError: `ca_certs` holds no certificate.
+    """
+    client = new_client(
+        client_id, clean_session=clean_session, transport=url.transport, read_buffer=read_buffer
+    )
+    client.username_pw_set(username, password)
+    if url.transport == "websockets":
+        client.ws_set_options(path=url.path)
+    if url.tls:
+        client.tls_set_context(ssl_context(url, ca_certs=ca_certs, insecure=insecure))
+        if insecure:
+            client.tls_insecure_set(True)
+    elif insecure:
+        logger.warning("insecure=True has no effect on %s (no TLS)", url)
+    set_connect_timeout(client, connect_timeout)
+    client.max_queued_messages_set(0)
+    return client
+
+
+def client_for(
+    settings: Settings,
+    *,
+    client_id: str | None = None,
+    clean_session: bool | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    read_buffer: bool = False,
+) -> PahoClient:
+    """`configured_client` for `settings`: the token is username and password by default.
+
+    Args:
+        settings: The broker URL, token, username, TLS options and connect timeout.
+        client_id: Instead of `settings.client_id`.
+        clean_session: Instead of `settings.clean_session`.
+        username: Instead of `settings.username` (or the token).
+        password: Instead of the token.
+        read_buffer: Read the socket through `ReadBuffer`s (see `new_client`).
+
+    Returns:
+        The client, not yet connected.
+
+    Raises:
+        OSError: `settings.ca_certs` cannot be read.
+        ssl.SSLError: `settings.ca_certs` holds no certificate.
+    """
+    return configured_client(
+        settings.url,
+        client_id=settings.client_id if client_id is None else client_id,
+        username=username or settings.username or settings.token,
+        password=settings.token if password is None else password,
+        clean_session=settings.clean_session if clean_session is None else clean_session,
+        ca_certs=settings.ca_certs,
+        insecure=settings.insecure,
+        connect_timeout=settings.connect_timeout,
+        read_buffer=read_buffer,
+    )
+
+
+def connack_refusal(reason: Any, *, broker: object, who: str, hint: str) -> ConnectError | None:
+    """The typed error of a refused CONNACK, or None when the broker accepted the connection.
+
+    Args:
+        reason: The reason paho passed to `on_connect` (paho 2.x `ReasonCode` or 1.6 int).
+        broker: The broker as the message names it (a `BrokerURL`, or words).
+        who: Whose credentials, for example `"token tesa_mqtt_org_…a1b2"`.
+        hint: The hint of an AuthError.
+
+    Returns:
+        An AuthError when the credentials were refused (MQTT 3.1.1 codes 4 and 5, MQTT 5
+        codes 134 and 135), a ConnectError for any other refusal, None for success.
+    """
+    code = reason_code(reason)
+    if code == 0:
+        return None
+    text = reason_text(reason)
+    if code in AUTH_REFUSED:
+        return AuthError(f"{broker} refused {who}: {text}", hint=hint)
+    return ConnectError(f"{broker} refused the connection: {text}")
+
+
+def suback_refusal(granted: Any, *, settings: Settings) -> SubscribeError | None:
+    """The typed error of a refused subscription, or None when every filter was granted.
+
+    Args:
+        granted: What paho passed to `on_subscribe`: granted QoS or reason codes.
+        settings: The subscription, the broker and the token, for the message.
+
+    Returns:
+        A SubscribeError when any code is a failure (0x80 or above), else None.
+    """
+    if all(reason_code(item) < 0x80 for item in granted):
+        return None
+    hint = "the token may only read device/+/telemetry/#; check MQTT_SUBSCRIBE_TOPIC"
+    if settings.subscription.startswith("$share/"):
+        hint += " (and that the broker's ACL allows shared subscriptions, $share/...)"
+    return SubscribeError(
+        f"{settings.url} refused the subscription to {settings.subscription!r} "
+        f"for token {settings.masked_token}",
+        hint=hint,
+    )
+
+
+def connect_error(exc: BaseException, url: BrokerURL) -> TesaiotError:
+    """The typed error, with a hint, for an exception raised while connecting to `url`.
+
+    Args:
+        exc: What paho or the socket raised.
+        url: The broker.
+
+    Returns:
+        `exc` itself when it is already a TesaiotError; else a TLSError, ConnectError or
+        ConnectTimeoutError.
+    """
+    if isinstance(exc, TesaiotError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(
+            f"the certificate of {url.host} could not be verified: "
+            f"{getattr(exc, 'verify_message', None) or exc}",
+            hint=_TLS_HINT,
+        )
+    if isinstance(exc, ssl.SSLError):
+        return TLSError(
+            f"TLS handshake with {url.host}:{url.port} failed: {exc}",
+            hint=f"is {url.port} a TLS port? use {'ws' if url.scheme == 'wss' else 'mqtt'}:// "
+            "for a plain one",
+        )
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(
+            f"cannot resolve {url.host!r}: {exc.strerror}",
+            hint="check the host in MQTT_BROKER_URL",
+        )
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ConnectTimeoutError(
+            f"{url.host}:{url.port} did not answer in time",
+            hint="check MQTT_BROKER_URL and that a firewall does not block the port",
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectError(
+            f"{url.host}:{url.port} refused the connection",
+            hint="check the port in MQTT_BROKER_URL (the platform uses 8085 for wss)",
+        )
+    if type(exc).__name__ == "WebsocketConnectionError":
+        return ConnectError(
+            f"{url} did not accept the WebSocket upgrade: {exc}",
+            hint="check the path in MQTT_BROKER_URL (the platform uses /mqtt) "
+            "and that the port serves MQTT over WebSocket",
+        )
+    if isinstance(exc, OSError | ValueError):
+        return ConnectError(
+            f"cannot connect to {url}: {exc}",
+            hint="is the port right for the scheme (wss:// for WebSocket, mqtt:// for TCP)?",
+        )
+    return ConnectError(f"cannot connect to {url}: {exc!r}")

@@ -1,0 +1,359 @@
+"""Reading recordings and datasets from disk into canonical DataFrames.
+
+`load_recording` reads one Parquet file, an unfinished recording's parts or a dataset folder
+(every file the listing of `tesaiot_data.files.layout` says holds rows, read again if a
+compaction changed them meanwhile), with filters pushed down to the Parquet row groups;
+`read_rows` does the same by receive time for `Collector.history`. `read_metadata` and
+`load_rejects` read a recording's metadata and its rejected messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tesaiot_data.arguments import name_list
+from tesaiot_data.files.layout import (
+    REJECTS_PART_GLOB,
+    REJECTS_SUFFIX,
+    is_parts_dir,
+    not_parquet_error,
+    not_telemetry_error,
+    parts_dir,
+    read_consistent,
+    rejects_error,
+    rejects_sidecar,
+    sorted_parts,
+    utc_day,
+)
+from tesaiot_data.files.metadata import REPLACES_KEY, key_values
+from tesaiot_data.schema import (
+    ARROW_SCHEMA,
+    COLUMNS,
+    REJECTS_SCHEMA,
+    TIME_TYPE,
+    empty_frame,
+    is_canonical,
+    to_canonical,
+)
+
+__all__ = [
+    "check_recording",
+    "load_recording",
+    "load_rejects",
+    "read_metadata",
+    "read_rows",
+    "recording_dataset",
+    "recording_footer",
+]
+
+logger = logging.getLogger(__name__)
+
+# Every data column: a redelivery repeats all of them; only received_at differs.
+_DEDUPE_COLUMNS = [name for name in COLUMNS if name != "received_at"]
+# Without these a file is not telemetry (value_text may stand in for value).
+_REQUIRED_COLUMNS = tuple(field.name for field in ARROW_SCHEMA if not field.nullable)
+_VALUE_COLUMNS = ("value", "value_text")
+
+
+def load_recording(
+    path: str | Path,
+    *,
+    start: Any = None,
+    end: Any = None,
+    devices: Iterable[str] | None = None,
+    metrics: Iterable[str] | None = None,
+    dedupe: bool = False,
+) -> pd.DataFrame:
+    """Read a recording, an unfinished recording or a dataset folder into a canonical frame.
+
+    `path` may be one Parquet file; a `<file>.parts` folder left by a crash, or the `<file>`
+    itself when only its parts folder exists (every flushed part is read); or a dataset
+    folder of hive partitions `date=YYYY-MM-DD/part-*.parquet` (the partition column is not
+    returned). Filters are pushed down to pyarrow, so skipped row groups are never read.
+
+    Args:
+        path: Where the recording is.
+        start: Keep rows with `timestamp >= start` (str, datetime or Timestamp; naive is UTC).
+        end: Keep rows with `timestamp < end`.
+        devices: Keep only these device ids (one string is one device).
+        metrics: Keep only these metrics (one string is one metric).
+        dedupe: Drop exact redeliveries, as MQTT QoS 1 may deliver a message twice: rows
+            equal in every data column (timestamp, device_id, sensor_type, metric, value,
+            unit and value_text; NaN equals NaN, a missing text equals a missing text), but
+            not `received_at`, which differs on a redelivery. The first is kept. Two
+            readings of one metric in the same timestamp that differ in anything (two text
+            values such as "open" and "closed") are both kept.
+
+    Returns:
+        The rows in file order, canonical dtypes and a fresh RangeIndex.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+        NotARecordingError: `path`, or a file in its folder, is not a recording: a rejects
+            sidecar, not Parquet (a CSV, a half-copied file) or Parquet without the
+            telemetry columns.
+        ValueError: `start` or `end` is not a time.
+    """
+    expression = _filter_expression(start=start, end=end, devices=devices, metrics=metrics)
+    return _read_frame(Path(path), expression, dedupe=dedupe)
+
+
+def read_rows(
+    path: str | Path,
+    *,
+    received_since: int | None = None,
+    received_until: int | None = None,
+    devices: Iterable[str] | None = None,
+    metrics: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Read the rows of a recording received in `[received_since, received_until)`.
+
+    `load_recording` with the time filter on `received_at` instead of `timestamp`, for
+    `Collector.history`. A dataset is partitioned by the UTC date of `received_at`, so only
+    the `date=YYYY-MM-DD` folders that can hold such rows are listed at all; row groups are
+    skipped by their statistics.
+
+    Args:
+        path: A recording file, a parts folder or a dataset folder.
+        received_since: Keep rows received at or after this time, in epoch nanoseconds.
+        received_until: Keep rows received before this time, in epoch nanoseconds.
+        devices: Keep only these device ids.
+        metrics: Keep only these metrics.
+
+    Returns:
+        The rows in file order, canonical dtypes and a fresh RangeIndex.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+        NotARecordingError: A file is not a recording (see `load_recording`).
+    """
+    conditions = []
+    if received_since is not None:
+        conditions.append(pc.field("received_at") >= pa.scalar(received_since, type=TIME_TYPE))
+    if received_until is not None:
+        conditions.append(pc.field("received_at") < pa.scalar(received_until, type=TIME_TYPE))
+    others = _filter_expression(start=None, end=None, devices=devices, metrics=metrics)
+    if others is not None:
+        conditions.append(others)
+    expression = None
+    for condition in conditions:
+        expression = condition if expression is None else expression & condition
+    low = date.min if received_since is None else utc_day(received_since)
+    high = date.max if received_until is None else utc_day(received_until - 1)
+    return _read_frame(Path(path), expression, days=(low, high))
+
+
+def _read_frame(
+    path: Path,
+    expression: ds.Expression | None,
+    *,
+    dedupe: bool = False,
+    days: tuple[date, date] | None = None,
+) -> pd.DataFrame:
+    def read(files: list[Path]) -> pa.Table | None:
+        if not files:
+            return None
+        dataset = recording_dataset(files)
+        try:
+            return dataset.to_table(filter=expression)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            # Columns of the right names but types that do not convert (text in `value`).
+            raise not_telemetry_error(path, f"cannot be read as a recording: {exc}") from exc
+
+    table = read_consistent(path, read, days=days)
+    if table is None or table.num_rows == 0:
+        return empty_frame()
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    if not is_canonical(frame):
+        frame = to_canonical(frame)
+    if dedupe:
+        frame = frame.loc[~frame.duplicated(subset=_DEDUPE_COLUMNS, keep="first")]
+    return frame.reset_index(drop=True)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Return the `tesaiot.*` key-value metadata of a recording, keys without the prefix.
+
+    For a folder (an unfinished recording or a dataset) the parts' metadata is combined:
+    `rows` is their sum, `start`/`end` the earliest and latest, other keys as in the first.
+
+    Args:
+        path: A Parquet file, a recording whose parts folder is left, or a dataset folder.
+
+    Returns:
+        The metadata; empty for a file written by another tool.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+        NotARecordingError: `path`, or a file in its folder, is not a recording (a rejects
+            sidecar, not Parquet, or Parquet without the telemetry columns).
+    """
+    return read_consistent(Path(path), _combined_metadata)
+
+
+def _combined_metadata(files: list[Path]) -> dict[str, str]:
+    combined: dict[str, str] = {}
+    for file in files:
+        meta = key_values(recording_footer(file).metadata, skip=frozenset({REPLACES_KEY}))
+        if not combined:
+            combined = meta
+            continue
+        if "rows" in meta:
+            combined["rows"] = str(int(combined.get("rows", "0")) + int(meta["rows"]))
+        if "start" in meta:
+            combined["start"] = min(combined.get("start", meta["start"]), meta["start"])
+        if "end" in meta:
+            combined["end"] = max(combined.get("end", meta["end"]), meta["end"])
+    return combined
+
+
+def load_rejects(path: str | Path) -> pd.DataFrame:
+    """Read the rejected messages of a recording.
+
+    Args:
+        path: The recording (its `<stem>.rejects.parquet` sidecar is read, or the rejects
+            parts of an unfinished recording) or the sidecar itself.
+
+    Returns:
+        One row per rejected message, in arrival order; an empty frame with the same columns
+        when the recording has none.
+
+    Raises:
+        FileNotFoundError: Neither the recording nor its sidecar exists.
+        OSError: A rejects file cannot be read.
+    """
+    path = Path(path)
+    if path.name.endswith(REJECTS_SUFFIX):
+        if not path.is_file():
+            raise FileNotFoundError(f"no rejects file at {path}")
+        files = [path]
+    elif path.is_dir() and is_parts_dir(path):
+        files = sorted_parts(path.glob(REJECTS_PART_GLOB))
+    elif rejects_sidecar(path).is_file():
+        files = [rejects_sidecar(path)]
+    elif parts_dir(path).is_dir():
+        files = sorted_parts(parts_dir(path).glob(REJECTS_PART_GLOB))
+    elif path.exists():
+        files = []
+    else:
+        raise FileNotFoundError(
+            f"no recording at {path} and no {rejects_sidecar(path).name} beside it"
+        )
+    if not files:
+        return REJECTS_SCHEMA.empty_table().to_pandas()
+    dataset = ds.dataset([str(f) for f in files], schema=REJECTS_SCHEMA, format="parquet")
+    return dataset.to_table().to_pandas()
+
+
+def _utc_scalar(value: Any, name: str) -> pa.Scalar:
+    try:
+        moment = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}={value!r} is not a time: {exc}") from exc
+    if moment is pd.NaT:
+        raise ValueError(f"{name}={value!r} is not a time")
+    moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
+    return pa.scalar(moment.value, type=TIME_TYPE)
+
+
+def _names(values: Iterable[str]) -> pa.Array:
+    return pa.array(name_list(values), type=pa.string())
+
+
+def _filter_expression(
+    *,
+    start: Any,
+    end: Any,
+    devices: Iterable[str] | None,
+    metrics: Iterable[str] | None,
+) -> ds.Expression | None:
+    conditions = []
+    if start is not None:
+        conditions.append(pc.field("timestamp") >= _utc_scalar(start, "start"))
+    if end is not None:
+        conditions.append(pc.field("timestamp") < _utc_scalar(end, "end"))
+    if devices is not None:
+        conditions.append(pc.field("device_id").isin(_names(devices)))
+    if metrics is not None:
+        conditions.append(pc.field("metric").isin(_names(metrics)))
+    if not conditions:
+        return None
+    expression = conditions[0]
+    for condition in conditions[1:]:
+        expression = expression & condition
+    return expression
+
+
+def recording_dataset(files: Sequence[Path]) -> ds.FileSystemDataset:
+    """Return a dataset of `files` in that order, each checked to be a recording.
+
+    The footers read for the check stay cached in the fragments, so the scan does not read
+    them again.
+
+    Raises:
+        FileNotFoundError: A file vanished.
+        NotARecordingError: A file is a rejects file, not Parquet, or lacks the telemetry
+            columns.
+    """
+    file_format = ds.ParquetFileFormat()
+    filesystem = pafs.LocalFileSystem()
+    fragments = []
+    for file in files:
+        if file.name.endswith(REJECTS_SUFFIX):
+            raise rejects_error(file)
+        fragment = file_format.make_fragment(str(file.absolute()), filesystem)
+        try:
+            schema = fragment.physical_schema
+        except pa.ArrowInvalid as exc:
+            raise not_parquet_error(file, exc) from exc
+        check_recording(file, schema.names)
+        fragments.append(fragment)
+    return ds.FileSystemDataset(fragments, ARROW_SCHEMA, file_format, filesystem)
+
+
+def recording_footer(path: Path) -> pq.FileMetaData:
+    """Return the footer of a recording's file, checked to hold telemetry.
+
+    Raises:
+        FileNotFoundError: The file vanished.
+        NotARecordingError: It is a rejects file, not Parquet, or lacks the telemetry columns.
+    """
+    if path.name.endswith(REJECTS_SUFFIX):
+        raise rejects_error(path)
+    try:
+        footer = pq.read_metadata(path)
+    except pa.ArrowInvalid as exc:
+        raise not_parquet_error(path, exc) from exc
+    check_recording(path, footer.schema.to_arrow_schema().names)
+    return footer
+
+
+def check_recording(path: Path, names: Sequence[str]) -> None:
+    """Raise unless a file with the columns `names` is a telemetry recording.
+
+    Raises:
+        NotARecordingError: The columns are a rejects file's, or required ones are missing.
+    """
+    present = set(names)
+    if set(REJECTS_SCHEMA.names) <= present:
+        raise rejects_error(path)
+    missing = [name for name in _REQUIRED_COLUMNS if name not in present]
+    if not present.intersection(_VALUE_COLUMNS):
+        missing.append(_VALUE_COLUMNS[0])
+    if missing:
+        columns = "column " if len(missing) == 1 else "columns "
+        raise not_telemetry_error(
+            path, f"is not a telemetry recording: it has no {columns}{', '.join(missing)}"
+        )
