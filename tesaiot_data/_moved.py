@@ -41,6 +41,11 @@ MOVED: dict[str, tuple[str, ...]] = {
     "tesaiot_data.timestamps": ("tesaiot_data.parse.timestamps", "tesaiot_data.arguments"),
 }
 
+# Names that changed with the move: old name -> the new one (same call), per old module.
+RENAMED: dict[str, dict[str, str]] = {
+    "tesaiot_data.timestamps": {"since_ns": "moment_ns"},  # tesaiot_data.arguments
+}
+
 
 class _AliasLoader(importlib.abc.Loader):
     def __init__(self, targets: Sequence[str]) -> None:
@@ -63,6 +68,8 @@ class _AliasLoader(importlib.abc.Loader):
             ]
             for name in public:
                 setattr(module, name, getattr(source, name))
+        for old, new in RENAMED.get(module.__name__, {}).items():
+            setattr(module, old, getattr(module, new))
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):

@@ -25,7 +25,6 @@ __all__ = [
     "moment_ns",
     "name_list",
     "parse_timedelta",
-    "since_ns",
 ]
 
 TimeLike: TypeAlias = "str | pd.Timedelta | pd.Timestamp | datetime"
@@ -89,51 +88,18 @@ def duration_seconds(value: str | float | pd.Timedelta, *, name: str) -> float:
     return seconds
 
 
-def since_ns(since: TimeLike | None, *, now_ns: int | None = None) -> int | None:
-    """Epoch nanoseconds of a `since=` value: a duration back from now, or a point in time.
-
-    Args:
-        since: `"5min"` or a Timedelta (back from now), a time (`"2025-12-09 10:00"`, a
-            datetime or Timestamp; naive means UTC), or None.
-        now_ns: The present, in epoch ns; default the clock.
-
-    Returns:
-        The epoch nanoseconds, or None when `since` is None.
-
-    Raises:
-        ConfigError: `since` is neither a duration nor a time (a ValueError too).
-    """
-    import pandas as pd  # noqa: PLC0415  (importing this module needs no pandas)
-
-    if since is None:
-        return None
-    if isinstance(since, pd.Timedelta) or (isinstance(since, str) and _is_duration(since)):
-        now = time.time_ns() if now_ns is None else now_ns
-        return now - int(parse_timedelta(since).total_seconds() * 1e9)
-    try:
-        stamp = pd.Timestamp(since)
-    except (TypeError, ValueError) as exc:  # pandas' DateParseError is a ValueError
-        stamp = exc
-    if not isinstance(stamp, pd.Timestamp) or stamp is pd.NaT:
-        raise ConfigError(
-            f"since={since!r} is neither a duration nor a time",
-            hint="use for example '5min', '7d' or '2025-12-09 10:00'; a time without a zone is UTC",
-        )
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int(stamp.value)
-
-
 def moment_ns(
     value: TimeLike | None,
     *,
-    name: str,
+    name: str = "since",
     now_ns: int | None = None,
     hint: str = _MOMENT_HINT,
 ) -> int | None:
-    """`since_ns` for a parameter of any name (`until`, `before`): its error names it.
+    """Epoch nanoseconds of a moment a user gives (`since=`, `until=`, `before=`).
 
     Args:
-        value: A duration back from now, a time (naive means UTC), or None.
+        value: `"5min"` or a Timedelta (back from now), a time (`"2025-12-09 10:00"`, a
+            datetime or Timestamp; naive means UTC), or None.
         name: The parameter's name, for the error message.
         now_ns: The present, in epoch ns; default the clock.
         hint: What to tell the user to pass instead.
@@ -142,12 +108,24 @@ def moment_ns(
         The epoch nanoseconds, or None when `value` is None.
 
     Raises:
-        ConfigError: `value` is neither a duration nor a time (a ValueError too).
+        ConfigError: `value` is neither a duration nor a time (a ValueError too); the
+            message names the parameter.
     """
+    import pandas as pd  # noqa: PLC0415  (importing this module needs no pandas)
+
+    if value is None:
+        return None
     try:
-        return since_ns(value, now_ns=now_ns)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}={value!r} is not a time or a duration", hint=hint) from exc
+        if isinstance(value, pd.Timedelta) or (isinstance(value, str) and _is_duration(value)):
+            now = time.time_ns() if now_ns is None else now_ns
+            return now - int(parse_timedelta(value).total_seconds() * 1e9)
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:  # pandas' DateParseError is a ValueError
+        stamp = exc
+    if not isinstance(stamp, pd.Timestamp) or stamp is pd.NaT:
+        raise ConfigError(f"{name}={value!r} is neither a duration nor a time", hint=hint)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.value)
 
 
 def name_list(names: Iterable[str] | str | None) -> list[str] | None:

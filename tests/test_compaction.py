@@ -270,7 +270,7 @@ def test_cli_compact_of_a_missing_folder_is_an_error(
     assert capsys.readouterr().err.startswith(f"error: no dataset folder at {tmp_path / 'nope'}")
 
     assert main(["compact", str(tmp_path), "--before", "someday"], out=io.StringIO()) == 1
-    assert "before='someday' is not a time or a duration" in capsys.readouterr().err
+    assert "before='someday' is neither a duration nor a time" in capsys.readouterr().err
 
     file = tmp_path / "file.parquet"
     file.write_bytes(b"x")

@@ -225,7 +225,7 @@ def test_history_reads_only_the_days_in_range(settings: Settings, tmp_path: Path
     assert collector.history(since="2019-12-30", until="2019-12-31", dataset=root).empty
     with pytest.raises(FileNotFoundError):
         collector.history(dataset=tmp_path / "nope")
-    with pytest.raises(ValueError, match="since='yesterday-ish' is not a time or a duration"):
+    with pytest.raises(ValueError, match="since='yesterday-ish' is neither a duration nor a time"):
         collector.history(since="yesterday-ish", dataset=root)
 
 

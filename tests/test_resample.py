@@ -165,7 +165,7 @@ def test_late_rows_are_counted_once_their_bucket_was_handed_out(
     before = collector.resample("10s", metrics="temperature")
     assert list(before.index) == [T0 + pd.Timedelta(seconds=s) for s in (0, 10, 20)]
     # The watermark: the end of the newest bucket returned (these are past buckets).
-    assert collector._watermark.watermark_ns == (T0 + pd.Timedelta("30s")).value
+    assert collector.ingest.watermark.watermark_ns == (T0 + pd.Timedelta("30s")).value
 
     publish_acknowledged(
         broker.publisher(),
@@ -186,7 +186,7 @@ def test_late_rows_are_counted_once_their_bucket_was_handed_out(
     # The newest bucket is open now (its end is after the call): the watermark stops at the
     # call's clock floored to the rule, so readings still coming for it are not late.
     now_floor = pd.Timestamp.now(tz="UTC").floor("10s")
-    watermark = collector._watermark.watermark_ns
+    watermark = collector.ingest.watermark.watermark_ns
     assert watermark is not None
     assert now_floor - pd.Timedelta("10s") <= pd.Timestamp(watermark, tz="UTC") <= now_floor
     publish_acknowledged(
@@ -230,7 +230,7 @@ def test_an_empty_window_gives_an_empty_frame_of_the_same_shape() -> None:
         "metric",
         "how",
     ]
-    assert collector._watermark.watermark_ns is None  # nothing handed out
+    assert collector.ingest.watermark.watermark_ns is None  # nothing handed out
 
 
 def test_rules_and_offline_frames() -> None:

@@ -8,7 +8,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from tesaiot_data.arguments import duration_seconds, parse_timedelta, since_ns
+from tesaiot_data.arguments import duration_seconds, moment_ns, parse_timedelta
 from tesaiot_data.errors import ConfigError
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.parse.rows import parse_batch
@@ -39,7 +39,7 @@ def test_since_a_week_back_from_now() -> None:
     before = time.time_ns()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = since_ns("7d")
+        got = moment_ns("7d")
     after = time.time_ns()
     week = pd.Timedelta(days=7).value
     assert got is not None
@@ -73,6 +73,6 @@ def test_a_time_padded_to_the_usual_length_is_not_misread() -> None:
 @pytest.mark.parametrize("since", ["bogus", "5 mins", "yesterday-ish"])
 def test_a_since_that_is_neither_is_a_config_error_with_a_hint(since: str) -> None:
     with pytest.raises(ConfigError, match="neither a duration nor a time") as caught:
-        since_ns(since)
+        moment_ns(since)
     assert caught.value.hint is not None
     assert "7d" in caught.value.hint

@@ -109,6 +109,37 @@ def test_filters_match_pandas_filtering_of_the_whole_frame() -> None:
     assert window.frame(metrics=["humidity"]).empty
 
 
+@pytest.mark.parametrize("chunks", [1, 5])
+def test_until_and_since_select_by_receive_time_as_pandas_does(chunks: int) -> None:
+    window = RollingWindow(window_ns=None, max_rows=10_000)
+    for k in range(chunks):
+        window.append(batch(1000 // chunks, start=k * (1000 // chunks), devices=4))
+    everything = window.frame()
+    received = everything["received_at"]
+    for low, high in [(0, 999), (100, 101), (250, 250), (0, 0), (999, 999), (400, 900)]:
+        since, until = received.iloc[low], received.iloc[high]
+        got = window.frame(since_ns=since.value, until_ns=until.value, devices=["dev-2"])
+        expected = everything[
+            (received >= since) & (received < until) & (everything["device_id"] == "dev-2")
+        ]
+        assert got["value"].tolist() == expected["value"].tolist(), (low, high)
+    assert window.frame(until_ns=received.iloc[0].value).empty
+
+
+def test_read_gives_the_oldest_receive_time_of_all_rows_with_the_selection() -> None:
+    window = RollingWindow(window_ns=10 * SECOND, max_rows=1_000_000)
+    empty = window.read()
+    assert empty.frame.empty
+    assert empty.oldest_received_ns is None
+    window.append(batch(10, at=T0, step=1.0, devices=2))  # received T0 .. T0+9
+    rows, oldest = window.read(devices=["dev-1"], since_ns=int((T0 + 5) * SECOND))
+    assert oldest == round(T0 * SECOND)  # of every row held, not of the selection
+    assert rows["value"].tolist() == [5.0, 7.0, 9.0]
+    window.evict(int((T0 + 14.5) * SECOND))  # drops T0 .. T0+4
+    assert window.read().oldest_received_ns == round((T0 + 5) * SECOND)
+    assert window.read(devices=["nobody"]).oldest_received_ns == round((T0 + 5) * SECOND)
+
+
 def test_text_rows_and_new_categories_after_earlier_chunks() -> None:
     window = RollingWindow(window_ns=None, max_rows=100)
     window.append(batch(2))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tesaiot_data.arguments import TimeLike, duration_seconds, name_list, since_ns
+from tesaiot_data.arguments import TimeLike, duration_seconds, moment_ns, name_list
 from tesaiot_data.collector.housekeeping import Housekeeper
 from tesaiot_data.collector.ingest import Ingest
 from tesaiot_data.collector.monitoring import Monitoring
@@ -306,7 +306,7 @@ class Collector(Monitoring):
             sensor_type, metric, value, unit, value_text.
         """
         return self._window.frame(
-            since_ns=since_ns(since), devices=name_list(devices), metrics=name_list(metrics)
+            since_ns=moment_ns(since), devices=name_list(devices), metrics=name_list(metrics)
         )
 
     def history(

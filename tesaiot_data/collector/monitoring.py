@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 import pandas as pd
 
-from tesaiot_data.arguments import TimeLike, duration_seconds, since_ns
+from tesaiot_data.arguments import TimeLike, duration_seconds, moment_ns
 from tesaiot_data.collector.ingest import Ingest
 from tesaiot_data.monitor.events import AlertEvent
 from tesaiot_data.monitor.rules import AlertRule
@@ -154,4 +154,4 @@ class Monitoring:
         Raises:
             ValueError: `since` is neither a duration nor a time.
         """
-        return self._ingest.alerts.frame(since_ns=since_ns(since), active=active)
+        return self._ingest.alerts.frame(since_ns=moment_ns(since), active=active)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tesaiot_data.dashboard.format import MAX_CELL_CHARS, MAX_TABLE_ROWS, SHORT_ID
+from tesaiot_data.schema import epoch_ns
 
 __all__ = ["MAX_ALERT_ROWS", "alerts_table_html", "health_table_html"]
 
@@ -184,6 +185,4 @@ def alerts_table_html(alerts: pd.DataFrame, *, max_rows: int = MAX_ALERT_ROWS) -
 
 
 def _ns_of(column: pd.Series) -> np.ndarray:
-    values = pd.to_datetime(column, utc=True)
-    ns: np.ndarray = values.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
-    return ns
+    return epoch_ns(pd.to_datetime(column, utc=True))

@@ -129,7 +129,7 @@ def compact_dataset(
         NotARecordingError: `root` is not a folder, or a file in a partition is not a
             recording.
         BlockingIOError: Another compaction of this dataset is running.
-        ConfigError: `before` is not a time or a duration (a ValueError).
+        ConfigError: `before` is neither a duration nor a time (a ValueError).
         OSError: A file could not be written or deleted (disk full, no permission); the
             partitions merged so far stay merged, the others as they were.
     """

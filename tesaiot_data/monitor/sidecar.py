@@ -16,10 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tesaiot_data.errors import NotARecordingError
+from tesaiot_data.files.layout import ALERTS_SUFFIX, alerts_sidecar
 from tesaiot_data.files.metadata import check_metadata
 from tesaiot_data.files.parquet import write_table
 from tesaiot_data.monitor.events import ALERT_COLUMNS, AlertEvent, events_frame
-from tesaiot_data.schema import TIME_TYPE
+from tesaiot_data.schema import TIME_TYPE, epoch_ns
 
 __all__ = ["ALERTS_SCHEMA", "alerts_sidecar", "load_alerts", "write_alerts"]
 
@@ -33,12 +34,6 @@ ALERTS_SCHEMA = pa.schema(
         pa.field("state", pa.dictionary(pa.int8(), pa.string()), nullable=False),
     ]
 )
-_ALERTS_SUFFIX = ".alerts.parquet"
-
-
-def alerts_sidecar(path: Path) -> Path:
-    """Return the alerts file beside a recording, `<stem>.alerts.parquet`."""
-    return path.with_name(path.stem + _ALERTS_SUFFIX)
 
 
 def write_alerts(
@@ -82,7 +77,7 @@ def load_alerts(path: str | Path) -> pd.DataFrame:
         NotARecordingError: The file is not an alerts file.
     """
     path = Path(path)
-    if not path.name.endswith(_ALERTS_SUFFIX):
+    if not path.name.endswith(ALERTS_SUFFIX):
         path = alerts_sidecar(path)
     table = pq.read_table(path)
     if table.schema.names != list(ALERT_COLUMNS):
@@ -90,7 +85,7 @@ def load_alerts(path: str | Path) -> pd.DataFrame:
             f"{path} is not an alerts file (columns {table.schema.names})",
             hint="pass the recording or its <stem>.alerts.parquet",
         )
-    times = table.column("time").cast(pa.int64()).to_numpy()
+    times = epoch_ns(table.column("time"))
     events = [
         AlertEvent(int(t), str(r), str(d), m, float(v), s)
         for t, r, d, m, v, s in zip(

@@ -28,7 +28,7 @@ end only), so it is the source from `w` on, and the files are the source before 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -115,8 +115,9 @@ def history_frame(
         return empty_frame()
 
     # The window first, then the flush: a row evicted before this read is on disk after it.
-    live = window.frame()
-    watermark = int(_received_ns(live).min()) if len(live) else None
+    live, watermark = window.read(
+        since_ns=start, until_ns=end, devices=device_list, metrics=metric_list
+    )
     if own and own_feed is not None:
         own_feed.flush()
         if own_feed.error is not None:
@@ -141,7 +142,6 @@ def history_frame(
             devices=device_list,
             metrics=metric_list,
         )
-    live = _select(live, start=start, end=end, devices=device_list, metrics=metric_list)
     if margin and watermark is not None:
         stored = _drop_seen(stored, live, low=watermark - margin, high=watermark + margin)
     return _concat(stored, live)
@@ -168,29 +168,6 @@ def _earliest(a: int | None, b: int) -> int:
 
 def _received_ns(frame: pd.DataFrame) -> np.ndarray:
     return epoch_ns(frame["received_at"])
-
-
-def _select(
-    frame: pd.DataFrame,
-    *,
-    start: int | None,
-    end: int | None,
-    devices: Sequence[str] | None,
-    metrics: Sequence[str] | None,
-) -> pd.DataFrame:
-    if start is None and end is None and devices is None and metrics is None:
-        return frame
-    received = _received_ns(frame)
-    keep = np.ones(len(frame), dtype=bool)
-    if start is not None:
-        keep &= received >= start
-    if end is not None:
-        keep &= received < end
-    if devices is not None:
-        keep &= frame["device_id"].isin(devices).to_numpy()
-    if metrics is not None:
-        keep &= frame["metric"].isin(metrics).to_numpy()
-    return frame.loc[keep]
 
 
 def _drop_seen(stored: pd.DataFrame, live: pd.DataFrame, *, low: int, high: int) -> pd.DataFrame:

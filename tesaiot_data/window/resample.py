@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tesaiot_data.errors import ConfigError
+from tesaiot_data.schema import epoch_ns
 
 __all__ = ["HOWS", "MAX_CELLS", "Watermark", "resample_frame", "rule_ns"]
 
@@ -133,7 +134,7 @@ def resample_frame(
     numeric = frame["value"].notna().to_numpy()
     if not numeric.any():
         return _empty(hows, many)
-    stamps = frame["timestamp"].to_numpy(dtype="datetime64[ns]")[numeric].view(np.int64)
+    stamps = epoch_ns(frame["timestamp"])[numeric]
     devices = pd.Categorical(frame["device_id"])
     metrics = pd.Categorical(frame["metric"])
     device_codes = devices.codes[numeric].astype(np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,17 @@ from tesaiot_data.messages import ColumnBatch
 from tesaiot_data.schema import CATEGORY_COLUMNS
 from tesaiot_data.window.chunk import Chunk, to_batches, to_frame
 
-__all__ = ["RollingWindow"]
+__all__ = ["RollingWindow", "WindowRead"]
+
+
+class WindowRead(NamedTuple):
+    """What `RollingWindow.read()` returns: rows and the watermark of one state."""
+
+    frame: pd.DataFrame
+    """The selected rows, a canonical frame the caller owns."""
+    oldest_received_ns: int | None
+    """The oldest `received_at` the window held (all rows, before filters), or None."""
+
 
 # Batches are merged into chunks of about this many rows, so that a slow stream (one row
 # a batch) does not pay numpy's per-array overhead for every row.
@@ -113,7 +124,7 @@ class RollingWindow:
         self._evicted = 0
         self._version = 0
         self._lock = threading.Lock()
-        self._cache: tuple[object, pd.DataFrame] | None = None
+        self._cache: tuple[object, pd.DataFrame, int | None] | None = None
 
     # ------------------------------------------------------------------ writes
 
@@ -323,6 +334,7 @@ class RollingWindow:
         self,
         *,
         since_ns: int | None = None,
+        until_ns: int | None = None,
         devices: Iterable[str] | None = None,
         metrics: Iterable[str] | None = None,
     ) -> pd.DataFrame:
@@ -330,22 +342,54 @@ class RollingWindow:
 
         Args:
             since_ns: Keep rows received at or after this epoch time in ns.
+            until_ns: Keep rows received before this epoch time in ns.
             devices: Keep these device ids only.
             metrics: Keep these metrics only.
 
         Returns:
             A frame the caller owns, rows in arrival order.
         """
+        return self.read(
+            since_ns=since_ns, until_ns=until_ns, devices=devices, metrics=metrics
+        ).frame
+
+    def read(
+        self,
+        *,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        devices: Iterable[str] | None = None,
+        metrics: Iterable[str] | None = None,
+    ) -> WindowRead:
+        """Return the held rows (filtered) and the window's oldest receive time, of one state.
+
+        `history()` joins the window to files at the oldest receive time the window holds
+        (its watermark): that time and the rows must come from the same moment, or rows
+        evicted in between would be in neither source.
+
+        Args:
+            since_ns: Keep rows received at or after this epoch time in ns.
+            until_ns: Keep rows received before this epoch time in ns.
+            devices: Keep these device ids only.
+            metrics: Keep these metrics only.
+
+        Returns:
+            A `WindowRead`: the frame (the caller's own, rows in arrival order) and the
+            oldest `received_at` of every row held, in epoch ns (None when empty), before
+            the filters.
+        """
         device_set = None if devices is None else tuple(sorted(set(devices)))
         metric_set = None if metrics is None else tuple(sorted(set(metrics)))
-        key = (self._version, since_ns, device_set, metric_set)
+        key = (self._version, since_ns, until_ns, device_set, metric_set)
         cached = self._cache
         if cached is not None and cached[0] == key:
-            return cached[1].copy(deep=not _COPY_ON_WRITE)
+            return WindowRead(cached[1].copy(deep=not _COPY_ON_WRITE), cached[2])
         with self._lock:
-            key = (self._version, since_ns, device_set, metric_set)
+            key = (self._version, since_ns, until_ns, device_set, metric_set)
             chunks = [*self._sealed, *self._tail]
             dictionaries = self._dictionaries
+        # Each chunk's receive times are sorted (frame(since_ns=) relies on it too).
+        oldest = min((int(c.received[0]) for c in chunks if len(c)), default=None)
         # Every held chunk is of the current generation; its lists only grow, so what they
         # hold now covers every code in `chunks`.
         wanted = {}
@@ -353,20 +397,27 @@ class RollingWindow:
             wanted["device_id"] = dictionaries["device_id"].lookup(device_set)
         if metric_set is not None:
             wanted["metric"] = dictionaries["metric"].lookup(metric_set)
-        if since_ns is not None or wanted:
-            chunks = [c for c in (self._select(c, since_ns, wanted) for c in chunks) if len(c)]
+        if since_ns is not None or until_ns is not None or wanted:
+            chunks = [
+                c for c in (self._select(c, since_ns, until_ns, wanted) for c in chunks) if len(c)
+            ]
         if len(chunks) == 1:  # to_frame would share the window's arrays
             chunks = [chunks[0], chunks[0].take(slice(0, 0))]
         frame = to_frame(chunks)
-        self._cache = (key, frame)
-        return frame.copy(deep=not _COPY_ON_WRITE)
+        self._cache = (key, frame, oldest)
+        return WindowRead(frame.copy(deep=not _COPY_ON_WRITE), oldest)
 
     @staticmethod
-    def _select(chunk: Chunk, since_ns: int | None, wanted: dict[str, np.ndarray]) -> Chunk:
-        if since_ns is not None:
-            if chunk.received[-1] < since_ns:
+    def _select(
+        chunk: Chunk, since_ns: int | None, until_ns: int | None, wanted: dict[str, np.ndarray]
+    ) -> Chunk:
+        if since_ns is not None or until_ns is not None:
+            start = 0 if since_ns is None else int(np.searchsorted(chunk.received, since_ns))
+            end = len(chunk) if until_ns is None else int(np.searchsorted(chunk.received, until_ns))
+            if start >= end:
                 return chunk.take(slice(0, 0))
-            chunk = chunk.take(slice(int(np.searchsorted(chunk.received, since_ns)), None))
+            if start > 0 or end < len(chunk):
+                chunk = chunk.take(slice(start, end))
         if wanted:
             mask = np.ones(len(chunk), dtype=bool)
             for name, codes in wanted.items():
