@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
+import numbers
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from tesaiot_data.errors import ConfigError, TokenError
 
-__all__ = ["DEFAULT_BROKER_URL", "DEFAULT_TOPIC", "BrokerURL", "Settings", "mask_token"]
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "DEFAULT_TOPIC",
+    "PROTOCOLS",
+    "SESSION_NEVER_EXPIRES",
+    "BrokerURL",
+    "Settings",
+    "mask_token",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +44,26 @@ _MAX_TOPIC_BYTES = 65_535  # an MQTT string's length is two bytes
 _SHARED_PREFIX = "$share"
 
 Transport = Literal["websockets", "tcp"]
+
+PROTOCOLS = ("3.1.1", "5")
+"""The MQTT versions a client speaks, as `Settings.protocol` spells them."""
+SESSION_NEVER_EXPIRES = 0xFFFF_FFFF
+"""MQTT 5's largest Session Expiry Interval, in seconds (about 136 years): "never expires"."""
+# What MQTT_PROTOCOL may say, after "mqtt"/"v" prefixes; "4" is 3.1.1's protocol level byte.
+_PROTOCOL_NAMES = {"3.1.1": "3.1.1", "311": "3.1.1", "4": "3.1.1", "5": "5", "5.0": "5"}
+_PROTOCOL_HINT = "set MQTT_PROTOCOL (protocol=..., --protocol) to 3.1.1 (the default) or 5"
+_SESSION_HINT = (
+    "set MQTT_SESSION_EXPIRY (session_expiry=..., --session-expiry) to a duration such as "
+    "1h or 7d, a number of seconds, 'never', or 0 for a clean session"
+)
+_SECONDS_PER_UNIT = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86_400),
+    **dict.fromkeys(("w", "week", "weeks"), 604_800),
+}
+_DURATION_TERM = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
 
 
 def mask_token(token: str | None) -> str:
@@ -201,6 +232,73 @@ def _new_client_id() -> str:
 _AUTO_CLIENT_ID = re.compile(r"tesaiot-data-[0-9a-f]{8}")
 
 
+def _session_seconds(value: object) -> float | None:
+    """Seconds in a session expiry (`"1h"`, `"1h30min"`, `90`, a timedelta), or None if not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, timedelta):  # pandas' Timedelta is one too
+        return value.total_seconds()
+    if isinstance(value, numbers.Real):  # numpy's numbers too
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    if text in ("never", "inf", "infinity"):
+        return math.inf
+    if text.startswith("-"):  # said to be negative, not "not a duration"
+        magnitude = _session_seconds(text[1:])
+        return None if magnitude is None else -magnitude
+    seconds, position = 0.0, 0
+    while position < len(text):
+        term = _DURATION_TERM.match(text, position)
+        if term is None or term.group(2) not in (*_SECONDS_PER_UNIT, ""):
+            return None
+        if not term.group(2) and (position or term.end() < len(text)):
+            return None  # a bare number is the whole value: "90", not "1h 90"
+        seconds += float(term.group(1)) * _SECONDS_PER_UNIT.get(term.group(2), 1)
+        position = term.end()
+    return seconds if text else None
+
+
+def _session_expiry_seconds(value: object, *, variable: str = "MQTT_SESSION_EXPIRY") -> int | None:
+    """Read a session expiry: whole seconds the broker keeps a session, or None for a clean one.
+
+    Args:
+        value: A duration (`"1h"`, `"7d"`, `"1h30min"`, a number of seconds, a `timedelta` or
+            pandas `Timedelta`), `"never"`, or 0 / None for a clean session.
+        variable: The setting's name, used in the error message.
+
+    Returns:
+        Seconds rounded up to a whole second, at most `SESSION_NEVER_EXPIRES` (`"never"` and
+        anything longer); None for 0 or None.
+
+    Raises:
+        ConfigError: `value` is not a duration, or is negative.
+    """
+    if value is None:
+        return None
+    seconds = _session_seconds(value)
+    if seconds is None or math.isnan(seconds):
+        raise ConfigError(f"{variable}={value!r} is not a duration", hint=_SESSION_HINT)
+    if seconds < 0:
+        raise ConfigError(f"{variable}={value!r} is negative", hint=_SESSION_HINT)
+    if seconds == 0:
+        return None
+    if seconds >= SESSION_NEVER_EXPIRES:  # also infinity, which ceil() cannot take
+        return SESSION_NEVER_EXPIRES
+    return math.ceil(seconds)
+
+
+def _protocol_name(value: object) -> str:
+    text = str(value).strip().lower().removeprefix("mqtt").strip().removeprefix("v")
+    if text not in _PROTOCOL_NAMES or isinstance(value, bool):
+        raise ConfigError(
+            f"MQTT_PROTOCOL={value!r} is not an MQTT version this client speaks",
+            hint=_PROTOCOL_HINT,
+        )
+    return _PROTOCOL_NAMES[text]
+
+
 def _parse_bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -224,20 +322,35 @@ class Settings:
             (`$share/<group>/<topic>`): the broker hands each message to one member only,
             so several collectors split the stream between them. None (the default)
             receives every message. One topic level: no `/`, `+` or `#`.
-        client_id: The MQTT client id; a fixed one with `clean_session=False` keeps a
-            persistent session on the broker.
+        client_id: The MQTT client id. By default `tesaiot-data-<8 hex digits>`, new for
+            each `Settings`; a persistent session needs a fixed one of your own (an id of the
+            generated form counts as not set).
         qos: Subscription QoS, 0, 1 or 2.
         ca_certs: A PEM file of trusted CAs; None uses the system store.
         insecure: Skip certificate verification (a warning is logged when used).
         keepalive: Seconds between keepalive pings.
-        clean_session: Start with a fresh session on every connect.
+        clean_session: Start with a fresh session on every connect (the default). False
+            keeps a persistent session with no expiry of its own, as in 0.1: on MQTT 3.1.1 the
+            broker keeps it as long as its own configuration says, on MQTT 5 it is sent as a
+            Session Expiry Interval of "never" (`SESSION_NEVER_EXPIRES`). A `session_expiry`
+            makes the session persistent whatever this says.
         connect_timeout: Seconds `connect()` waits for the broker to answer.
         username: The MQTT username, by default the token (the platform's convention).
+        session_expiry: How long the broker keeps the session (subscription and the QoS 1/2
+            messages published meanwhile) after the client goes away: `"1h"`, `"7d"`, seconds,
+            a `timedelta` or pandas `Timedelta`, or `"never"`; 0 or None (the default) is a
+            clean session. Stored as whole seconds (None when clean). Needs a fixed
+            `client_id`. MQTT 3.1.1 has no expiry on the wire: there it means
+            `clean_session=False` and the broker's own session expiry applies; MQTT 5 sends
+            Clean Start 0 and this Session Expiry Interval.
+        protocol: The MQTT version, `"3.1.1"` (the default) or `"5"` (`"5.0"`, `"MQTTv5"`
+            and `5` are read as `"5"`).
 
     Raises:
         TokenError: The token is missing or not a TESAIoT MQTT token.
         ConfigError: Another field has a value that cannot work, for example a topic that
-            is not a valid subscription filter.
+            is not a valid subscription filter, an unknown protocol, a session expiry that is
+            not a duration, or a persistent session without a fixed client id.
     """
 
     token: str = field(repr=False)
@@ -252,9 +365,21 @@ class Settings:
     clean_session: bool = True
     connect_timeout: float = 10.0
     username: str | None = field(default=None, repr=False)
+    session_expiry: int | float | str | timedelta | None = None
+    protocol: str = "3.1.1"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token", _clean_token(self.token))
+        object.__setattr__(self, "protocol", _protocol_name(self.protocol))
+        object.__setattr__(self, "session_expiry", _session_expiry_seconds(self.session_expiry))
+        if self.persistent_session and _AUTO_CLIENT_ID.fullmatch(self.client_id):
+            raise ConfigError(
+                "a persistent session (MQTT_SESSION_EXPIRY / session_expiry, or "
+                "clean_session=False) needs a fixed client id, and none is set: the broker "
+                "finds the session by the client id, which is random by default",
+                hint="set MQTT_CLIENT_ID (client_id=..., --client-id) to a name of your own that "
+                "only this collector uses, for example recorder-line-7",
+            )
         BrokerURL.parse(self.broker_url)  # fail here, where the value was made
         if self.qos not in (0, 1, 2):
             raise ConfigError(f"qos={self.qos!r} must be 0, 1 or 2", hint="set MQTT_QOS=1")
@@ -291,11 +416,33 @@ class Settings:
 
     def __repr__(self) -> str:
         shared = f", share_group={self.share_group!r}" if self.share_group is not None else ""
+        session = f", session_expiry={self.session_expiry!r}" if self.session_expiry else ""
+        session += ", clean_session=False" if not self.clean_session else ""
+        protocol = f", protocol={self.protocol!r}" if self.protocol != "3.1.1" else ""
         return (
             f"Settings(token={mask_token(self.token)!r}, broker_url={self.broker_url!r}, "
             f"topic={self.topic!r}{shared}, client_id={self.client_id!r}, qos={self.qos}, "
-            f"insecure={self.insecure})"
+            f"insecure={self.insecure}{session}{protocol})"
         )
+
+    @property
+    def persistent_session(self) -> bool:
+        """Whether the broker keeps the session after a disconnect.
+
+        True with a `session_expiry`, or with `clean_session=False`.
+        """
+        return bool(self.session_expiry) or not self.clean_session
+
+    @property
+    def session_expiry_interval(self) -> int:
+        """The MQTT 5 Session Expiry Interval, in seconds.
+
+        0 for a clean session; else `session_expiry`, or `SESSION_NEVER_EXPIRES` for
+        `clean_session=False` without one.
+        """
+        if isinstance(self.session_expiry, int) and self.session_expiry > 0:
+            return self.session_expiry
+        return 0 if self.clean_session else SESSION_NEVER_EXPIRES
 
     @property
     def subscription(self) -> str:
@@ -368,8 +515,8 @@ class Settings:
         """Build settings from the platform's environment variables.
 
         Reads `MQTT_API_TOKEN`, `MQTT_BROKER_URL`, `MQTT_SUBSCRIBE_TOPIC` (or its alias
-        `MQTT_TOPIC`), `MQTT_SHARE_GROUP`, `MQTT_CLIENT_ID`, `CA_CERT_PATH`, `MQTT_INSECURE`
-        and `MQTT_QOS`.
+        `MQTT_TOPIC`), `MQTT_SHARE_GROUP`, `MQTT_CLIENT_ID`, `CA_CERT_PATH`, `MQTT_INSECURE`,
+        `MQTT_QOS`, `MQTT_SESSION_EXPIRY` and `MQTT_PROTOCOL`.
         Real environment variables win over the file; keyword overrides win over both.
 
         Args:
@@ -421,5 +568,9 @@ class Settings:
                 raise ConfigError(
                     f"MQTT_QOS={qos!r} is not 0, 1 or 2", hint="set MQTT_QOS=1"
                 ) from None
+        if (expiry := get("MQTT_SESSION_EXPIRY")) is not None:
+            kwargs["session_expiry"] = expiry
+        if (protocol := get("MQTT_PROTOCOL")) is not None:
+            kwargs["protocol"] = protocol
         kwargs.update(overrides)
         return cls(**kwargs)

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from tesaiot_data import load_recording
-from tesaiot_data.cli import main
+from tesaiot_data.cli import build_parser, main
+from tesaiot_data.cli.options import settings_from_args
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.files.parquet import write_frame, write_rejects
@@ -303,3 +304,72 @@ def test_record_onto_a_full_disk_prints_one_error_line_with_the_counts(
         assert f"error: recording to {out} failed: [Errno 28] No space left on device" in line
         assert re.search(r"; 0 rows reached disk, \d+ rows were lost \(hint: free disk space", line)
         assert not out.exists()
+
+
+TOKEN = "tesa_mqtt_demo_" + "C" * 32
+
+
+@pytest.fixture
+def token_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """A token in the environment, none of the session variables; the flags for no .env file."""
+    monkeypatch.setenv("MQTT_API_TOKEN", TOKEN)
+    for name in ("MQTT_CLIENT_ID", "MQTT_SESSION_EXPIRY", "MQTT_PROTOCOL"):
+        monkeypatch.delenv(name, raising=False)
+    return ["--env-file", str(tmp_path / "none.env")]
+
+
+@pytest.mark.parametrize("command", [["stream"], ["record", "--dataset", "data"]])
+@pytest.mark.parametrize(
+    ("flags", "says", "hint"),
+    [
+        (["--session-expiry", "1h"], "needs a fixed client id", "MQTT_CLIENT_ID"),
+        (["--session-expiry", "soon", "--client-id", "r1"], "is not a duration", "7d"),
+        (["--session-expiry=-1h", "--client-id", "r1"], "is negative", "7d"),
+        (["--protocol", "6"], "MQTT_PROTOCOL='6' is not an MQTT version", "3.1.1"),
+    ],
+    ids=["no-client-id", "not-a-duration", "negative", "unknown-protocol"],
+)
+def test_bad_session_flags_print_one_error_line_and_exit_1(
+    token_only: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    flags: list[str],
+    says: str,
+    hint: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, *token_only, *flags], out=io.StringIO()) == 1  # before connecting
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert error[0].startswith("error: ")
+    assert says in error[0]
+    assert hint in error[0]  # the hint is on the line
+
+
+def test_the_session_flags_reach_the_settings_and_win_over_the_environment(
+    token_only: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parser = build_parser()
+    flags = ["--client-id", "line-7", "--session-expiry", "7d", "--protocol", "5"]
+    args = parser.parse_args(["record", "--dataset", "data", *token_only, *flags])
+    settings = settings_from_args(args)
+    assert (settings.client_id, settings.session_expiry, settings.protocol) == (
+        "line-7",
+        7 * 86_400,
+        "5",
+    )
+    assert settings.persistent_session
+    # From the environment without flags; `--session-expiry 0` makes it clean again.
+    monkeypatch.setenv("MQTT_SESSION_EXPIRY", "1h")
+    monkeypatch.setenv("MQTT_CLIENT_ID", "line-7")
+    from_env = settings_from_args(parser.parse_args(["stream", *token_only]))
+    assert (from_env.session_expiry, from_env.protocol) == (3600, "3.1.1")
+    clean = settings_from_args(parser.parse_args(["stream", *token_only, "--session-expiry", "0"]))
+    assert not clean.persistent_session
+    help_text = subprocess.run(
+        [*CLI, "record", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--session-expiry" in help_text
+    assert "--protocol" in help_text

@@ -47,6 +47,8 @@ from tests.helpers import new_paho_client, wait_for
 
 pytestmark = pytest.mark.broker
 
+PROTOCOLS = ["3.1.1", "5"]  # what the client speaks; every test of both is parametrised
+
 
 class Recorder(TESAIoTMQTTClient):
     """Keeps what process_telemetry() is given."""
@@ -146,9 +148,11 @@ def test_runs_on_the_expected_paho_version() -> None:
     assert major == (1 if os.environ.get("TESAIOT_EXPECT_PAHO") == "1" else 2)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_connects_over_wss_verifying_the_broker_ca_and_parses_topics(
-    settings: Settings, publisher: Publisher, clients: list[TESAIoTMQTTClient]
+    settings: Settings, publisher: Publisher, clients: list[TESAIoTMQTTClient], protocol: str
 ) -> None:
+    settings = settings.replace(protocol=protocol)
     assert settings.url.scheme == "wss"
     assert settings.ca_certs is not None
     client = Recorder(settings)
@@ -188,9 +192,12 @@ def test_plain_websocket_and_tcp_urls_work_too(
     assert client.seen == [("plain", "temperature", 1)]
 
 
-def test_wrong_token_raises_auth_error_once_and_leaves_nothing_running(broker: LocalBroker) -> None:
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_wrong_token_raises_auth_error_once_and_leaves_nothing_running(
+    broker: LocalBroker, protocol: str
+) -> None:
     wrong = "tesa_mqtt_demo_" + "W" * 32
-    client = Recorder(broker.settings(token=wrong))
+    client = Recorder(broker.settings(token=wrong, protocol=protocol))
     with pytest.raises(AuthError) as info:
         client.connect(timeout=5)
     message = str(info.value)
@@ -281,11 +288,14 @@ def test_wss_to_a_plain_mqtt_port_says_it_is_not_tls(broker: LocalBroker) -> Non
     assert "TLS" in str(info.value) or "WebSocket" in str(info.value)
 
 
-def test_refused_subscription_is_reported(broker: LocalBroker) -> None:
-    client = Recorder(broker.settings(topic="#"))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_refused_subscription_is_reported(broker: LocalBroker, protocol: str) -> None:
+    client = Recorder(broker.settings(topic="#", protocol=protocol))
     with pytest.raises(SubscribeError) as info:
         client.connect(timeout=5)
     assert "'#'" in str(info.value)
+    # MQTT 5 names the refusal (0x87); MQTT 3.1.1 has only its failure code 0x80.
+    assert ("Not authorized" in str(info.value)) is (protocol == "5")
     assert broker.token not in str(info.value)
     assert client_threads(client) == []
 
@@ -573,11 +583,11 @@ def test_an_unexpected_error_in_a_paho_callback_stops_the_client_visibly(
     class Broken(Recorder):
         subacks = 0
 
-        def _handle_suback(self, mid: int, granted: Any) -> None:
+        def _handle_suback(self, mid: int, granted: Any, properties: Any = None) -> None:
             self.subacks += 1
             if self.subacks > 1:  # the SUBACK after the reconnect
                 raise RuntimeError("bug in a callback")
-            super()._handle_suback(mid, granted)
+            super()._handle_suback(mid, granted, properties)
 
     client = Broken(fake_settings(fake_broker), reconnect_initial=0.1)
     clients.append(client)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+from datetime import timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import tesaiot_data
@@ -314,6 +316,8 @@ def test_env_example_documents_every_variable() -> None:
         "CA_CERT_PATH",
         "MQTT_INSECURE",
         "MQTT_QOS",
+        "MQTT_SESSION_EXPIRY",
+        "MQTT_PROTOCOL",
     ):
         assert name in text
 
@@ -342,3 +346,139 @@ def test_resolve_reads_the_environment_only_when_given_none(
     monkeypatch.delenv("MQTT_API_TOKEN")
     with pytest.raises(TokenError):
         Settings.resolve(None)
+
+
+# --- persistent sessions and the MQTT version ------------------------------------------------
+
+NEVER = 0xFFFF_FFFF  # MQTT 5's largest Session Expiry Interval: the session never expires
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("1h", 3600),
+        ("7d", 7 * 86_400),
+        (" 30 min ", 1800),
+        ("1h30min", 5400),
+        ("2 weeks", 14 * 86_400),
+        ("90", 90),
+        (90, 90),
+        (1.2, 2),  # whole seconds on the wire: rounded up, never down to 0
+        (timedelta(minutes=5), 300),
+        (pd.Timedelta("2h"), 7200),
+        ("never", NEVER),
+        (10**12, NEVER),
+        (None, None),
+        (0, None),
+        ("0s", None),
+    ],
+)
+def test_session_expiry_takes_a_duration_in_whole_seconds(
+    given: object, seconds: int | None
+) -> None:
+    settings = Settings(token=TOKEN, client_id="recorder-1", session_expiry=given)  # type: ignore[arg-type]
+    assert settings.session_expiry == seconds
+    assert settings.persistent_session is (seconds is not None)
+    assert settings.session_expiry_interval == (seconds or 0)
+    assert settings.clean_session is True  # the field as given; the session follows the expiry
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("soon", "is not a duration"),
+        ("1h30", "is not a duration"),
+        ("", "is not a duration"),
+        ("1 fortnight", "is not a duration"),
+        (True, "is not a duration"),
+        ([3600], "is not a duration"),
+        (float("nan"), "is not a duration"),
+        (-1, "is negative"),
+        ("-5min", "is negative"),
+        (timedelta(seconds=-1), "is negative"),
+    ],
+)
+def test_a_session_expiry_that_is_not_a_duration_is_a_config_error_with_a_hint(
+    given: object, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says) as info:
+        Settings(token=TOKEN, client_id="recorder-1", session_expiry=given)  # type: ignore[arg-type]
+    assert "MQTT_SESSION_EXPIRY" in str(info.value)
+    assert "1h" in (info.value.hint or "")
+    assert "--session-expiry" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    "persistent",
+    [{"session_expiry": "1h"}, {"clean_session": False}],
+    ids=["session_expiry", "clean_session=False"],
+)
+@pytest.mark.parametrize(
+    "client_id",
+    [None, "tesaiot-data-0badcafe"],  # not set, or set to the generated form
+    ids=["not-set", "generated-form"],
+)
+def test_a_persistent_session_without_a_fixed_client_id_is_a_config_error(
+    persistent: dict[str, object], client_id: str | None
+) -> None:
+    given = {} if client_id is None else {"client_id": client_id}
+    with pytest.raises(ConfigError, match="fixed client id") as info:
+        Settings(token=TOKEN, **given, **persistent)  # type: ignore[arg-type]
+    assert "MQTT_CLIENT_ID" in (info.value.hint or "")
+    assert "--client-id" in (info.value.hint or "")
+    with pytest.raises(ConfigError, match="fixed client id"):
+        Settings.from_env(None, environ={"MQTT_API_TOKEN": TOKEN, "MQTT_SESSION_EXPIRY": "7d"})
+
+
+def test_clean_session_false_keeps_a_session_that_never_expires_and_expiry_wins() -> None:
+    # 0.1's way: a persistent session with no expiry of its own (MQTT 5 sends "never").
+    old_way = Settings(token=TOKEN, client_id="recorder-1", clean_session=False)
+    assert old_way.persistent_session
+    assert old_way.session_expiry is None
+    assert old_way.session_expiry_interval == NEVER
+    both = old_way.replace(session_expiry="1h")
+    assert (both.persistent_session, both.session_expiry_interval) == (True, 3600)
+    # An expiry alone makes the session persistent; taking it away makes it clean again.
+    expiring = Settings(token=TOKEN, client_id="recorder-1", session_expiry="1h")
+    clean = expiring.replace(session_expiry=0)
+    assert (clean.persistent_session, clean.session_expiry_interval) == (False, 0)
+    assert not Settings(token=TOKEN).persistent_session
+
+
+@pytest.mark.parametrize(
+    ("given", "protocol"),
+    [("3.1.1", "3.1.1"), ("311", "3.1.1"), ("5", "5"), ("5.0", "5"), ("MQTTv5", "5"), (5, "5")],
+)
+def test_the_protocol_is_3_1_1_or_5(given: object, protocol: str) -> None:
+    assert Settings(token=TOKEN).protocol == "3.1.1"
+    assert Settings(token=TOKEN, protocol=given).protocol == protocol  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["6", "3.1", "mqtt", "", "v", True, None])
+def test_an_unknown_protocol_is_a_config_error_with_a_hint(given: object) -> None:
+    with pytest.raises(ConfigError, match="MQTT_PROTOCOL") as info:
+        Settings(token=TOKEN, protocol=given)  # type: ignore[arg-type]
+    assert "MQTT_PROTOCOL" in (info.value.hint or "")
+    assert "3.1.1" in (info.value.hint or "")
+    assert "5" in (info.value.hint or "")
+
+
+def test_the_session_and_protocol_come_from_the_environment(tmp_path: Path) -> None:
+    env = {"MQTT_API_TOKEN": TOKEN, "MQTT_CLIENT_ID": "line-7-recorder"}
+    settings = Settings.from_env(
+        None, environ={**env, "MQTT_SESSION_EXPIRY": "7d", "MQTT_PROTOCOL": "5"}
+    )
+    assert (settings.session_expiry, settings.protocol) == (7 * 86_400, "5")
+    assert settings.persistent_session
+    assert "session_expiry=604800" in repr(settings)
+    assert "protocol='5'" in repr(settings)
+    # An empty variable is not set; an override wins; 0 turns the session clean again.
+    default = Settings.from_env(None, environ={**env, "MQTT_SESSION_EXPIRY": " "})
+    assert (default.session_expiry, default.protocol) == (None, "3.1.1")
+    env_file = tmp_path / ".env"
+    env_file.write_text("MQTT_SESSION_EXPIRY=1h\nMQTT_PROTOCOL=5\n")
+    overridden = Settings.from_env(env_file, environ=env, session_expiry=0, protocol="3.1.1")
+    assert (overridden.persistent_session, overridden.protocol) == (False, "3.1.1")
+    for variable, value in (("MQTT_SESSION_EXPIRY", "soon"), ("MQTT_PROTOCOL", "4.0")):
+        with pytest.raises(ConfigError, match=f"{variable}={value!r}"):
+            Settings.from_env(None, environ={**env, variable: value})

@@ -200,17 +200,24 @@ def any_broker(request: pytest.FixtureRequest) -> Iterator[LocalBroker]:
 
 
 @pytest.mark.broker
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_collectors_in_one_share_group_split_the_stream(
     any_broker: LocalBroker,
     fleet_factory: Callable[..., DeviceFleet],
     collectors: Callable[..., Collector],
+    protocol: str,
 ) -> None:
     broker = any_broker
     group = f"g{uuid.uuid4().hex[:8]}"
     members = [
-        collectors(broker.settings(client_id=f"test-{uuid.uuid4().hex[:12]}", share_group=group))
+        collectors(
+            broker.settings(
+                client_id=f"test-{uuid.uuid4().hex[:12]}", share_group=group, protocol=protocol
+            )
+        )
         for _ in range(2)
     ]
+    assert all(member.settings.url.scheme == "wss" for member in members)
     for member in members:
         member.start()
     start_s = int(time.time())

@@ -61,14 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
             help="skip TLS certificate verification (MQTT_INSECURE)",
         )
 
+    def session_options(sub: argparse.ArgumentParser) -> None:
+        group = sub.add_argument_group("session (default: .env and the environment)")
+        group.add_argument(
+            "--session-expiry",
+            metavar="DURATION",
+            help="keep a persistent session this long after a disconnect (1h, 7d, never; 0: "
+            "clean, the default): the broker keeps the QoS 1/2 messages published meanwhile; "
+            "needs --client-id (MQTT_SESSION_EXPIRY)",
+        )
+        group.add_argument(
+            "--protocol", metavar="VERSION", help="MQTT 3.1.1 (the default) or 5 (MQTT_PROTOCOL)"
+        )
+
     stream = commands.add_parser("stream", help="print each telemetry message as it arrives")
     connection_options(stream)
+    session_options(stream)
     stream.set_defaults(run=cmd_stream)
 
     record = commands.add_parser(
         "record", help="record telemetry to a Parquet file, or as a service to a dataset"
     )
     connection_options(record)
+    session_options(record)
     target = record.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="the Parquet file to write")
     target.add_argument(

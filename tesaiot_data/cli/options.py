@@ -77,4 +77,8 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
         overrides["insecure"] = True
     if getattr(args, "share_group", None) is not None:  # "" too: Settings says why not
         overrides["share_group"] = args.share_group
+    # Checked by Settings (a ConfigError: `error: ...`, exit 1); "0" too, over the environment.
+    for flag in ("session_expiry", "protocol"):
+        if getattr(args, flag, None) is not None:
+            overrides[flag] = getattr(args, flag)
     return Settings.from_env(args.env_file, **overrides)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 __all__ = [
     "AUTH_REFUSED",
@@ -17,9 +19,13 @@ __all__ = [
     "PahoClient",
     "ReadBuffer",
     "buffered_socket",
+    "disconnect_reason",
     "new_client",
     "reason_code",
+    "reason_string",
     "reason_text",
+    "session_arguments",
+    "session_present",
     "set_connect_timeout",
     "topic_of",
 ]
@@ -32,7 +38,10 @@ PAHO_V2 = hasattr(mqtt, "CallbackAPIVersion")
 
 AUTH_REFUSED = frozenset({4, 5, 134, 135})
 """CONNACK codes meaning "your credentials were refused": MQTT 3.1.1's 4 and 5, and the
-MQTT 5 reason codes 134 and 135 that paho 2.x reports for them."""
+MQTT 5 reason codes 134 and 135 (Bad user name or password, Not authorized), which paho 2.x
+also reports for 3.1.1's."""
+
+_PROTOCOL_VERSIONS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 
 
 _READ_SIZE = 65_536
@@ -158,21 +167,31 @@ def new_client(
     *,
     clean_session: bool = True,
     transport: str = "tcp",
-    protocol: int = mqtt.MQTTv311,
+    protocol: str = "3.1.1",
     read_buffer: bool = False,
 ) -> mqtt.Client:
-    """A paho client with the same callback signatures on paho 1.6 and 2.x.
+    """A paho client with the same callback signatures on paho 1.6 and 2.x, MQTT 3.1.1 or 5.
 
-    On paho 2.x it uses `CallbackAPIVersion.VERSION2`: `on_connect(client, userdata, flags,
-    reason, properties)`, `on_disconnect(client, userdata, flags, reason, properties)`,
-    `on_subscribe(client, userdata, mid, reasons, properties)`; paho 1.6 passes fewer
-    arguments (see `reason_code`).
+    On paho 2.x it uses `CallbackAPIVersion.VERSION2`, whose signatures are the same for both
+    MQTT versions: `on_connect(client, userdata, flags, reason, properties)`,
+    `on_disconnect(client, userdata, flags, reason, properties)`,
+    `on_subscribe(client, userdata, mid, reasons, properties)`, each reason a `ReasonCode`.
+    paho 1.6 passes fewer arguments, and different ones per version: on MQTT 3.1.1
+    `on_connect(client, userdata, flags, rc)`, `on_disconnect(client, userdata, rc)` and
+    `on_subscribe(client, userdata, mid, granted_qos)` with ints; on MQTT 5
+    `on_connect(client, userdata, flags, reason, properties)`,
+    `on_disconnect(client, userdata, reason, properties)` and
+    `on_subscribe(client, userdata, mid, reasons, properties)` with `ReasonCodes`. So a
+    callback takes `*args`, and `reason_code` reads an int or a reason alike.
+
+    An MQTT 5 client has no clean-session flag: `clean_session` is then ignored here, and
+    the session is chosen when connecting (`session_arguments`).
 
     Args:
         client_id: The MQTT client id.
-        clean_session: Whether the broker forgets the session on disconnect.
+        clean_session: Whether the broker forgets the session on disconnect (MQTT 3.1.1).
         transport: `"tcp"` or `"websockets"`.
-        protocol: The MQTT protocol version, `mqtt.MQTTv311` by default.
+        protocol: The MQTT version, `"3.1.1"` (the default) or `"5"`, as `Settings` spells it.
         read_buffer: Read the socket through `ReadBuffer`s (paho 2.x, which builds its socket
             in `Client._create_socket`; with paho 1.6 this is ignored). On this project's
             standard messages it took paho's CPU per message from 63 to 48 us over WSS and
@@ -182,16 +201,90 @@ def new_client(
     Returns:
         The client, not yet connected.
     """
+    version = _PROTOCOL_VERSIONS[protocol]
     options: dict[str, Any] = {
         "client_id": client_id,
-        "clean_session": clean_session,
+        "clean_session": None if version == mqtt.MQTTv5 else clean_session,
         "transport": transport,
-        "protocol": protocol,
+        "protocol": version,
     }
     if PAHO_V2:
         cls = _BufferedClient if read_buffer and _CAN_BUFFER else mqtt.Client
         return cls(mqtt.CallbackAPIVersion.VERSION2, **options)  # type: ignore[attr-defined,unused-ignore]
     return mqtt.Client(**options)
+
+
+def session_arguments(protocol: str, *, clean_session: bool, session_expiry: int) -> dict[str, Any]:
+    """Keyword arguments of paho's `connect()` that choose the session, on MQTT 5.
+
+    MQTT 3.1.1 chooses it with the client's clean-session flag (`new_client`) and has no
+    expiry on the wire, so there are none. On MQTT 5, a clean session is Clean Start 1 on
+    every connect and no Session Expiry Interval (0: the session ends with the connection);
+    a persistent one is Clean Start 0 on every connect, the first one too, so that a
+    restarted process resumes the session its predecessor left, with the interval given.
+    paho keeps both for its `reconnect()`.
+
+    Args:
+        protocol: `"3.1.1"` or `"5"`.
+        clean_session: Whether to start afresh on every connect.
+        session_expiry: The Session Expiry Interval in seconds (0xFFFFFFFF: never).
+
+    Returns:
+        `{}` on MQTT 3.1.1; else `clean_start` and `properties` for `connect()`.
+    """
+    if _PROTOCOL_VERSIONS[protocol] != mqtt.MQTTv5:
+        return {}
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call,unused-ignore]
+    if session_expiry:
+        properties.SessionExpiryInterval = session_expiry
+    return {"clean_start": clean_session, "properties": properties}
+
+
+def session_present(flags: Any) -> bool:
+    """Whether the broker resumed a session, from the flags paho passed to `on_connect`.
+
+    Args:
+        flags: paho 2.x's `ConnectFlags`, or paho 1.6's dict.
+
+    Returns:
+        The CONNACK's Session Present flag.
+    """
+    if isinstance(flags, dict):
+        return bool(flags.get("session present"))
+    return bool(getattr(flags, "session_present", False))
+
+
+def reason_string(properties: Any) -> str | None:
+    """The Reason String an MQTT 5 broker may send with a CONNACK, SUBACK or DISCONNECT.
+
+    Args:
+        properties: The properties paho passed to the callback, or None (MQTT 3.1.1 on
+            paho 1.6 passes none).
+
+    Returns:
+        The broker's words, or None when it sent none.
+    """
+    text = getattr(properties, "ReasonString", None)
+    return str(text) if text else None
+
+
+def disconnect_reason(args: tuple[Any, ...]) -> str:
+    """Why the connection ended, in words, from what paho passed to `on_disconnect`.
+
+    Args:
+        args: The arguments after `client, userdata`: paho 2.x `(flags, reason, properties)`,
+            paho 1.6 `(rc,)` on MQTT 3.1.1 or `(reason, properties)` on MQTT 5.
+
+    Returns:
+        For example `"Unspecified error"`, `"7"`, or `"Session taken over (another client)"`
+        with the Reason String of an MQTT 5 broker's DISCONNECT.
+    """
+    if not args:
+        return "?"
+    at = 1 if PAHO_V2 and len(args) > 1 else 0
+    text = str(args[at])
+    said = reason_string(args[at + 1]) if len(args) > at + 1 else None
+    return text if said is None else f"{text} ({said})"
 
 
 def reason_code(reason: Any) -> int:
@@ -215,7 +308,9 @@ def reason_text(reason: Any) -> str:
     Returns:
         For example `"Not authorized"`.
     """
-    return str(reason) if PAHO_V2 else mqtt.connack_string(reason_code(reason))
+    if PAHO_V2 or hasattr(reason, "getName"):  # a ReasonCode(s): MQTT 5 on paho 1.6 too
+        return str(reason)
+    return mqtt.connack_string(reason_code(reason))
 
 
 def set_connect_timeout(client: mqtt.Client, seconds: float) -> None:

@@ -23,15 +23,15 @@ import paho.mqtt.client as mqtt
 
 from tesaiot_data.errors import ConnectError, ConnectTimeoutError, StreamError, TesaiotError
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.mqtt._paho import PAHO_V2, topic_of
+from tesaiot_data.mqtt._paho import disconnect_reason, topic_of
 from tesaiot_data.mqtt.connection import (
-    TOKEN_HINT,
     Backoff,
     ClientIdClash,
     client_for,
-    connack_refusal,
+    connect_arguments,
     connect_error,
     suback_refusal,
+    subscriber_connack,
 )
 from tesaiot_data.parse.payload import decode_payload, parse_topic
 from tesaiot_data.settings import BrokerURL, Settings
@@ -223,7 +223,7 @@ class TESAIoTMQTTClient:
         self._ready.clear()
         self._error = None
         try:
-            self._mqtt.connect(url.host, url.port, keepalive=s.keepalive)
+            self._mqtt.connect(url.host, url.port, keepalive=s.keepalive, **connect_arguments(s))
         except Exception as exc:
             raise self._translate(exc) from None
         self._start_threads()
@@ -520,22 +520,21 @@ class TESAIoTMQTTClient:
             self._failed += 1
             self._callback_failed("on_message", exc)
 
-    def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, *_: Any) -> None:
-        try:
-            self._handle_connack(reason)
+    def _on_connect(self, _client: Any, _data: Any, flags: Any, reason: Any, *rest: Any) -> None:
+        try:  # rest: the CONNACK's properties, except on MQTT 3.1.1 with paho 1.6
+            self._handle_connack(flags, reason, rest[0] if rest else None)
         except Exception as exc:
             self._callback_failed("on_connect", exc)
 
-    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, granted: Any, *_: Any) -> None:
+    def _on_subscribe(self, _client: Any, _data: Any, mid: int, granted: Any, *rest: Any) -> None:
         try:
-            self._handle_suback(mid, granted)
+            self._handle_suback(mid, granted, rest[0] if rest else None)
         except Exception as exc:
             self._callback_failed("on_subscribe", exc)
 
     def _on_disconnect(self, _client: Any, _userdata: Any, *args: Any) -> None:
         try:
-            reason = args[1] if PAHO_V2 and len(args) > 1 else args[0] if args else "?"
-            self._connection_lost(reason)
+            self._connection_lost(disconnect_reason(args))
         except Exception as exc:
             self._callback_failed("on_disconnect", exc)
 
@@ -543,13 +542,8 @@ class TESAIoTMQTTClient:
         logger.error("unexpected error in the %s callback", name, exc_info=exc)
         self._fail(StreamError(f"unexpected error in the {name} callback: {exc!r}", hint=_BUG_HINT))
 
-    def _handle_connack(self, reason: Any) -> None:
-        refused = connack_refusal(
-            reason,
-            broker=self._url,
-            who=f"token {self.settings.masked_token}",
-            hint=TOKEN_HINT,
-        )
+    def _handle_connack(self, flags: Any, reason: Any, properties: Any) -> None:
+        refused = subscriber_connack(self.settings, flags, reason, properties)
         if refused is not None:
             self._fail(refused)
             return
@@ -562,10 +556,10 @@ class TESAIoTMQTTClient:
             return
         self._subscribe_mid = mid
 
-    def _handle_suback(self, mid: int, granted: Any) -> None:
+    def _handle_suback(self, mid: int, granted: Any, properties: Any = None) -> None:
         if mid != self._subscribe_mid:
             return
-        refused = suback_refusal(granted, settings=self.settings)
+        refused = suback_refusal(granted, settings=self.settings, properties=properties)
         if refused is not None:
             self._fail(refused)
             return

@@ -30,10 +30,13 @@ from tesaiot_data.mqtt._paho import (
     PahoClient,
     new_client,
     reason_code,
+    reason_string,
     reason_text,
+    session_arguments,
+    session_present,
     set_connect_timeout,
 )
-from tesaiot_data.settings import BrokerURL, Settings
+from tesaiot_data.settings import SESSION_NEVER_EXPIRES, BrokerURL, Settings
 
 __all__ = [
     "TOKEN_HINT",
@@ -43,9 +46,11 @@ __all__ = [
     "client_for",
     "configured_client",
     "connack_refusal",
+    "connect_arguments",
     "connect_error",
     "ssl_context",
     "suback_refusal",
+    "subscriber_connack",
 ]
 
 logger = logging.getLogger(__name__)
@@ -212,6 +217,7 @@ def configured_client(
     insecure: bool = False,
     connect_timeout: float = 10.0,
     read_buffer: bool = False,
+    protocol: str = "3.1.1",
 ) -> PahoClient:
     """A paho client set up to reach `url`: transport, WebSocket path, TLS and credentials.
 
@@ -223,11 +229,13 @@ def configured_client(
         client_id: The MQTT client id.
         username: The MQTT username.
         password: The MQTT password.
-        clean_session: Whether the broker forgets the session on disconnect.
+        clean_session: Whether the broker forgets the session on disconnect (MQTT 3.1.1;
+            on MQTT 5 the session is chosen in `connect()`, see `connect_arguments`).
         ca_certs: A PEM file of trusted CAs (TLS URLs); None uses the system store.
         insecure: Skip certificate verification (TLS URLs; a warning is logged).
         connect_timeout: Seconds `connect()` waits for the TCP connection.
         read_buffer: Read the socket through `ReadBuffer`s (see `new_client`).
+        protocol: The MQTT version, `"3.1.1"` or `"5"`.
 
     Returns:
         The client, not yet connected.
@@ -237,7 +245,11 @@ def configured_client(
         ssl.SSLError: `ca_certs` holds no certificate.
     """
     client = new_client(
-        client_id, clean_session=clean_session, transport=url.transport, read_buffer=read_buffer
+        client_id,
+        clean_session=clean_session,
+        transport=url.transport,
+        protocol=protocol,
+        read_buffer=read_buffer,
     )
     client.username_pw_set(username, password)
     if url.transport == "websockets":
@@ -264,10 +276,16 @@ def client_for(
 ) -> PahoClient:
     """`configured_client` for `settings`: the token is username and password by default.
 
+    The client speaks `settings.protocol`; connect it with `connect_arguments(settings)`,
+    which MQTT 5 needs to keep a persistent session.
+
     Args:
-        settings: The broker URL, token, username, TLS options and connect timeout.
+        settings: The broker URL, token, username, TLS options, connect timeout, protocol
+            and session.
         client_id: Instead of `settings.client_id`.
-        clean_session: Instead of `settings.clean_session`.
+        clean_session: Instead of `settings.persistent_session` (its opposite): True for a
+            clean session (MQTT 3.1.1; on MQTT 5, `connect()` without `connect_arguments`
+            starts a session that ends with the connection).
         username: Instead of `settings.username` (or the token).
         password: Instead of the token.
         read_buffer: Read the socket through `ReadBuffer`s (see `new_client`).
@@ -284,22 +302,48 @@ def client_for(
         client_id=settings.client_id if client_id is None else client_id,
         username=username or settings.username or settings.token,
         password=settings.token if password is None else password,
-        clean_session=settings.clean_session if clean_session is None else clean_session,
+        clean_session=not settings.persistent_session if clean_session is None else clean_session,
         ca_certs=settings.ca_certs,
         insecure=settings.insecure,
         connect_timeout=settings.connect_timeout,
         read_buffer=read_buffer,
+        protocol=settings.protocol,
     )
 
 
-def connack_refusal(reason: Any, *, broker: object, who: str, hint: str) -> ConnectError | None:
+def connect_arguments(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `connect()` of a `client_for(settings)`: the session, on MQTT 5.
+
+    MQTT 3.1.1 maps a persistent session to `clean_session=False`, set when the client was
+    made, and sends no expiry (the broker's own applies). MQTT 5 sends Clean Start 0 and a
+    Session Expiry Interval of `settings.session_expiry_interval` seconds for a persistent
+    session, Clean Start 1 and none for a clean one (see `_paho.session_arguments`).
+
+    Args:
+        settings: The protocol and the session.
+
+    Returns:
+        `{}` on MQTT 3.1.1; `clean_start` and `properties` on MQTT 5.
+    """
+    return session_arguments(
+        settings.protocol,
+        clean_session=not settings.persistent_session,
+        session_expiry=settings.session_expiry_interval,
+    )
+
+
+def connack_refusal(
+    reason: Any, *, broker: object, who: str, hint: str, properties: Any = None
+) -> ConnectError | None:
     """The typed error of a refused CONNACK, or None when the broker accepted the connection.
 
     Args:
-        reason: The reason paho passed to `on_connect` (paho 2.x `ReasonCode` or 1.6 int).
+        reason: The reason paho passed to `on_connect` (a `ReasonCode`, or paho 1.6's int).
         broker: The broker as the message names it (a `BrokerURL`, or words).
         who: Whose credentials, for example `"token tesa_mqtt_org_…a1b2"`.
         hint: The hint of an AuthError.
+        properties: The CONNACK's properties (MQTT 5), if paho passed any: the broker's
+            Reason String, when it sent one, goes into the message.
 
     Returns:
         An AuthError when the credentials were refused (MQTT 3.1.1 codes 4 and 5, MQTT 5
@@ -309,29 +353,92 @@ def connack_refusal(reason: Any, *, broker: object, who: str, hint: str) -> Conn
     if code == 0:
         return None
     text = reason_text(reason)
+    if (words := reason_string(properties)) is not None:
+        text = f"{text} ({words})"
     if code in AUTH_REFUSED:
         return AuthError(f"{broker} refused {who}: {text}", hint=hint)
     return ConnectError(f"{broker} refused the connection: {text}")
 
 
-def suback_refusal(granted: Any, *, settings: Settings) -> SubscribeError | None:
+def subscriber_connack(
+    settings: Settings, flags: Any, reason: Any, properties: Any
+) -> ConnectError | None:
+    """The subscriber's reading of a CONNACK: the typed refusal, or None and the session logged.
+
+    Args:
+        settings: The broker, the token and the session, for the messages.
+        flags: The flags paho passed to `on_connect` (Session Present).
+        reason: The reason paho passed to `on_connect`.
+        properties: The CONNACK's properties (MQTT 5), or None.
+
+    Returns:
+        An AuthError for a refused token (with `TOKEN_HINT`), a ConnectError for another
+        refusal, None when accepted.
+    """
+    who = f"token {settings.masked_token}"
+    refused = connack_refusal(
+        reason, broker=settings.url, who=who, hint=TOKEN_HINT, properties=properties
+    )
+    if refused is None and settings.persistent_session:
+        if session_present(flags):
+            logger.info("%s resumed the session of client id %r", settings.url, settings.client_id)
+        else:
+            logger.info(
+                "%s had no session for client id %r: a persistent session begins (%s)",
+                settings.url,
+                settings.client_id,
+                _expiry_words(settings),
+            )
+        # An MQTT 5 broker may keep the session for less than asked (its own maximum).
+        granted = getattr(properties, "SessionExpiryInterval", None)
+        if granted is not None and granted != settings.session_expiry_interval:
+            logger.warning(
+                "%s keeps the session of client id %r for %s s after a disconnect, not the "
+                "%s s asked for: an outage longer than that loses what was published meanwhile",
+                settings.url,
+                settings.client_id,
+                f"{granted:,}",
+                f"{settings.session_expiry_interval:,}",
+            )
+    return refused
+
+
+def _expiry_words(settings: Settings) -> str:
+    seconds = settings.session_expiry_interval
+    if settings.protocol != "5":
+        return "MQTT 3.1.1: the broker decides how long it keeps it"
+    if seconds == SESSION_NEVER_EXPIRES:
+        return "it never expires"
+    return f"kept for {seconds:,} s after a disconnect"
+
+
+def suback_refusal(
+    granted: Any, *, settings: Settings, properties: Any = None
+) -> SubscribeError | None:
     """The typed error of a refused subscription, or None when every filter was granted.
 
     Args:
         granted: What paho passed to `on_subscribe`: granted QoS or reason codes.
         settings: The subscription, the broker and the token, for the message.
+        properties: The SUBACK's properties (MQTT 5), if paho passed any.
 
     Returns:
-        A SubscribeError when any code is a failure (0x80 or above), else None.
+        A SubscribeError when any code is a failure (0x80 or above: MQTT 3.1.1's 0x80, MQTT
+        5's 0x80 to 0xA2, for example 0x87 Not authorized), else None.
     """
-    if all(reason_code(item) < 0x80 for item in granted):
+    refused = [item for item in granted if reason_code(item) >= 0x80]
+    if not refused:
         return None
+    # A ReasonCode names itself; paho 1.6 gives MQTT 3.1.1's bare 0x80.
+    words = [str(it) if hasattr(it, "getName") else f"0x{reason_code(it):02X}" for it in refused]
+    if (said := reason_string(properties)) is not None:
+        words.append(said)
     hint = "the token may only read device/+/telemetry/#; check MQTT_SUBSCRIBE_TOPIC"
     if settings.subscription.startswith("$share/"):
         hint += " (and that the broker's ACL allows shared subscriptions, $share/...)"
     return SubscribeError(
         f"{settings.url} refused the subscription to {settings.subscription!r} "
-        f"for token {settings.masked_token}",
+        f"for token {settings.masked_token}: {'; '.join(words)}",
         hint=hint,
     )
 
