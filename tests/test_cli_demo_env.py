@@ -70,3 +70,38 @@ def test_commands_reach_the_demo_broker_through_its_env_file(tmp_path: Path) -> 
         _, demo_errors = demo.communicate(timeout=60)
     assert "Traceback" not in demo_errors
     assert not env_file.exists()  # its token died with the broker
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_sigterm_and_sighup_end_the_demo_like_ctrl_c(sig: signal.Signals, tmp_path: Path) -> None:
+    # `kill`, systemd, `docker stop` or a closed terminal: the recording is saved, the env file
+    # and the broker's folder (both hold the token) are removed, the summary is printed.
+    temp = tmp_path / "tmp"  # the broker's folder goes here (TMPDIR), to be looked at
+    temp.mkdir()
+    env_file = tmp_path / "demo.env"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "CA_CERT"))}
+    demo = subprocess.Popen(
+        [*CLI, "demo", "--duration", "120s", "--env-out", str(env_file), "--out", "demo.parquet"],
+        cwd=tmp_path,
+        env={**clean, "TMPDIR": str(temp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(env_file.exists, timeout=60, message="the demo's env file")
+        folders = list(temp.glob("tesaiot-broker-*"))
+        assert len(folders) == 1, folders
+        demo.send_signal(sig)
+        output, errors = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 0, errors
+    assert "Traceback" not in errors
+    assert "received" in output  # the summary
+    assert pq.read_metadata(tmp_path / "demo.parquet").num_rows >= 0  # saved, and whole
+    assert not env_file.exists()
+    assert not folders[0].exists()
+    assert list(temp.iterdir()) == []

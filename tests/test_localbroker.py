@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -383,3 +385,62 @@ def test_no_ca_key_stays_on_disk_and_restart_does_not_need_it(tmp_path: Path) ->
         broker.revoke_token()
         assert _private_keys(broker.workdir) == ["server.key"]
         Subscriber.as_publisher(broker.publisher()).start().stop()
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _listening_sockets(table: str) -> dict[int, tuple[_Address, int]]:
+    """inode -> (address, port) of the sockets in state LISTEN in /proc/net/tcp or tcp6."""
+    listening: dict[int, tuple[_Address, int]] = {}
+    for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] != "0A":  # TCP_LISTEN
+            continue
+        address, port = fields[1].split(":")
+        raw = bytes.fromhex(address)
+        # The kernel prints each 32-bit word of the address in host order (little-endian).
+        words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+        listening[int(fields[9])] = (ipaddress.ip_address(words), int(port, 16))
+    return listening
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes: set[int] = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
+
+
+@pytest.mark.skipif(not LINUX, reason="reads Linux's /proc/net/tcp")
+def test_every_listener_is_on_loopback_only(fresh_broker: LocalBroker) -> None:
+    # Mosquitto 2.0.11's websockets listeners bind every IPv4 and IPv6 interface unless
+    # told `socket_domain ipv4`: a demo token would then be guessable from the network.
+    pid = fresh_broker.pid
+    assert pid is not None
+    ports = {fresh_broker.wss_port, fresh_broker.tcp_port, fresh_broker.ws_port}
+    listening = {**_listening_sockets("tcp"), **_listening_sockets("tcp6")}
+    mosquittos = {listening[inode] for inode in _socket_inodes(pid) if inode in listening}
+    assert {port for _, port in mosquittos} == ports, "a listener was not found, or one more"
+    assert all(address == ipaddress.IPv4Address("127.0.0.1") for address, _ in mosquittos), (
+        mosquittos
+    )
+    # Nothing else listens on the broker's ports on another address (the `::` of IPv6).
+    assert {address for address, port in listening.values() if port in ports} == {
+        ipaddress.IPv4Address("127.0.0.1")
+    }
+    # ... and clients still connect over each of them.
+    Subscriber.as_token(fresh_broker).start().stop()
+    assert fresh_broker.ws_port is not None
+    Subscriber(
+        host=fresh_broker.host,
+        port=fresh_broker.ws_port,
+        username=fresh_broker.token,
+        password=fresh_broker.token,
+        topic="device/+/telemetry/#",
+        websockets=True,
+    ).start().stop()
+    Subscriber.as_publisher(fresh_broker.publisher()).start().stop()

@@ -7,19 +7,33 @@ receives, and can write the broker's connection as a dotenv file for other comma
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 from tesaiot_data.cli.console import recording_status, watch
 from tesaiot_data.cli.files import summary
 from tesaiot_data.cli.options import names_list, settings_from_args
 from tesaiot_data.collector import Collector
-from tesaiot_data.errors import ConnectError, TokenError
+from tesaiot_data.errors import ConfigError, ConnectError, TokenError
 from tesaiot_data.settings import Settings
 
-__all__ = ["cmd_demo", "cmd_replay"]
+__all__ = ["cmd_demo", "cmd_replay", "write_env_file"]
+
+logger = logging.getLogger(__name__)
+
+# Besides Ctrl-C: `kill`, systemd, `docker stop`, and a terminal that closes.
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
@@ -76,7 +90,25 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    """`demo`: local broker, simulated fleet (or a replay), collector and recording."""
+    """`demo`: local broker, simulated fleet (or a replay), collector and recording.
+
+    Ctrl-C, SIGTERM and SIGHUP (a closed terminal) end it the same way: the recording is
+    saved, the `--env-out` file and the broker's folder are removed, the summary is printed.
+
+    Raises:
+        ConfigError: The `--env-out` file exists (it is never overwritten).
+    """
+    env_out: Path | None = args.env_out
+    if env_out is not None and os.path.lexists(env_out):
+        raise _env_file_exists(env_out)  # before anything starts
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        return _run_demo(args, out, env_out=env_out, stop=stop)
+
+
+def _run_demo(
+    args: argparse.Namespace, out: TextIO, *, env_out: Path | None, stop: threading.Event
+) -> int:
     from tesaiot_data import demo  # noqa: PLC0415  (needs Mosquitto; only this command does)
 
     out_path = Path(
@@ -89,13 +121,13 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     settings = demo.start(
         devices=args.devices, rate=args.rate, seed=args.seed, replay=args.replay, speed=args.speed
     )
+    written: os.stat_result | None = None
     try:
         print(f"collecting over {settings.url} with TLS verified against the demo CA", file=out)
-        if args.env_out is not None:
-            _write_env(args.env_out, settings)
+        if env_out is not None:
+            written = write_env_file(env_out, settings)
             print(
-                f"other commands reach this broker with --env-file {args.env_out} "
-                "while the demo runs",
+                f"other commands reach this broker with --env-file {env_out} while the demo runs",
                 file=out,
             )
         with Collector(settings, window="5min") as collector:
@@ -105,12 +137,15 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
                 duration=args.duration,
                 line=lambda: recording_status(collector, recording),
                 out=out,
+                stop=stop,
             )
+            if stop.is_set():
+                logger.info("SIGTERM or SIGHUP received: stopping the demo as on Ctrl-C")
             path = recording.stop()
         stats = collector.stats  # after stop(): every received message is accounted for
     finally:
-        if args.env_out is not None:
-            args.env_out.unlink(missing_ok=True)  # its token dies with the broker
+        if env_out is not None and written is not None:
+            _remove_if_same(env_out, written)  # its token dies with the broker
         demo.stop()
     print(
         f"\nreceived {stats.received:,} messages: {stats.messages:,} parsed into "
@@ -127,16 +162,94 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _write_env(path: Path, settings: Settings) -> None:
-    """Write the demo broker's URL, token and CA as a dotenv file, readable by its owner only."""
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP set `stop` instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()  # nothing else here: the main thread may hold any lock (logging's too)
+
+    previous = {
+        number: signal.signal(number, on_signal)
+        for number in _STOP_SIGNALS
+        if signal.getsignal(number) is not signal.SIG_IGN  # `nohup` keeps the demo running
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def write_env_file(path: Path, settings: Settings) -> os.stat_result:
+    """Write the broker's URL, token and CA as a new dotenv file, readable by its owner only.
+
+    The text goes to a temporary file made exclusively in the same folder (a stale or planted
+    file of any name is never opened), mode 0600 whatever the umask, and is linked into place
+    only if nothing is at `path`: an existing file is never overwritten.
+
+    Args:
+        path: The dotenv file to make.
+        settings: The broker's settings: its URL, token and CA file.
+
+    Returns:
+        The new file's status, to recognise it later (`st_dev`, `st_ino`).
+
+    Raises:
+        ConfigError: Something is at `path` already.
+        OSError: The folder cannot be written.
+    """
     lines = [
         "# The running `tesaiot-data demo` broker; removed when the demo stops.",
         f"MQTT_BROKER_URL={settings.broker_url}",
         f"MQTT_API_TOKEN={settings.token}",
         f"CA_CERT_PATH={settings.ca_certs}",
     ]
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as sink:
-        sink.write("\n".join(lines) + "\n")
-    os.replace(temp, path)
+    folder = path.parent
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    temp = Path(temp_name)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as sink:
+            sink.write("\n".join(lines) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+        _link_new(temp, path)
+        return path.lstat()
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _link_new(temp: Path, path: Path) -> None:
+    # A hard link is made only where nothing is: the atomic form of "create, never replace".
+    try:
+        os.link(temp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise _env_file_exists(path) from None
+    except OSError:
+        # A file system without hard links (some network and FUSE mounts): the check and the
+        # rename are then two steps.
+        if os.path.lexists(path):
+            raise _env_file_exists(path) from None
+        os.replace(temp, path)
+
+
+def _remove_if_same(path: Path, written: os.stat_result) -> None:
+    # Only the file this demo wrote: not one the user put in its place since.
+    try:
+        now = path.lstat()
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (written.st_dev, written.st_ino):
+        path.unlink(missing_ok=True)
+
+
+def _env_file_exists(path: Path) -> ConfigError:
+    return ConfigError(
+        f"{path} exists; the demo never overwrites a file with --env-out",
+        hint="name a new file (the demo writes it and removes it when it stops), or move "
+        "this one away first",
+    )

@@ -9,9 +9,10 @@ In a notebook::
 
 The package's modules: `broker` (`LocalBroker`, a private Mosquitto on loopback that speaks
 the platform's dialect), made of `mosquitto_config` (which Mosquitto, and its config),
-`credentials` (accounts, ACL and certificates) and `tied_process` (a child process that ends
-with this one); `fleet` (`DeviceFleet`, simulated devices) and, for tests and benchmarks
-only, `flood` (raw PUBLISH packets written to a bare socket).
+`credentials` (accounts, ACL and certificates), `tied_process` (a child process that ends
+with this one) and `leftovers` (the folders of brokers whose process was killed); `fleet`
+(`DeviceFleet`, simulated devices) and, for tests and benchmarks only, `flood` (raw PUBLISH
+packets written to a bare socket).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ the CA certificate (`ca_file`), the server certificate and the server key (mode 
 
 This module holds `LocalBroker` (its ports, folder and lifecycle) and `PublisherConfig`;
 `mosquitto_config` finds Mosquitto and writes its config, `credentials` the accounts, ACL and
-certificates, and `tied_process` starts a process that ends with this one.
+certificates, `tied_process` starts a process that ends with this one, and `leftovers` removes
+the folders of brokers whose process was killed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tesaiot_data.demo.credentials import (
     write_accounts,
     write_private,
 )
+from tesaiot_data.demo.leftovers import FOLDER_PREFIX, claim, remove_abandoned
 from tesaiot_data.demo.mosquitto_config import config_text, find_dynsec, find_mosquitto
 from tesaiot_data.demo.tied_process import spawn_tied, stop_tied
 from tesaiot_data.errors import BrokerNotFoundError, ConfigError, TesaiotError, TokenError
@@ -55,7 +57,6 @@ __all__ = ["DEMO_TOKEN_PREFIX", "TELEMETRY_FILTER", "LocalBroker", "PublisherCon
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-_ANY = "0.0.0.0"  # noqa: S104  (only to test that a port is free everywhere)
 _LOG_TAIL_LINES = 15
 
 # MQTT 3.1.1 CONNECT: protocol "MQTT" level 4, clean session, keepalive 5 s, empty client id.
@@ -183,7 +184,9 @@ class LocalBroker:
     kernel sends it SIGTERM when its parent dies (every broker is forked from one long-lived
     thread, so `start()` may be called from any thread); elsewhere a small watchdog process
     does. Only the temporary directory stays behind after a SIGKILL, without the CA's private
-    key: the constructor deletes it as soon as it has signed the server certificate.
+    key (the constructor deletes it as soon as it has signed the server certificate), until
+    the next `LocalBroker` of the same user is made: it removes every such folder whose owner
+    process is gone (see `leftovers`).
 
     Example:
         >>> with LocalBroker() as broker:  # doctest: +SKIP
@@ -196,15 +199,16 @@ class LocalBroker:
         mosquitto: Path or name of the mosquitto executable; by default `$TESAIOT_MOSQUITTO`,
             then `mosquitto` on PATH, then the usual install locations.
         workdir: A directory for the broker's files; by default a new temporary directory,
-            removed by `close()`. A given directory is kept.
+            `$TMPDIR/tesaiot-broker-*` (mode 0700), removed by `close()`. A given directory
+            is kept.
         dynsec: Keep accounts and ACL in Mosquitto's dynamic-security plugin, which refuses a
             subscription outside the ACL (SUBACK 0x80) as the platform does. None uses it
             when it is installed; False uses a password file and an ACL file instead, with
             which Mosquitto 2.0 grants every subscription and only filters what it delivers.
-        host: The IPv4 address the plain MQTT listener binds and the URLs name (the server
-            certificate names it too); loopback by default. Another address serves clients
-            on other machines or network namespaces. The WebSocket listeners listen on
-            every interface whatever it is (a Mosquitto 2.0.11 limitation).
+        host: The IPv4 address every listener binds, and the only one (the WebSocket ones
+            too, through `socket_domain ipv4`), which the URLs and the server certificate
+            name; loopback by default. Another address serves clients on other machines or
+            network namespaces.
 
     Raises:
         BrokerNotFoundError: mosquitto is not installed (or the dynamic-security plugin, when
@@ -254,16 +258,13 @@ class LocalBroker:
                 hint="use a token of letters, digits, '_' and '-'",
             )
         self._publisher_password = secrets.token_urlsafe(18)
-        # Mosquitto 2.0.11 opens websockets listeners on every interface (see _config), so
-        # their ports must be free on every interface, not only on loopback.
-        self.wss_port: int = free_port(host=_ANY)
+        self.wss_port: int = free_port(host=self.host)
         self.tcp_port: int = free_port(host=self.host)
-        self.ws_port: int | None = free_port(host=_ANY) if ws_plain else None
+        self.ws_port: int | None = free_port(host=self.host) if ws_plain else None
 
+        remove_abandoned()  # the folders of brokers whose process was killed with SIGKILL
         owned = workdir is None
-        path = (
-            Path(tempfile.mkdtemp(prefix="tesaiot-broker-")) if workdir is None else Path(workdir)
-        )
+        path = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX)) if workdir is None else Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
         self.workdir: Path = path
         self.ca_file: Path = path / "ca.pem"
@@ -275,6 +276,8 @@ class LocalBroker:
         self._runtime = _Runtime(path, owned=owned)
         self._finalizer = weakref.finalize(self, _finalize, self._runtime)
         try:
+            if owned:
+                claim(path)
             self._write_files()
         except BaseException:
             self._finalizer()
@@ -383,6 +386,11 @@ class LocalBroker:
                 hint=f"check that {self._mosquitto} runs (try it with -h)",
             ) from exc
         self._runtime.process, self._runtime.watchdog = process, watchdog
+        if self._runtime.owned:
+            try:
+                claim(self.workdir, broker_pid=process.pid)
+            except OSError as exc:  # only the clean-up after a SIGKILL needs it
+                logger.warning("could not record the broker's pid in %s: %s", self.workdir, exc)
         started = time.monotonic()
         deadline = started + timeout
         while not _answers_mqtt(self.tcp_port, self.host):
@@ -463,9 +471,9 @@ class LocalBroker:
             logger.info("local broker (pid %d) stopped", process.pid)
 
     def _ports(self) -> list[tuple[int, str]]:
-        ports = [(self.wss_port, _ANY), (self.tcp_port, self.host)]
+        ports = [(self.wss_port, self.host), (self.tcp_port, self.host)]
         if self.ws_port is not None:
-            ports.append((self.ws_port, _ANY))
+            ports.append((self.ws_port, self.host))
         return ports
 
     def _log_tail(self) -> str:

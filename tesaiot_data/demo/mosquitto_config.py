@@ -2,8 +2,9 @@
 
 The executable comes from `$TESAIOT_MOSQUITTO`, PATH or the usual install places; the
 dynamic-security plugin from `$TESAIOT_MOSQUITTO_DYNSEC` or beside the executable. The config
-has three listeners: WSS (the platform's), optionally plain WebSocket, and plain MQTT over TCP
-for the simulated devices, opened last so that once it answers the others are open.
+has three listeners, each bound to one IPv4 address (loopback by default): WSS (the
+platform's), optionally plain WebSocket, and plain MQTT over TCP for the simulated devices,
+opened last so that once it answers the others are open.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def config_text(
 
     Args:
         workdir: The broker's folder, with its accounts, certificates and `data/`.
-        host: The address the listeners bind (the websockets ones ignore it, see below).
+        host: The IPv4 address every listener binds, and only that one.
         wss_port: The WebSocket Secure listener's port.
         tcp_port: The plain MQTT listener's port.
         ws_port: The plain WebSocket listener's port, or None for none.
@@ -124,6 +125,8 @@ def config_text(
         "max_queued_messages 0",
         "set_tcp_nodelay true",
         f"log_dest file {log_file}",
+        # A client's connect and disconnect lines name its username, which is the token.
+        "connection_messages false",
         "log_type error",
         "log_type warning",
         "log_type notice",
@@ -134,18 +137,20 @@ def config_text(
         # Started as root, Mosquitto drops to user `mosquitto`, who cannot read our files;
         # changing user would also clear the parent-death signal.
         lines.append("user root")
-    # Mosquitto 2.0.11's websockets listeners (libwebsockets) ignore the bind address and
-    # listen on every interface, and serve MQTT on any path; /mqtt is what clients use.
+    # Mosquitto 2.0.11's websockets listeners (libwebsockets) bind the address only when
+    # IPv6 is off for them (`socket_domain ipv4`); otherwise they listen on every interface,
+    # IPv4 and IPv6. They serve MQTT on any path; /mqtt is what clients use.
     lines += [
         "",
         f"listener {wss_port} {host}",
+        "socket_domain ipv4",
         "protocol websockets",
         f"cafile {ca_file}",
         f"certfile {workdir / SERVER_CERT_FILE}",
         f"keyfile {workdir / SERVER_KEY_FILE}",
     ]
     if ws_port is not None:
-        lines += ["", f"listener {ws_port} {host}", "protocol websockets"]
+        lines += ["", f"listener {ws_port} {host}", "socket_domain ipv4", "protocol websockets"]
     # Last, so that once it answers every listener before it is open.
-    lines += ["", f"listener {tcp_port} {host}", "protocol mqtt", ""]
+    lines += ["", f"listener {tcp_port} {host}", "socket_domain ipv4", "protocol mqtt", ""]
     return "\n".join(lines)
