@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--memory-limit", help="DuckDB's memory limit, e.g. 1GB (default 80%% of RAM)")
     sql.add_argument("--threads", type=positive_int, help="DuckDB threads (default: every core)")
     sql.add_argument("--max-rows", type=positive_int, default=50, help="rows to print (default 50)")
+    sql.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="let the SQL write files, attach databases, load extensions, change settings",
+    )
     sql.set_defaults(run=cmd_query)
 
     replay = commands.add_parser(

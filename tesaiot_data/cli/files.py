@@ -1,21 +1,59 @@
-"""The commands that read files: `inspect` (what a recording holds), `compact` and `query`.
+r"""The commands that read files: `inspect` (what a recording holds), `compact` and `query`.
 
-`summary` is also what `record` and `demo` print about the recording they made.
+`summary` is also what `record` and `demo` print about the recording they made. Text that
+comes from a file (device ids, metrics, units, metadata, paths) is printed with its control
+characters escaped (`\x1b`, `\n`), so a device id cannot move the cursor, recolour or
+clear the terminal, or forge a line of the output.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
+
+import pandas as pd
 
 from tesaiot_data.collector.stats import plural
 from tesaiot_data.files.compaction import compact_dataset
 from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
 from tesaiot_data.readers.sql import query
 
-__all__ = ["cmd_compact", "cmd_inspect", "cmd_query", "summary"]
+__all__ = ["cmd_compact", "cmd_inspect", "cmd_query", "printable", "summary"]
+
+# C0 and C1 controls, DEL, line and paragraph separators, bidirectional overrides and
+# isolates, and surrogates (the bytes of a name that is not UTF-8).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: object) -> str:
+    r"""Return `str(text)` with its control characters escaped as Python writes them.
+
+    An escape sequence (`"\x1b[31m"`) or a newline from a device id reaches the terminal
+    as the text `\x1b[31m` or `\n`; everything else, other languages included, as it is.
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def _printable_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every text value, column name and index label `printable`."""
+    out = frame.copy()
+    for position in range(out.shape[1]):
+        column = out.iloc[:, position]
+        if not (
+            isinstance(column.dtype, pd.CategoricalDtype)
+            or pd.api.types.is_object_dtype(column.dtype)
+            or pd.api.types.is_string_dtype(column.dtype)
+        ):
+            continue
+        shown = column.astype(object).map(lambda v: printable(v) if isinstance(v, str) else v)
+        out.isetitem(position, shown)
+    out.columns = pd.Index([printable(name) for name in out.columns])
+    if not pd.api.types.is_numeric_dtype(out.index.dtype):
+        out.index = pd.Index([printable(label) for label in out.index], name=out.index.name)
+    return out
 
 
 def summary(path: Path, out: TextIO) -> None:
@@ -31,17 +69,18 @@ def summary(path: Path, out: TextIO) -> None:
     """
     frame = load_recording(path)
     meta = read_metadata(path)
-    print(_where(path), file=out)
+    print(printable(_where(path)), file=out)
     for key in ("start", "end", "topic", "broker", "rows", "rejects", "version"):
         if key in meta:
-            print(f"{key + ':':<10} {meta[key]}", file=out)
+            print(f"{key + ':':<10} {printable(meta[key])}", file=out)
     if frame.empty:
         print("no rows", file=out)
         return
     span = frame["timestamp"].max() - frame["timestamp"].min()
     print(f"span:      {frame['timestamp'].min()} .. {frame['timestamp'].max()} ({span})", file=out)
     print(f"devices:   {frame['device_id'].nunique()}", file=out)
-    print(f"metrics:   {', '.join(sorted(frame['metric'].unique().astype(str)))}", file=out)
+    metrics = sorted(frame["metric"].unique().astype(str))
+    print(f"metrics:   {', '.join(printable(metric) for metric in metrics)}", file=out)
     table = frame.groupby("metric", observed=True).agg(
         rows=("value", "size"),
         devices=("device_id", "nunique"),
@@ -49,10 +88,11 @@ def summary(path: Path, out: TextIO) -> None:
         min=("value", "min"),
         max=("value", "max"),
     )
-    print(table.round(3).to_string(), file=out)
+    print(_printable_frame(table.round(3)).to_string(), file=out)
     rejects = load_rejects(path)
     if len(rejects):
-        print(f"rejects by reason: {rejects['reason'].value_counts().to_dict()}", file=out)
+        reasons = rejects["reason"].value_counts().to_dict()
+        print(printable(f"rejects by reason: {reasons}"), file=out)
 
 
 def _where(path: Path) -> str:
@@ -90,11 +130,17 @@ def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_query(args: argparse.Namespace, out: TextIO) -> int:
     """`query SOURCE SQL`: run SQL over a recording with DuckDB and print the rows."""
     sql = sys.stdin.read() if args.sql == "-" else args.sql
-    frame = query(args.source, sql, memory_limit=args.memory_limit, threads=args.threads)
+    frame = query(
+        args.source,
+        sql,
+        memory_limit=args.memory_limit,
+        threads=args.threads,
+        allow_writes=args.allow_writes,
+    )
     if frame.empty:
-        print(f"no rows (columns: {', '.join(map(str, frame.columns))})", file=out)
+        print(f"no rows (columns: {', '.join(map(printable, frame.columns))})", file=out)
         return 0
-    print(frame.head(args.max_rows).to_string(index=False), file=out)
+    print(_printable_frame(frame.head(args.max_rows)).to_string(index=False), file=out)
     if len(frame) > args.max_rows:
         print(
             f"... {len(frame) - args.max_rows:,} more rows ({len(frame):,} in all; "

@@ -27,12 +27,18 @@ compaction that stops between steps 1 and 2 (a crash) leaves replaced files that
 skip; the next one deletes them. Tools that do not know the list (pyarrow.dataset, DuckDB,
 Spark) see the rows of a partition twice during the milliseconds between steps 1 and 2,
 and after a crash until the next compaction.
+
+Symbolic links are never followed to delete or write: a `date=` folder that is a link is
+skipped (the readers do not enter it either), and so is a part file that is a link (the
+readers read it beside the merged file); each is named in a warning. The lock file is
+opened without following a link.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +55,7 @@ from tesaiot_data.arguments import TimeLike, moment_ns
 from tesaiot_data.errors import NotARecordingError
 from tesaiot_data.files.layout import (
     COMPACTED_PREFIX,
+    check_utf8_path,
     compacted_name,
     partition_day,
     partition_files,
@@ -108,7 +115,10 @@ def compact_dataset(
     in `schema.ARROW_SCHEMA`, with the first file's metadata (topic, broker, client id),
     `tesaiot.rows`, `start`, `end`, `version`, `compacted_at` and `replaces`. Other
     partitions, and folders that are not `date=` partitions, are left as they are, so
-    running it again changes nothing. Readers see the old files or the new one throughout
+    running it again changes nothing. A partition folder or a file in one that is a symbolic
+    link is left alone, with a warning: nothing outside the dataset is written or deleted.
+    So is a file whose name is not UTF-8 (pyarrow cannot open it).
+    Readers see the old files or the new one throughout
     (see the module's description); memory holds about one row group plus the largest run
     of files whose time ranges overlap (usually one part).
 
@@ -126,8 +136,8 @@ def compact_dataset(
 
     Raises:
         FileNotFoundError: `root` does not exist.
-        NotARecordingError: `root` is not a folder, or a file in a partition is not a
-            recording.
+        NotARecordingError: `root` is not a folder or its name is not UTF-8, a file in a
+            partition is not a recording, or `<root>/.compact.lock` is a symbolic link.
         BlockingIOError: Another compaction of this dataset is running.
         ConfigError: `before` is neither a duration nor a time (a ValueError).
         OSError: A file could not be written or deleted (disk full, no permission); the
@@ -141,12 +151,22 @@ def compact_dataset(
                 hint="pass the folder a DatasetWriter or a collector's dataset= writes",
             )
         raise FileNotFoundError(f"no dataset folder at {root}")
+    check_utf8_path(root)
     cutoff = _cutoff_day(before)
     merged: list[_Merged] = []
     with _exclusive(root):
         for folder in sorted(root.iterdir()):
             day = partition_day(folder.name)
-            if day is None or day >= cutoff or not folder.is_dir():
+            if day is None or day >= cutoff:
+                continue
+            if folder.is_symlink():
+                logger.warning(
+                    "%s is a symbolic link; compaction leaves it alone (the readers skip "
+                    "it too: move its files into a real folder to include them)",
+                    folder,
+                )
+                continue
+            if not folder.is_dir():
                 continue
             outcome = _compact_partition(folder, on_step)
             if outcome is not None:
@@ -189,7 +209,18 @@ def _cutoff_day(before: TimeLike | date | None) -> date:
 @contextmanager
 def _exclusive(root: Path) -> Iterator[None]:
     # An OS lock, not a marker file: it goes with the process, even on kill -9.
-    with open(root / _LOCK_NAME, "a+b") as handle:
+    # O_NOFOLLOW: a link planted at the lock's name is refused, its target never created.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(root / _LOCK_NAME, flags, 0o644)
+    except OSError as exc:
+        if (root / _LOCK_NAME).is_symlink():
+            raise NotARecordingError(
+                f"{root / _LOCK_NAME} is a symbolic link; compaction does not follow it",
+                hint="remove that link and run the compaction again",
+            ) from exc
+        raise
+    with os.fdopen(descriptor, "r+b") as handle:
         try:
             _lock(handle)
         except OSError as exc:
@@ -213,6 +244,14 @@ def _lock(handle: IO[bytes]) -> None:
 
 def _compact_partition(folder: Path, on_step: Callable[[str, Path], None] | None) -> _Merged | None:
     current, replaced = partition_files(folder)
+    links = [path for path in current if path.is_symlink()]
+    if links:
+        logger.warning(
+            "%s: %s a symbolic link; compaction neither merges nor deletes it",
+            folder,
+            ", ".join(path.name for path in links) + (" is" if len(links) == 1 else " are"),
+        )
+        current = [path for path in current if path not in links]
     if len(current) <= 1:
         if replaced:  # left by a compaction that stopped before deleting them
             _delete(replaced, folder)

@@ -8,6 +8,11 @@ folder of hive partitions `date=YYYY-MM-DD/` holding
 `compacted-<UTC stamp>-<8 hex>.parquet`. Temporary files are hidden (`.<name>.<hex>.tmp`)
 and match none of these names, so the leftovers of a crash are never read.
 
+A file whose name is not UTF-8 (a byte such as 0xff, which Python shows as a surrogate)
+cannot be opened by pyarrow or DuckDB, whose paths are UTF-8: the listing skips it with a
+warning that names it escaped, and reads the rest; a recording or dataset path that is not
+UTF-8 itself is a `NotARecordingError`.
+
 A compacted file (`tesaiot_data.files.compaction`) lists in its metadata the files it
 replaces; the listing skips them. Between a compacted file's rename into place and the
 deletion of the files it replaces, a reader thus sees the compacted file only, before it the
@@ -41,9 +46,11 @@ __all__ = [
     "REJECTS_PART_GLOB",
     "REJECTS_SUFFIX",
     "alerts_sidecar",
+    "check_utf8_path",
     "compacted_name",
     "compacted_replaces",
     "dataset_part_name",
+    "escaped",
     "is_parts_dir",
     "not_parquet_error",
     "not_telemetry_error",
@@ -52,6 +59,7 @@ __all__ = [
     "partition_name",
     "parts_dir",
     "read_consistent",
+    "readable_files",
     "recording_part_name",
     "rejects_error",
     "rejects_part_name",
@@ -224,6 +232,47 @@ def not_telemetry_error(path: Path, message: str) -> NotARecordingError:
     return NotARecordingError(f"{path} {message}", hint=_WHAT_A_RECORDING_IS)
 
 
+# --- names that are not UTF-8 ----------------------------------------------------------------
+
+
+def escaped(path: Path | str) -> str:
+    r"""Return a path as printable text: bytes that are not UTF-8 as `\xff` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(path: Path | str) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_utf8_path(path: Path) -> None:
+    """Raise a `NotARecordingError` when `path`'s name is not UTF-8 (nothing can open it)."""
+    if not _is_utf8(path.absolute()):
+        raise NotARecordingError(
+            f"{escaped(path.absolute())} cannot be read: its name is not UTF-8, and pyarrow "
+            "and DuckDB open only UTF-8 paths",
+            hint="rename the file or folder to a UTF-8 name, e.g. with mv",
+        )
+
+
+def readable_files(paths: Iterable[Path], *, warn: bool = True) -> list[Path]:
+    """Return `paths` without those whose name is not UTF-8, each skipped named in a warning."""
+    kept = []
+    for path in paths:
+        if _is_utf8(path):
+            kept.append(path)
+        elif warn:
+            logger.warning(
+                "skipping %s: its name is not UTF-8, which pyarrow and DuckDB cannot open; "
+                "rename it to read its rows",
+                escaped(path),
+            )
+    return kept
+
+
 # --- listing ---------------------------------------------------------------------------------
 
 
@@ -251,7 +300,8 @@ def partition_files(
     """
     if names is None:
         with os.scandir(folder) as entries:
-            names = [e.name for e in entries if _is_data_name(e.name) and e.is_file()]
+            found = [folder / e.name for e in entries if _is_data_name(e.name) and e.is_file()]
+        names = [path.name for path in readable_files(found)]
     names = list(names)
     compacted = sorted(name for name in names if name.startswith(COMPACTED_PREFIX))
     replaced: set[str] = set()
@@ -318,8 +368,9 @@ def read_consistent(
 
     Raises:
         FileNotFoundError: Nothing is at `path`, or the dataset changed under every attempt.
-        NotARecordingError: `path` is a rejects file.
+        NotARecordingError: `path` is a rejects file, or its name is not UTF-8.
     """
+    check_utf8_path(path)
     if not path.is_dir() or is_parts_dir(path):
         return read(_recording_files(path))
     for attempt in range(1, _READ_ATTEMPTS + 1):
@@ -331,7 +382,7 @@ def read_consistent(
                 raise
             logger.debug("%s changed while it was read (%s); reading it again", path, exc)
             continue
-        if not _new_compacted_files(listing, _dataset_listing(path, days)):
+        if not _new_compacted_files(listing, _dataset_listing(path, days, warn=False)):
             return result
         logger.debug("%s was compacted while it was read; reading it again", path)
     raise FileNotFoundError(
@@ -353,11 +404,11 @@ def _recording_files(path: Path) -> list[Path]:
         return [path]
     if path.is_dir():
         if is_parts_dir(path):
-            return sorted_parts(path.glob(PART_GLOB))
+            return sorted_parts(readable_files(path.glob(PART_GLOB)))
         return _current_files(_dataset_listing(path))
     parts = parts_dir(path)
     if parts.is_dir():
-        files = sorted_parts(parts.glob(PART_GLOB))
+        files = sorted_parts(readable_files(parts.glob(PART_GLOB)))
         logger.warning(
             "%s does not exist; reading the %d flushed parts of its unfinished recording",
             path,
@@ -374,16 +425,20 @@ def _is_data_name(name: str) -> bool:
     return name.endswith(".parquet") and name.startswith((_PART_PREFIX, COMPACTED_PREFIX))
 
 
-def _dataset_listing(root: Path, days: tuple[date, date] | None = None) -> dict[Path, list[str]]:
+def _dataset_listing(
+    root: Path, days: tuple[date, date] | None = None, *, warn: bool = True
+) -> dict[Path, list[str]]:
     """Each folder under `root` that holds data files, and their names.
 
     With `days`, only the `date=YYYY-MM-DD` folders in that (inclusive) range are entered.
+    Files whose path is not UTF-8 are left out, with a warning when `warn`.
     """
     listing: dict[Path, list[str]] = {}
     for folder, subfolders, names in os.walk(root):
         if days is not None:
             subfolders[:] = [name for name in subfolders if _day_wanted(name, days)]
-        found = [name for name in names if _is_data_name(name)]
+        data = (Path(folder) / name for name in names if _is_data_name(name))
+        found = [path.name for path in readable_files(data, warn=warn)]
         if found:
             listing[Path(folder)] = found
     return listing

@@ -26,11 +26,13 @@ from tesaiot_data.arguments import name_list
 from tesaiot_data.files.layout import (
     REJECTS_PART_GLOB,
     REJECTS_SUFFIX,
+    check_utf8_path,
     is_parts_dir,
     not_parquet_error,
     not_telemetry_error,
     parts_dir,
     read_consistent,
+    readable_files,
     rejects_error,
     rejects_sidecar,
     sorted_parts,
@@ -102,7 +104,8 @@ def load_recording(
         FileNotFoundError: Nothing is at `path`.
         NotARecordingError: `path`, or a file in its folder, is not a recording: a rejects
             sidecar, not Parquet (a CSV, a half-copied file) or Parquet without the
-            telemetry columns.
+            telemetry columns; or `path`'s name is not UTF-8 (a file in its folder so
+            named is skipped with a warning).
         ValueError: `start` or `end` is not a time.
     """
     expression = _filter_expression(start=start, end=end, devices=devices, metrics=metrics)
@@ -232,19 +235,22 @@ def load_rejects(path: str | Path) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: Neither the recording nor its sidecar exists.
+        NotARecordingError: The path's name is not UTF-8 (a rejects part so named is
+            skipped with a warning).
         OSError: A rejects file cannot be read.
     """
     path = Path(path)
+    check_utf8_path(path)
     if path.name.endswith(REJECTS_SUFFIX):
         if not path.is_file():
             raise FileNotFoundError(f"no rejects file at {path}")
         files = [path]
     elif path.is_dir() and is_parts_dir(path):
-        files = sorted_parts(path.glob(REJECTS_PART_GLOB))
+        files = sorted_parts(readable_files(path.glob(REJECTS_PART_GLOB)))
     elif rejects_sidecar(path).is_file():
         files = [rejects_sidecar(path)]
     elif parts_dir(path).is_dir():
-        files = sorted_parts(parts_dir(path).glob(REJECTS_PART_GLOB))
+        files = sorted_parts(readable_files(parts_dir(path).glob(REJECTS_PART_GLOB)))
     elif path.exists():
         files = []
     else:

@@ -47,6 +47,24 @@ _DUCKDB_TYPES = {
     "value": "DOUBLE",
 }
 _UTC_NS = pd.DatetimeTZDtype(unit="ns", tz="UTC")
+# Statement types (duckdb.StatementType names) that write files, reach other databases or
+# extensions, or change the session; IMPORT DATABASE parses as a PRAGMA and is stopped by
+# the locked external access instead.
+_WRITING = {
+    "COPY": "COPY writes or reads files",
+    "COPY_DATABASE": "COPY DATABASE copies a database",
+    "EXPORT": "EXPORT writes files",
+    "ATTACH": "ATTACH opens a database",
+    "DETACH": "DETACH closes a database",
+    "LOAD": "INSTALL and LOAD fetch and run extensions",
+    "SET": "SET, RESET and USE change the session",
+    "VARIABLE_SET": "SET VARIABLE changes the session",
+}
+_WRITES_HINT = (
+    "query() only reads the recording by default; pass allow_writes=True "
+    "(tesaiot-data query --allow-writes) to run SQL that writes files, attaches databases, "
+    "loads extensions, changes settings or reads other files"
+)
 
 
 def query(
@@ -55,6 +73,7 @@ def query(
     *,
     memory_limit: str | int | None = None,
     threads: int | None = None,
+    allow_writes: bool = False,
 ) -> pd.DataFrame:
     """Run SQL over a recording with DuckDB, without loading the recording into memory.
 
@@ -65,6 +84,13 @@ def query(
     one of them. The session's time
     zone is UTC, so `date_trunc('hour', timestamp)` buckets by UTC hours. Each call opens a
     fresh in-memory DuckDB that spills to a temporary folder, removed afterwards.
+
+    The SQL only reads by default: statements that write files (`COPY ... TO`, `EXPORT`),
+    attach or detach databases, install or load extensions, or change settings (`SET`,
+    `RESET`, `USE`) are refused before anything runs, and DuckDB itself is then locked
+    (`enable_external_access=false` with only the recording's own files readable,
+    `lock_configuration=true`), so no table function reads another file either.
+    `allow_writes=True` lifts both, and the SQL runs with every right of the user.
 
     Example:
         >>> query("session.parquet", '''
@@ -82,6 +108,8 @@ def query(
             bytes. Beyond it, sorts, joins and aggregates spill to disk; a query that cannot
             spill fails with a `QueryError`. Default: DuckDB's, 80 % of the machine's RAM.
         threads: Threads DuckDB may use; default one per core.
+        allow_writes: Run statements that write files, attach databases, install or load
+            extensions, change settings or read files other than the recording's.
 
     Returns:
         The result of the last statement, with a fresh RangeIndex (no columns for a
@@ -97,10 +125,13 @@ def query(
             every attempt to read it.
         NotARecordingError: `source`, or a file in its folder, is not a recording: a rejects
             sidecar, not Parquet, or Parquet without the telemetry columns or with columns of
-            other types.
+            other types; or `source`'s name is not UTF-8 (a file in its folder so named is
+            skipped with a warning).
         ConfigError: `memory_limit` or `threads` is not a valid value.
         QueryError: DuckDB could not run the SQL (bad syntax, an unknown column or function,
-            out of memory); the message holds DuckDB's and `kind` its error class.
+            out of memory); the message holds DuckDB's and `kind` its error class. Also a
+            statement or a file access refused because `allow_writes` is false; then `kind`
+            is `PermissionException`.
     """
     duckdb = _import_duckdb()
     config = _config(memory_limit=memory_limit, threads=threads)
@@ -117,6 +148,9 @@ def query(
                     # A progress bar on stdout would garble a notebook cell or the CLI's table.
                     connection.execute("SET enable_progress_bar = false")
                     connection.execute(_view_sql(files, columns))
+                    if not allow_writes:
+                        _refuse_writes(connection, sql, source=path)
+                        _lock(connection, files)
                     table = _run(connection, sql)
                 finally:
                     connection.close()
@@ -124,7 +158,7 @@ def query(
                 gone = [file for file in files if not file.exists()]
                 if gone:  # a compaction replaced it meanwhile: read_consistent reads again
                     raise FileNotFoundError(f"{gone[0]} vanished while it was read") from exc
-                raise _query_error(exc, duckdb, source=path) from exc
+                raise _query_error(exc, duckdb, source=path, locked=not allow_writes) from exc
         logger.debug(
             "query over %d files of %s: %d rows in %.3f s",
             len(files),
@@ -252,6 +286,28 @@ def _use_utc(connection: Any, duckdb: ModuleType) -> None:
         logger.debug("DuckDB has no ICU extension; time zone functions work in UTC")
 
 
+def _refuse_writes(connection: Any, sql: str, *, source: Path) -> None:
+    for statement in connection.extract_statements(sql):
+        kind = getattr(statement.type, "name", str(statement.type))
+        if kind in _WRITING:
+            text = " ".join(statement.query.split())
+            raise QueryError(
+                f"the query over {source} was refused: {_WRITING[kind]} ({text[:80]!r})",
+                hint=_WRITES_HINT,
+                kind="PermissionException",
+            )
+
+
+def _lock(connection: Any, files: Sequence[Path]) -> None:
+    # After the view exists: from here on DuckDB opens no file but the recording's own (the
+    # view reads them by path, so they stay allowed) and its spill folder, and no setting,
+    # this one included, can be changed back.
+    paths = ", ".join(_quote_text(str(file.absolute())) for file in files)
+    connection.execute(f"SET allowed_paths = [{paths}]")  # DuckDB 1.2 and later
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+
+
 def _run(connection: Any, sql: str) -> pa.Table:
     relation = connection.sql(sql)
     if relation is None:  # a statement without a result (SET, CREATE ...)
@@ -261,9 +317,14 @@ def _run(connection: Any, sql: str) -> pa.Table:
     return fetch()
 
 
-def _query_error(exc: Exception, duckdb: ModuleType, *, source: Path) -> QueryError:
+def _query_error(exc: Exception, duckdb: ModuleType, *, source: Path, locked: bool) -> QueryError:
     message = " ".join(str(exc).split())
-    if isinstance(exc, getattr(duckdb, "OutOfMemoryException", ())):
+    if locked and (
+        isinstance(exc, getattr(duckdb, "PermissionException", ()))
+        or "configuration has been locked" in message
+    ):
+        hint = _WRITES_HINT
+    elif isinstance(exc, getattr(duckdb, "OutOfMemoryException", ())):
         hint = (
             "raise memory_limit (--memory-limit) or use fewer threads; exact medians, "
             "quantiles and list aggregates hold every value of a group in memory, "
