@@ -16,15 +16,22 @@ receive time) travel together:
 
 Timestamps are ISO 8601 with nine fraction digits, which the parser reads exactly; text
 values are sent as JSON strings, NaN and infinities as the JSON extensions `NaN` and
-`Infinity` that the parser accepts. A sensor type that cannot be a topic level (it holds
-`+`, `#` or an empty level; only a payload's `sensor_type` can give one) is sent on
+`Infinity` that the parser accepts. A sensor type that cannot be in a topic (it holds `+`,
+`#` or an empty level, a control character or a Unicode non-character, or makes the topic
+longer than 65,535 bytes of UTF-8; only a payload's `sensor_type` can give one) is sent on
 `device/<id>/telemetry` with the payload's `sensor_type`.
 
-Two kinds of row do not come back the same, and are counted rather than sent wrongly:
-a metric named like a key the parser never reads as a metric (`timestamp`, `ts`, `time`,
-`device_id`, `sensor_type`, `unit`, `value`) that differs from its sensor type, and a device
-id that cannot be a topic level. A text that is exactly a JSON number (`"25.5"`, recorded
-with `numeric_strings=False`) comes back as a number to a collector with the default options.
+Two kinds of row cannot come back, and are counted by reason (`ReplayResult.skipped_by_reason`,
+the keys of `parse.encode.SKIP_REASONS`) rather than sent wrongly: a metric named like a key
+the parser never reads as a metric (`timestamp`, `ts`, `time`, `device_id`, `sensor_type`,
+`unit`, `value`) that differs from its sensor type, and a device id that cannot be a topic
+level: none, one holding `+`, `#` or `/`, a control character (NUL included) or a Unicode
+non-character (U+FFFF, U+FDD0..U+FDEF, U+xFFFE), or one whose topic would be longer than
+65,535 bytes. Sent, such a topic makes Mosquitto close the connection (losing the QoS 0
+messages behind it, stalling QoS 1) or paho raise.
+
+A text that is exactly a JSON number (`"25.5"`, recorded with `numeric_strings=False`) comes
+back as a number to a collector with the default options.
 """
 
 from __future__ import annotations
@@ -35,14 +42,15 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from tesaiot_data.errors import ConfigError, TokenError
 from tesaiot_data.mqtt.publisher import NO_TOKEN, Publisher
-from tesaiot_data.parse.encode import MessagePlan, ReplayMessage, messages_of
+from tesaiot_data.parse.encode import SKIP_REASONS, MessagePlan, ReplayMessage, messages_of
 from tesaiot_data.readers.disk import load_recording
 from tesaiot_data.settings import Settings
 
@@ -68,6 +76,8 @@ class ReplayResult:
             seconds; with `loop`, per pass.
         speed: The speed-up over the recorded pace; None when published as fast as possible.
         skipped_rows: Rows no message can reproduce (see the module's notes), not sent.
+        skipped_by_reason: `skipped_rows` by reason, the keys of
+            `parse.encode.SKIP_REASONS` (`"control_character"`, `"topic_too_long"`, ...).
         dropped: QoS 0 messages lost because the connection was down.
         passes: Times the recording was played through, the last one perhaps in part.
         stopped: Whether `Replayer.stop()` ended it before the end.
@@ -82,6 +92,7 @@ class ReplayResult:
     dropped: int = 0
     passes: int = 1
     stopped: bool = False
+    skipped_by_reason: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -333,7 +344,7 @@ class Replayer:
         assert publisher is not None
         publish, pause = publisher.publish, publisher.pause
         progress = _Progress(plan.rows, self._progress)
-        skipped = [0]
+        skipped: dict[str, int] = {}
         rows = dropped = passes = pass_rows = 0
         started = time.monotonic()
         try:
@@ -378,17 +389,19 @@ class Replayer:
             seconds=seconds,
             span=plan.span_ns / _NS,
             speed=None if self.max_speed else self.speed,
-            skipped_rows=skipped[0],
+            skipped_rows=sum(skipped.values()),
             dropped=dropped,
             passes=passes,
             stopped=self._halt.is_set(),
+            skipped_by_reason=MappingProxyType(dict(sorted(skipped.items()))),
         )
-        if skipped[0]:
+        for reason, count in sorted(skipped.items()):
             logger.warning(
-                "%d rows of %s could not be sent as they were recorded (a metric named like "
-                "a reserved key, or a device id that is no topic level)",
-                skipped[0],
+                "%d rows of %s were not sent (%s): %s",
+                count,
                 self.source,
+                reason,
+                SKIP_REASONS.get(reason, reason),
             )
         return self._result
 

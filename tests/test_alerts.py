@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.monitor.alerts import AlertEngine
 from tesaiot_data.monitor.events import ALERT_COLUMNS, AlertEvent
+from tesaiot_data.monitor.rules import AlertRule
 from tesaiot_data.monitor.sidecar import alerts_sidecar, load_alerts
 from tests.helpers import publish_acknowledged, wait_for
 
@@ -289,3 +291,63 @@ def test_events_beyond_the_limit_are_dropped_and_counted(
     assert stats.alert_events == 11
     assert stats.alert_events_dropped == 8
     assert len(collector.alerts()) == 3
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("for_", float("inf")),
+        ("for_", float("nan")),
+        ("for_", -5),
+        ("for_", 1e300),
+        ("for_", "inf"),
+        ("for_", pd.Timedelta.max),
+        ("for_", "40000D"),
+        ("silent", float("inf")),
+        ("silent", float("nan")),
+        ("silent", -1),
+        ("silent", 10**30),
+        ("silent", pd.Timedelta.max),
+        ("silent", "-5min"),
+    ],
+)
+def test_an_alert_duration_out_of_range_is_refused_where_the_rule_is_made(
+    settings: Settings, option: str, value: object
+) -> None:
+    collector = Collector(settings)
+    options: dict[str, Any] = (
+        {"metric": "t", "above": 1, "for_": value} if option == "for_" else {"silent": value}
+    )
+    with pytest.raises(ConfigError, match=f"^{option}=") as caught:
+        collector.alert("x", **options)
+    assert "36,500 days" in str(caught.value)  # the valid range
+    assert collector.remove_alert("x") is False  # nothing was added
+
+
+def test_a_rule_that_fails_to_evaluate_never_stops_the_others(
+    settings: Settings,
+    collectors: Callable[..., Collector],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # AlertRule.make refuses these durations; built by hand they stand for any rule whose
+    # evaluation raises. Each comes first, before a good rule of its kind.
+    collector = collectors(settings)
+    engine = collector.ingest.alerts
+    engine.add(AlertRule("broken-hot", metric="temperature", above=50, for_s=math.inf), now_ns=0)
+    engine.add(AlertRule("broken-gone", silent_s=math.inf), now_ns=0)
+    collector.alert("hot", metric="temperature", above=50)
+    collector.alert("gone", silent="1s")
+    ingest(collector, "a", [(0, 60), (1, 70)])
+    ingest(collector, "a", [(2, 20), (3, 80)])
+    now = round((T0 + 10) * 1e9)
+    for _ in range(2):
+        engine.evaluate_silence({"a": round((T0 + 3) * 1e9)}, now_ns=now, listening_since_ns=0)
+    alerts = collector.alerts()
+    assert set(alerts["rule"]) == {"hot", "gone"}
+    hot = alerts[alerts["rule"] == "hot"]
+    assert events_of(hot, "a") == [("firing", 60.0), ("cleared", 20.0), ("firing", 80.0)]
+    assert events_of(alerts[alerts["rule"] == "gone"], "a") == [("firing", 1.0)]
+    assert collector.stats.alert_rule_errors == 4  # two batches, two silence checks
+    failures = [r for r in caplog.records if "could not be evaluated" in r.getMessage()]
+    assert sorted(r.getMessage().split("'")[1] for r in failures) == ["broken-gone", "broken-hot"]
+    assert all(r.exc_info is not None for r in failures)  # once per rule, with its traceback

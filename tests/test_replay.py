@@ -20,6 +20,7 @@ from tesaiot_data.demo.broker import LocalBroker, PublisherConfig, free_port
 from tesaiot_data.errors import AuthError, ConfigError, ConnectError, NotARecordingError
 from tesaiot_data.files.parquet import write_frame
 from tesaiot_data.messages import RawMessage
+from tesaiot_data.parse.encode import MAX_TOPIC_BYTES, SKIP_REASONS, MessagePlan
 from tesaiot_data.parse.rows import parse_batch
 from tesaiot_data.replay import Replayer, ReplayResult, messages_of, replay
 from tesaiot_data.schema import to_canonical
@@ -219,6 +220,7 @@ def test_rows_no_payload_can_carry_are_counted_not_sent_wrongly(
     path = write_frame(frame, tmp_path / "odd.parquet")
     result = replay(path, max_speed=True, **as_publisher(broker))
     assert (result.messages, result.rows, result.skipped_rows) == (1, 1, 2)
+    assert result.skipped_by_reason == {"reserved_metric": 1, "wildcard_or_slash": 1}
 
 
 def test_bad_options_and_files_fail_before_connecting(tmp_path: Path) -> None:
@@ -455,3 +457,96 @@ def test_cli_publishes_as_an_account_without_a_platform_token(
     code = main([*argv, "--max-speed", "--qos", "1", "--env-file", str(tmp_path / "none")], out=out)
     assert code == 0, out.getvalue()
     assert out.getvalue().startswith("replayed 6 rows in 3 messages")
+
+
+# Device ids no broker takes in a topic, by the reason the replay counts them under.
+REFUSED_DEVICE_IDS = {
+    "control_character": ["ctl\x01", "del\x7f", "c1\x85", "nul\x00", "tab\t"],
+    "non_character": ["nc\uffff", "nc\ufdd0", "nc\ufdef", "nc\U0001fffe", "nc\U0010ffff"],
+    # 65,536 bytes; and 32,760 characters that are 65,520 bytes of UTF-8, 65,537 as a topic
+    "topic_too_long": ["x" * 65_536, "\u00e9" * 32_760],
+    "wildcard_or_slash": ["a+b", "a#", "a/b"],
+}
+# Sensor types no broker takes in a topic: they travel in the payload and come back.
+ODD_SENSOR_TYPES = ["env", "s\x01t", "s\uffff", "L" * 65_600]
+
+
+def refused_among_good(tag: str) -> tuple[pd.DataFrame, set[str], dict[str, int]]:
+    """100 one-row messages: every 4th from a device id no topic can hold."""
+    refused = [(why, f"{tag}{device}") for why, ids in REFUSED_DEVICE_IDS.items() for device in ids]
+    # The second good device's topic is exactly 65,535 bytes: the longest a broker takes.
+    good = [f"good-{tag}", f"edge-{tag}".ljust(65_535 - len("device//telemetry"), "y")]
+    rows, expected = [], dict.fromkeys(REFUSED_DEVICE_IDS, 0)
+    for i in range(100):
+        if i % 4 == 0:
+            why, device = refused[(i // 4) % len(refused)]
+            expected[why] += 1
+        else:
+            device = good[i % 2]
+        rows.append(
+            {
+                "timestamp": T0 + i,
+                "received_at": T0 + i * 1_000,
+                "device_id": device,
+                "sensor_type": ODD_SENSOR_TYPES[(i // 4) % len(ODD_SENSOR_TYPES)],
+                "metric": "temperature",
+                "value": float(i),
+            }
+        )
+    return synthetic(rows), set(good), expected
+
+
+def test_device_ids_no_topic_can_hold_are_skipped_by_reason_and_the_rest_arrive(
+    broker: LocalBroker,
+    tmp_path: Path,
+    collectors: Callable[..., Collector],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frame, good, expected = refused_among_good(uuid.uuid4().hex[:8])
+    path = write_frame(frame, tmp_path / "odd-names.parquet")
+    sent = rows_of(frame, good)
+    assert len(sent) == 75
+
+    def capture(name: str) -> Capture:
+        # Over TCP: Mosquitto's WebSocket listener sends a 64 KiB message at ~40 KB/s.
+        url = f"mqtt://127.0.0.1:{broker.tcp_port}"
+        settings = broker.settings(broker_url=url, ca_certs=None, client_id=f"cap-{name}")
+        return Capture(collectors(settings), tmp_path / f"{name}.parquet")
+
+    def arrived(received: Capture) -> pd.DataFrame:
+        return rows_of(received.collector.frame(devices=sorted(good)))
+
+    # QoS 1: each refused topic would close the connection and stall the drain for 30 s.
+    first = capture(f"odd-qos1-{uuid.uuid4().hex[:6]}")
+    result = replay(path, max_speed=True, qos=1, **as_publisher(broker))
+    assert result.skipped_by_reason == expected
+    assert (result.rows, result.messages, result.skipped_rows, result.dropped) == (75, 75, 25, 0)
+    assert result.seconds < 10
+    wait_for(lambda: len(arrived(first)) == 75, message="the good rows did not all arrive")
+    pd.testing.assert_frame_equal(arrived(first), sent)
+
+    # QoS 0 from the command line: the summary counts what was sent, and all of it arrives.
+    publisher = broker.publisher()
+    monkeypatch.setenv("MQTT_API_TOKEN", broker.token)
+    monkeypatch.setenv("MQTT_PASSWORD", publisher.password)
+    second = capture(f"odd-qos0-{uuid.uuid4().hex[:6]}")
+    out = io.StringIO()
+    argv = ["replay", str(path), "--broker-url", tcp_url(publisher), "--username", "publisher"]
+    code = main([*argv, "--max-speed", "--qos", "0", "--env-file", str(tmp_path / "none")], out=out)
+    assert code == 0, out.getvalue()
+    assert out.getvalue().startswith("replayed 75 rows in 75 messages")
+    assert "25 rows skipped" in out.getvalue()
+    wait_for(lambda: len(arrived(second)) == 75, message="the good rows did not all arrive")
+    pd.testing.assert_frame_equal(arrived(second), sent)
+
+
+def test_odd_topic_levels_are_classified_without_a_broker() -> None:
+    frame, good, expected = refused_among_good("t")
+    skipped: dict[str, int] = {}
+    messages = list(MessagePlan(frame).messages(skipped=skipped))
+    assert skipped == expected
+    assert all(len(m.topic.encode()) <= MAX_TOPIC_BYTES for m in messages)
+    assert set(skipped) <= set(SKIP_REASONS)
+    again = parse_batch([RawMessage(m.topic, m.payload, m.received_ns, False) for m in messages])
+    assert not again.rejects
+    pd.testing.assert_frame_equal(rows_of(batch_frame(again)), rows_of(frame, good))

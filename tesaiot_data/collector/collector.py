@@ -465,6 +465,7 @@ class Collector(Monitoring):
             alert_events=alerts.events_total,
             alert_events_dropped=alerts.events_dropped,
             alert_callback_errors=alerts.callback_errors,
+            alert_rule_errors=alerts.rule_errors,
             devices=self._health.devices,
             devices_evicted=self._health.evicted,
             rate=self._housekeeper.rate() if client is not None else 0.0,

@@ -52,6 +52,8 @@ class CollectorStats:
         alert_events_dropped: Alert events no longer kept by `alerts()` (it keeps the last
             `alerts.MAX_EVENTS`).
         alert_callback_errors: Alert callbacks that raised (each rule's first is logged).
+        alert_rule_errors: Evaluations of an alert rule that raised (each rule's first is
+            logged); the rule is skipped for that batch or tick, the others go on.
         devices: Devices followed by `health()` now.
         devices_evicted: Devices `health()` forgot: not seen for a day, or the least
             recently seen beyond `health.MAX_DEVICES`.
@@ -83,6 +85,7 @@ class CollectorStats:
     alert_events: int
     alert_events_dropped: int
     alert_callback_errors: int
+    alert_rule_errors: int
     devices: int
     devices_evicted: int
     rate: float

@@ -3,9 +3,10 @@
 A rule fires once when its condition starts and clears once when it ends, per (rule,
 device). Threshold rules are evaluated on every batch on the collector's worker thread,
 vectorised over the batch's columns; silent rules on the housekeeping tick from each device's
-last receive time. Events are kept (the last `MAX_EVENTS`), and logged and handed to the
-rules' callbacks on the housekeeping thread, so a slow or failing callback never holds up
-ingest.
+last receive time. A rule whose evaluation raises is skipped for that batch or tick (logged
+once per rule, counted); the other rules go on. Events are kept (the last `MAX_EVENTS`),
+and logged and handed to the rules' callbacks on the housekeeping thread, so a slow or
+failing callback never holds up ingest.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class AlertEngine:
         self._undelivered: deque[AlertEvent] = deque()
         self._captures: list[AlertCapture] = []
         self._callback_failed: set[str] = set()
+        self._rule_failed: set[str] = set()
         self._lock = threading.Lock()  # rules, state and events
         self._dispatch_lock = threading.Lock()
         # Per dictionary generation: string -> code of the metric and device columns.
@@ -89,6 +91,7 @@ class AlertEngine:
         self._coded: dict[str, int] = {}
         self.events_total = 0
         self.callback_errors = 0
+        self.rule_errors = 0
 
     # ------------------------------------------------------------------ rules
 
@@ -108,12 +111,14 @@ class AlertEngine:
             self._added_ns[rule.name] = now_ns
             self._runs[rule.name] = {}
             self._callback_failed.discard(rule.name)
+            self._rule_failed.discard(rule.name)
 
     def remove(self, name: str) -> bool:
         """Remove a rule; return whether there was one (its firing alerts are not cleared)."""
         with self._lock:
             self._added_ns.pop(name, None)
             self._runs.pop(name, None)
+            self._rule_failed.discard(name)
             return self._rules.pop(name, None) is not None
 
     @property
@@ -129,7 +134,10 @@ class AlertEngine:
     # ------------------------------------------------------------- evaluation
 
     def evaluate(self, chunk: Chunk | None) -> None:
-        """Evaluate every threshold rule on one batch's rows (the worker thread)."""
+        """Evaluate every threshold rule on one batch's rows (the worker thread).
+
+        A rule that raises is skipped for this batch (see `rule_errors`); the others go on.
+        """
         if chunk is None or not len(chunk) or not self._rules:
             return
         with self._lock:
@@ -137,22 +145,38 @@ class AlertEngine:
             if not rules:
                 return
             self._sync_codes(chunk)
-            metric_codes = chunk.codes["metric"]
             numeric = ~np.isnan(chunk.value)
             for rule in rules:
-                code = self._code("metric", rule.metric or "", chunk)
-                if code is None:
-                    continue
-                rows = (metric_codes == code) & numeric
-                if rule.devices is not None:
-                    wanted = [self._code("device_id", d, chunk) for d in rule.devices]
-                    known = [c for c in wanted if c is not None]
-                    if not known:
-                        continue
-                    rows &= np.isin(chunk.codes["device_id"], known)
-                picked = np.flatnonzero(rows)
-                if len(picked):
-                    self._advance(rule, chunk, picked)
+                try:
+                    self._threshold(rule, chunk, numeric)
+                except Exception:
+                    self._failed(rule)
+
+    def _threshold(self, rule: AlertRule, chunk: Chunk, numeric: np.ndarray) -> None:
+        code = self._code("metric", rule.metric or "", chunk)
+        if code is None:
+            return
+        rows = (chunk.codes["metric"] == code) & numeric
+        if rule.devices is not None:
+            wanted = [self._code("device_id", d, chunk) for d in rule.devices]
+            known = [c for c in wanted if c is not None]
+            if not known:
+                return
+            rows &= np.isin(chunk.codes["device_id"], known)
+        picked = np.flatnonzero(rows)
+        if len(picked):
+            self._advance(rule, chunk, picked)
+
+    def _failed(self, rule: AlertRule) -> None:
+        """Count a rule whose evaluation raised; log its first failure with the traceback."""
+        self.rule_errors += 1
+        if rule.name not in self._rule_failed:
+            self._rule_failed.add(rule.name)
+            logger.exception(
+                "alert %r could not be evaluated (logged once; counted in "
+                "stats.alert_rule_errors); the other rules go on",
+                rule.name,
+            )
 
     def _advance(self, rule: AlertRule, chunk: Chunk, picked: np.ndarray) -> None:
         values = chunk.value[picked]
@@ -224,7 +248,8 @@ class AlertEngine:
         from its last message, but never from before `listening_since_ns` (when the present
         connection began: a lost connection silences every device, not just one) nor, for a
         device never seen, from before the rule was added. It clears when a new message
-        from it arrives.
+        from it arrives. A rule that raises is skipped for this tick (see `rule_errors`);
+        the others go on.
 
         Args:
             last_seen: Per device, its last receive time in epoch ns.
@@ -235,28 +260,41 @@ class AlertEngine:
             for rule in self._rules.values():
                 if rule.silent_s is None:
                     continue
-                limit_ns = int(rule.silent_s * _NS)
-                runs = self._runs[rule.name]
-                if rule.devices is None:
-                    watched: Iterable[str] = last_seen
-                    for gone in [d for d in runs if d not in last_seen]:
-                        del runs[gone]  # forgotten by health: no longer followed
-                else:
-                    watched = rule.devices
-                added = self._added_ns[rule.name]
-                for device in watched:
-                    seen = last_seen.get(device)
-                    run = runs.get(device)
-                    if run is None:
-                        quiet_from = max(added if seen is None else seen, listening_since_ns)
-                        if now_ns - quiet_from > limit_ns:
-                            runs[device] = run = _Run()
-                            run.firing, run.since_ns = True, quiet_from
-                            self._emit(rule, device, quiet_from + limit_ns, rule.silent_s, "firing")
-                    elif seen is not None and run.since_ns is not None and seen > run.since_ns:
-                        del runs[device]
-                        gap = (seen - run.since_ns) / _NS
-                        self._emit(rule, device, seen, gap, "cleared")
+                try:
+                    self._silence(rule, rule.silent_s, last_seen, now_ns, listening_since_ns)
+                except Exception:
+                    self._failed(rule)
+
+    def _silence(
+        self,
+        rule: AlertRule,
+        silent_s: float,
+        last_seen: Mapping[str, int],
+        now_ns: int,
+        listening_since_ns: int,
+    ) -> None:
+        limit_ns = int(silent_s * _NS)
+        runs = self._runs[rule.name]
+        if rule.devices is None:
+            watched: Iterable[str] = last_seen
+            for gone in [d for d in runs if d not in last_seen]:
+                del runs[gone]  # forgotten by health: no longer followed
+        else:
+            watched = rule.devices
+        added = self._added_ns[rule.name]
+        for device in watched:
+            seen = last_seen.get(device)
+            run = runs.get(device)
+            if run is None:
+                quiet_from = max(added if seen is None else seen, listening_since_ns)
+                if now_ns - quiet_from > limit_ns:
+                    runs[device] = run = _Run()
+                    run.firing, run.since_ns = True, quiet_from
+                    self._emit(rule, device, quiet_from + limit_ns, silent_s, "firing")
+            elif seen is not None and run.since_ns is not None and seen > run.since_ns:
+                del runs[device]
+                gap = (seen - run.since_ns) / _NS
+                self._emit(rule, device, seen, gap, "cleared")
 
     def _emit(
         self, rule: AlertRule, device: str, time_ns: int, value: float, state: AlertState

@@ -3,15 +3,18 @@
 The replay's encoder (see `tesaiot_data.replay` for the three payload shapes and the rows that
 cannot come back): rows are grouped by device, sensor type, timestamp and receive time, and
 each group becomes one or more JSON payloads on `device/<id>/telemetry/<sensor_type>` that the
-parser turns back into exactly those rows. numpy only: a frame is read through its columns, so
-neither pandas nor pyarrow is imported here.
+parser turns back into exactly those rows. Rows no message can carry are counted by reason
+(`SKIP_REASONS`), never sent: a topic a broker refuses makes it close the connection
+(Mosquitto 2.0) or paho raise. numpy only: a frame is read through its columns, so neither
+pandas nor pyarrow is imported here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,7 +24,21 @@ import orjson
 
 from tesaiot_data.parse.payload import RESERVED_KEYS
 
-__all__ = ["MessagePlan", "ReplayMessage", "messages_of"]
+__all__ = ["MAX_TOPIC_BYTES", "SKIP_REASONS", "MessagePlan", "ReplayMessage", "messages_of"]
+
+MAX_TOPIC_BYTES = 65_535
+"""The longest MQTT topic, in bytes of UTF-8 (a two-byte length prefix)."""
+
+SKIP_REASONS = {
+    "reserved_metric": "a metric named like a key the parser never reads as a metric",
+    "no_device_id": "no device id",
+    "wildcard_or_slash": "a device id holding '+', '#' or '/'",
+    "control_character": "a device id holding a control character (U+0000-001F, U+007F-009F)",
+    "non_character": "a device id holding a Unicode non-character (U+FDD0-FDEF, U+xFFFE, U+xFFFF)",
+    "not_utf8": "a device id holding a lone surrogate, which is not UTF-8",
+    "topic_too_long": f"a device id whose topic is longer than {MAX_TOPIC_BYTES:,} bytes (UTF-8)",
+}
+"""Why a row cannot be replayed (the keys of `ReplayResult.skipped_by_reason`): what each means."""
 
 _NS = 1_000_000_000
 _ROWS_PER_MESSAGE = 1_000  # well under the collector's default max_rows_per_message
@@ -30,6 +47,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Keys the parser never reads as a metric, and `value`, which it reads as the enclosing
 # object's own metric: such metrics can only come back as a sensor type's top-level value.
 _NOT_A_KEY = RESERVED_KEYS | {"value"}
+# What MQTT brokers refuse in a topic (MQTT 5 section 1.5.4; Mosquitto 2.0 closes the
+# connection of a client that sends one): control characters, NUL included, and the Unicode
+# non-characters U+FDD0..U+FDEF and the last two code points of every plane.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NON_CHARACTER = re.compile(
+    r"[\ufdd0-\ufdef" + "".join(rf"\U{plane:04x}fffe\U{plane:04x}ffff" for plane in range(17)) + "]"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +115,14 @@ class MessagePlan:
         self.span_ns = int(self.received[-1] - self.received[0]) if self.rows else 0
 
     def messages(
-        self, *, shift_ns: int = 0, skipped: list[int] | None = None
+        self, *, shift_ns: int = 0, skipped: MutableMapping[str, int] | None = None
     ) -> Iterator[ReplayMessage]:
         """The messages that give back the rows, in replay order.
 
         Args:
             shift_ns: Added to every timestamp, in nanoseconds.
-            skipped: A one-item counter: rows no message can reproduce are added to
-                `skipped[0]` and not sent.
+            skipped: Rows no message can reproduce are counted here by reason (the keys of
+                `SKIP_REASONS`) and not sent.
 
         Yields:
             The messages of each recorded message: one, or more when it held more than
@@ -141,8 +165,26 @@ def _ns(column: Any) -> np.ndarray:
     return np.asarray(column.astype("datetime64[ns, UTC]").array.asi8, dtype=np.int64)
 
 
-def _topic_level_ok(text: str) -> bool:
-    return "" not in text.split("/") and not any(char in text for char in "+#\x00")
+def _level_fault(text: str | None, *, single: bool) -> str | None:
+    """Why `text` cannot be in a topic as one level (`single`) or as levels; None when it can."""
+    if not text:
+        return "no_device_id"
+    if "+" in text or "#" in text or (single and "/" in text) or "" in text.split("/"):
+        return "wildcard_or_slash"
+    if _CONTROL.search(text):
+        return "control_character"
+    if _NON_CHARACTER.search(text):
+        return "non_character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "not_utf8"
+    return None
+
+
+def _topic_fits(topic: str) -> bool:
+    # A character is at most 4 bytes: most topics need no encoding to be measured.
+    return len(topic) * 4 <= MAX_TOPIC_BYTES or len(topic.encode()) <= MAX_TOPIC_BYTES
 
 
 class _Encoder:
@@ -154,25 +196,36 @@ class _Encoder:
         self.metrics = names["metric"]
         self.units = names["unit"]
         self.texts = names["value_text"]
-        self._topics: dict[tuple[int, int], tuple[str, str | None] | None] = {}
+        self._topics: dict[tuple[int, int], tuple[str, str | None] | str] = {}
         self._second = -1
         self._prefix = ""
 
-    def _topic(self, device: int, sensor: int) -> tuple[str, str | None] | None:
-        """(topic, sensor_type for the payload or None); None when the device cannot be sent."""
+    def _topic(self, device: int, sensor: int) -> tuple[str, str | None] | str:
+        """(topic, sensor_type for the payload or None), or why the device cannot be sent.
+
+        A sensor type that cannot be in a topic travels in the payload, which the parser
+        reads when the topic has no sensor part; a device id has no such way.
+        """
         key = (device, sensor)
         try:
             return self._topics[key]
         except KeyError:
             pass
         device_id, sensor_type = self.devices[device], self.sensors[sensor]
-        found: tuple[str, str | None] | None
-        if device_id is None or "/" in device_id or not _topic_level_ok(device_id):
-            found = None
-        elif sensor_type is not None and _topic_level_ok(sensor_type):
-            found = (f"device/{device_id}/telemetry/{sensor_type}", None)
+        found: tuple[str, str | None] | str
+        fault = _level_fault(device_id, single=True)
+        if fault is not None:
+            found = fault
+        elif not _topic_fits(bare := f"device/{device_id}/telemetry"):
+            found = "topic_too_long"
+        elif (
+            sensor_type is not None
+            and _level_fault(sensor_type, single=False) is None
+            and _topic_fits(topic := f"{bare}/{sensor_type}")
+        ):
+            found = (topic, None)
         else:
-            found = (f"device/{device_id}/telemetry", sensor_type)
+            found = (bare, sensor_type)
         self._topics[key] = found
         return found
 
@@ -194,12 +247,12 @@ class _Encoder:
         received_ns: int,
         columns: tuple[list[int], list[float], list[int], list[int]],
         rows: range,
-        skipped: list[int] | None,
+        skipped: MutableMapping[str, int] | None,
     ) -> Iterator[ReplayMessage]:
         where = self._topic(device, sensor)
-        if where is None:
+        if isinstance(where, str):
             if skipped is not None:
-                skipped[0] += len(rows)
+                skipped[where] = skipped.get(where, 0) + len(rows)
             return
         sensor_type = self.sensors[sensor] or ""
         place = (*where, sensor_type)
@@ -211,7 +264,7 @@ class _Encoder:
             metric = self.metrics[metric_codes[row]] or ""
             if metric != sensor_type and metric in _NOT_A_KEY:
                 if skipped is not None:
-                    skipped[0] += 1
+                    skipped["reserved_metric"] = skipped.get("reserved_metric", 0) + 1
                 continue
             if metric in seen or len(batch) >= _ROWS_PER_MESSAGE:
                 # A JSON object holds a key once: the rest goes in the next message.
