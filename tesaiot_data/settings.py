@@ -42,6 +42,8 @@ _URL_EXAMPLE = "for example wss://mqtt.tesaiot.com:8085/mqtt or mqtt://127.0.0.1
 _DEFAULT_PORTS = {"wss": 8085, "ws": 80, "mqtts": 8883, "mqtt": 1883}
 _MAX_TOPIC_BYTES = 65_535  # an MQTT string's length is two bytes
 _SHARED_PREFIX = "$share"
+# The user information of a URL, `user:password@`, after the scheme and before the host.
+_USERINFO = re.compile(r"(?<=://)[^/?#]*@")
 
 Transport = Literal["websockets", "tcp"]
 
@@ -129,35 +131,44 @@ class BrokerURL:
             The parsed URL, with default port and path filled in.
 
         Raises:
-            ConfigError: The scheme is not wss/ws/mqtts/mqtt, or the host or port is bad.
+            ConfigError: The scheme is not wss/ws/mqtts/mqtt, the host or port is bad, or the
+                URL holds credentials (`wss://user:secret@host`: the token goes in
+                `MQTT_API_TOKEN`). No message shows what stood before the `@`.
         """
         text = url.strip()
+        shown = _USERINFO.sub("***@", text, count=1)  # never echo credentials
         try:
             parts = urlsplit(text)
             port = parts.port
         except ValueError as exc:
             raise ConfigError(
-                f"{variable}={text!r} is not a valid URL: {exc}", hint=_URL_EXAMPLE
+                f"{variable}={shown!r} is not a valid URL: {exc}", hint=_URL_EXAMPLE
             ) from None
+        if _USERINFO.search(text):
+            raise ConfigError(
+                f"{variable}={shown!r} holds a user name or password; the broker URL takes none",
+                hint="remove the part before '@' and put the token in MQTT_API_TOKEN "
+                "(Settings(token=...)): it is sent as both user name and password",
+            )
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS:
             raise ConfigError(
-                f"{variable}={text!r} has scheme {scheme or '(none)'!r}; "
+                f"{variable}={shown!r} has scheme {scheme or '(none)'!r}; "
                 "use wss://, ws://, mqtts:// or mqtt://",
                 hint=_URL_EXAMPLE,
             )
         host = parts.hostname or ""
         if not host:
-            raise ConfigError(f"{variable}={text!r} has no host", hint=_URL_EXAMPLE)
+            raise ConfigError(f"{variable}={shown!r} has no host", hint=_URL_EXAMPLE)
         if ":" in host:
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
                 raise ConfigError(
-                    f"{variable}={text!r}: bad IPv6 address", hint=_URL_EXAMPLE
+                    f"{variable}={shown!r}: bad IPv6 address", hint=_URL_EXAMPLE
                 ) from None
         if port == 0:
-            raise ConfigError(f"{variable}={text!r}: port 0 is not a port", hint=_URL_EXAMPLE)
+            raise ConfigError(f"{variable}={shown!r}: port 0 is not a port", hint=_URL_EXAMPLE)
         path = ""
         if scheme in ("ws", "wss"):
             path = parts.path or "/mqtt"
@@ -391,13 +402,20 @@ class Settings:
             )
         if self.share_group is not None:
             self._check_share_group()
-        if self.ca_certs is not None and not Path(self.ca_certs).is_file():
-            raise ConfigError(
-                f"ca_certs={str(self.ca_certs)!r} is not a file",
-                hint="set CA_CERT_PATH to a PEM file of trusted CA certificates",
-            )
+        if self.ca_certs is not None:
+            self._check_ca_certs()
         if self.keepalive < 5 or self.connect_timeout <= 0:
             raise ConfigError("keepalive must be >= 5 s and connect_timeout > 0")
+
+    def _check_ca_certs(self) -> None:
+        # Only that it is a file: its certificates are read when a connection is made
+        # (`mqtt.connection.ssl_context`, a TLSError naming the file if it holds none).
+        if not Path(str(self.ca_certs)).is_file():
+            raise ConfigError(
+                f"ca_certs={str(self.ca_certs)!r} is not a file",
+                hint="set CA_CERT_PATH (ca_certs=..., --ca-certs) to a PEM file of trusted CA "
+                "certificates",
+            )
 
     def _check_share_group(self) -> None:
         if (problem := _share_group_problem(self.share_group)) is not None:

@@ -373,3 +373,28 @@ def test_the_session_flags_reach_the_settings_and_win_over_the_environment(
     ).stdout
     assert "--session-expiry" in help_text
     assert "--protocol" in help_text
+
+
+def test_a_ca_file_that_is_not_pem_and_credentials_in_the_url_are_one_error_line(
+    token_only: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    url = ["--broker-url", "wss://127.0.0.1:9/mqtt"]
+    assert main(["stream", *token_only, *url, "--ca-certs", str(garbage)], out=io.StringIO()) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert error[0].startswith("error: the CA file ")
+    assert str(garbage) in error[0]
+    assert "CA_CERT_PATH" in error[0]
+
+    secret_url = f"wss://user:{TOKEN}@127.0.0.1:9/mqtt"
+    assert main(["stream", *token_only, "--broker-url", secret_url], out=io.StringIO()) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert "holds a user name or password" in error[0]
+    assert TOKEN[len("tesa_mqtt_demo_") :] not in error[0]

@@ -482,3 +482,43 @@ def test_the_session_and_protocol_come_from_the_environment(tmp_path: Path) -> N
     for variable, value in (("MQTT_SESSION_EXPIRY", "soon"), ("MQTT_PROTOCOL", "4.0")):
         with pytest.raises(ConfigError, match=f"{variable}={value!r}"):
             Settings.from_env(None, environ={**env, variable: value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"wss://user:{TOKEN}@mqtt.example.com:8085/mqtt",
+        f"mqtt://{TOKEN}@127.0.0.1:1883",
+        f"wss://:{TOKEN}@[::1]:8085/mqtt",
+        f"mqtts://user:{TOKEN}@host:99999",  # a bad port too: still no secret in the message
+    ],
+)
+def test_credentials_in_the_broker_url_are_refused_without_echoing_them(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(token=TOKEN, broker_url=url)
+    shown = str(caught.value) + (caught.value.hint or "")
+    assert TOKEN not in shown
+    assert TOKEN[-8:] not in shown
+    assert "***@" in shown
+    if ":99999" not in url:
+        assert "MQTT_API_TOKEN" in (caught.value.hint or "")
+
+
+def test_an_at_sign_after_the_host_is_no_credential() -> None:
+    settings = Settings(token=TOKEN, broker_url="wss://mqtt.example.com:8085/mqtt@x")
+    assert settings.url.host == "mqtt.example.com"
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a certificate\n", b"-----BEGIN CERTIFICATE-----\nAAAA\n"]
+)
+def test_a_ca_file_that_is_not_pem_is_a_tls_error_naming_it(tmp_path: Path, content: bytes) -> None:
+    from tesaiot_data.errors import TLSError  # noqa: PLC0415
+    from tesaiot_data.mqtt.connection import ssl_context  # noqa: PLC0415
+
+    ca = tmp_path / "garbage.pem"
+    ca.write_bytes(content)
+    url = BrokerURL.parse("wss://127.0.0.1:8085/mqtt")
+    with pytest.raises(TLSError, match=r"garbage\.pem") as caught:
+        ssl_context(url, ca_certs=ca)
+    assert "CA_CERT_PATH" in (caught.value.hint or "")

@@ -190,10 +190,17 @@ def ssl_context(
         A client-side context.
 
     Raises:
-        OSError: `ca_certs` cannot be read.
-        ssl.SSLError: `ca_certs` holds no certificate.
+        TLSError: `ca_certs` cannot be read or holds no PEM certificate (the message names
+            the file).
     """
-    context = ssl.create_default_context(cafile=str(ca_certs) if ca_certs else None)
+    try:
+        context = ssl.create_default_context(cafile=str(ca_certs) if ca_certs else None)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSError(
+            f"the CA file {str(ca_certs)!r} cannot be used: {exc}",
+            hint="set CA_CERT_PATH (ca_certs=..., --ca-certs) to a PEM file of trusted CA "
+            "certificates",
+        ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:
         logger.warning(
