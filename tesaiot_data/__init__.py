@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from tesaiot_data.readers.sql import query
     from tesaiot_data.replay import Replayer, ReplayResult
     from tesaiot_data.settings import BrokerURL, Settings, mask_token
+    from tesaiot_data.window.resample import resample_frame
 
 _EXPORTS = {
     "monitor.events": ("AlertEvent",),
@@ -77,6 +78,7 @@ _EXPORTS = {
     "settings": ("BrokerURL", "Settings", "mask_token"),
     "readers.disk": ("load_recording", "load_rejects", "read_metadata"),
     "readers.sql": ("query",),  # DuckDB is imported on the first query, not here
+    "window.resample": ("resample_frame",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -123,6 +125,7 @@ __all__ = [
     "query",
     "read_metadata",
     "replay",
+    "resample_frame",
 ]
 
 

@@ -88,3 +88,15 @@ def test_names_from_an_old_path_are_the_new_objects() -> None:
 def test_an_unknown_module_is_still_an_import_error() -> None:
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("tesaiot_data.no_such_module")
+
+
+def test_the_functions_the_readme_imports_from_the_package_need_no_module_path() -> None:
+    import tesaiot_data  # noqa: PLC0415
+    from tesaiot_data.monitor.sidecar import load_alerts  # noqa: PLC0415
+    from tesaiot_data.window.resample import resample_frame  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tesaiot_data.resample_frame is resample_frame
+        assert tesaiot_data.load_alerts is load_alerts
+    assert {"resample_frame", "load_alerts"} <= set(dir(tesaiot_data))
