@@ -21,12 +21,16 @@ _PAGE = 4096
 
 
 @contextmanager
-def small_disk(folder: Path, *, size: str = "256k") -> Iterator[Path]:
-    """Mount a tmpfs of `size` on `folder` for the block; always unmounted afterwards."""
+def small_disk(folder: Path, *, size: str = "256k", read_only: bool = False) -> Iterator[Path]:
+    """Mount a tmpfs of `size` on `folder` for the block; always unmounted afterwards.
+
+    With `read_only`, the mount refuses every write, root's too (EROFS).
+    """
     if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("a disk-full test mounts a small tmpfs: needs root on Linux")
     folder.mkdir(parents=True, exist_ok=True)
-    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    options = f"size={size},ro" if read_only else f"size={size}"
+    mount = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
     result = subprocess.run(mount, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a {size} tmpfs (not permitted here?): {result.stderr.strip()}")

@@ -27,6 +27,7 @@ from tesaiot_data.collector.stats import status_line
 from tesaiot_data.errors import TesaiotError
 from tesaiot_data.mqtt.client import TESAIoTMQTTClient
 from tesaiot_data.settings import Settings
+from tesaiot_data.sinks.dataset import prepare_dataset_folder
 
 __all__ = ["cmd_record", "cmd_stream"]
 
@@ -97,7 +98,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
 def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
     """`record --dataset DIR`: a service appending to a hive dataset until stopped."""
     root: Path = args.dataset
-    root.mkdir(parents=True, exist_ok=True)  # fail now, not at the first flush
+    prepare_dataset_folder(root)  # fail now, not at the first flush: error: ..., exit 1
     if not out.isatty() and args.verbose == 0:
         # A service's journal: the summaries and the connection's news, not paho's chatter.
         logging.getLogger("tesaiot_data").setLevel(logging.INFO)

@@ -11,6 +11,7 @@ listing are in `files.layout`, the `tesaiot.*` keys in `files.metadata`, the rea
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -42,6 +43,7 @@ __all__ = [
     "PARQUET_COMPRESSION",
     "ROW_GROUP_ROWS",
     "atomic_write",
+    "check_writable",
     "conform_batch",
     "fsync_dir",
     "merge_files",
@@ -453,6 +455,22 @@ def atomic_write(
         raise
     fsync_dir(path.parent)
     return path
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if missing and prove a file can be made in it, leaving nothing behind.
+
+    For a writer that should fail when it starts, not at its first flush minutes later: a
+    read-only mount, a folder of another user, a path through a file. Root passes permission
+    checks, so only a real file shows what the file system allows.
+
+    Raises:
+        OSError: The folder cannot be made, or no file can be created in it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".tesaiot-probe-", dir=folder)  # exclusive, 0600
+    os.close(fd)
+    os.unlink(name)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -20,15 +20,31 @@ import pyarrow.compute as pc
 
 from tesaiot_data.errors import disk_error
 from tesaiot_data.files.layout import dataset_part_name, partition_name, utc_stamp, writer_tag
-from tesaiot_data.files.parquet import write_table
+from tesaiot_data.files.parquet import check_writable, write_table
 from tesaiot_data.schema import epoch_ns, used_categories
 from tesaiot_data.sinks.base import Sink
 
-__all__ = ["DatasetWriter"]
+__all__ = ["DatasetWriter", "prepare_dataset_folder"]
 
 logger = logging.getLogger(__name__)
 
 _NS_PER_DAY = 86_400 * 10**9
+
+
+def prepare_dataset_folder(root: Path) -> None:
+    """Create a dataset folder if missing and prove that files can be written in it.
+
+    Args:
+        root: The dataset folder.
+
+    Raises:
+        RecordingError: It cannot be made or written to (a read-only mount, no right, a
+            path through a file); the message names the folder and the cause.
+    """
+    try:
+        check_writable(root)
+    except OSError as exc:
+        raise disk_error(f"cannot write to the dataset folder {root}: {exc}", path=root) from exc
 
 
 class DatasetWriter(Sink):
@@ -50,6 +66,8 @@ class DatasetWriter(Sink):
         metadata: Extra string key-value pairs stored in every file.
 
     Raises:
+        RecordingError: `root` cannot be made or written to (a read-only mount, no right,
+            a path through a file), at once rather than at the first flush.
         TypeError: A metadata key or value is not a string.
         ValueError: `flush_every` is negative.
 
@@ -68,6 +86,7 @@ class DatasetWriter(Sink):
     ) -> None:
         super().__init__(root, flush_every=flush_every, metadata=metadata)
         self.root = self.path
+        prepare_dataset_folder(self.root)  # now, not at the first flush a minute from now
         self._last_stamp = ""
         self._tag = writer_tag()
 
