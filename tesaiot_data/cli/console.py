@@ -1,15 +1,19 @@
-"""What the command line shows while a command runs: the live status line, errors as one line.
+"""What the command line does while a command runs: the status line, errors, stop signals.
 
-`watch` is the one status loop of `record`, `record --dataset` and `demo`: on a terminal the
+`stop_on_signals` turns SIGTERM (and SIGHUP for the demo) into a clean stop. `watch` is the one
+status loop of `record`, `record --dataset` and `demo`: on a terminal the
 status line is redrawn in place twice a second; elsewhere (a pipe, a file, systemd's journal)
 a plain line goes out every few seconds, so that a log is not flooded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from tesaiot_data.collector.stats import status_line
@@ -17,10 +21,43 @@ from tesaiot_data.collector.stats import status_line
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, Recording
 
-__all__ = ["one_line", "recording_status", "watch"]
+__all__ = ["one_line", "recording_status", "stop_on_signals", "watch"]
 
 _TICK = 0.5  # seconds between two status lines on a terminal
 _PLAIN_EVERY = 5.0  # seconds between two plain status lines, by default
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, signals: Collection[int]) -> Iterator[None]:
+    """Within the block, these signals set `stop` instead of ending the process.
+
+    The command then finishes as on Ctrl-C: it writes its last rows and prints its summary.
+    A signal that is ignored when the block starts stays ignored (`nohup` keeps a command
+    running when its terminal closes). Outside the main thread nothing is changed: Python
+    sets signal handlers only there.
+
+    Args:
+        stop: The event the command's loop watches.
+        signals: For example `{signal.SIGTERM}` (systemd, `docker stop`, `kill`), plus
+            `signal.SIGHUP` (a closed terminal).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()  # nothing else here: the main thread may hold any lock (logging's too)
+
+    previous = {
+        number: signal.signal(number, on_signal)
+        for number in signals
+        if signal.getsignal(number) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def watch(

@@ -7,19 +7,16 @@ receives, and can write the broker's connection as a dotenv file for other comma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
-from tesaiot_data.cli.console import recording_status, watch
+from tesaiot_data.cli.console import recording_status, stop_on_signals, watch
 from tesaiot_data.cli.files import summary
 from tesaiot_data.cli.options import names_list, settings_from_args
 from tesaiot_data.collector import Collector
@@ -102,7 +99,7 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     if env_out is not None and os.path.lexists(env_out):
         raise _env_file_exists(env_out)  # before anything starts
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop, _STOP_SIGNALS):
         return _run_demo(args, out, env_out=env_out, stop=stop)
 
 
@@ -160,28 +157,6 @@ def _run_demo(
         file=out,
     )
     return 0
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP set `stop` instead of killing the process."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()  # nothing else here: the main thread may hold any lock (logging's too)
-
-    previous = {
-        number: signal.signal(number, on_signal)
-        for number in _STOP_SIGNALS
-        if signal.getsignal(number) is not signal.SIG_IGN  # `nohup` keeps the demo running
-    }
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def write_env_file(path: Path, settings: Settings) -> os.stat_result:

@@ -8,18 +8,15 @@ now and then when no terminal watches it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
-from tesaiot_data.cli.console import one_line, recording_status, watch
+from tesaiot_data.cli.console import one_line, recording_status, stop_on_signals, watch
 from tesaiot_data.cli.files import summary
 from tesaiot_data.cli.options import settings_from_args
 from tesaiot_data.collector import Collector, Recording
@@ -110,7 +107,7 @@ def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
         dataset=root,
         flush_every=args.flush_every,
     )
-    with _stop_on_sigterm(stop), collector:
+    with stop_on_signals(stop, {signal.SIGTERM}), collector:
         print(
             f"recording {collector.settings.subscription} to the dataset {root} "
             "(Ctrl-C or SIGTERM stops)",
@@ -144,23 +141,6 @@ def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
         flush=True,
     )
     return 0
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
-    """Within the block, SIGTERM (systemd, docker stop, kill) sets `stop` instead of killing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_after_failure(recording: Recording) -> None:
