@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tesaiot_data import _moved
+from tesaiot_data import compat
 from tesaiot_data._version import __version__
 
-_moved.install()  # the module paths of 0.1 (tesaiot_data.parsing, ...) warn and still work
+compat.install()  # the module paths of 0.1 (tesaiot_data.parsing, ...) warn and still work
 
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, CollectorStats, Recording
