@@ -42,6 +42,7 @@ import secrets
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +66,13 @@ _PROGRESS_EVERY = 0.2
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    """What a replay published.
+    """What a replay delivered: counted once written or acknowledged, not when attempted.
 
     Args:
-        messages: Messages published: written to the socket (QoS 0) or acknowledged by the
+        messages: Messages delivered: written to the socket (QoS 0) or acknowledged by the
             broker (QoS 1 and 2).
-        rows: Recorded rows those messages carry.
+        rows: Recorded rows those messages carry (with QoS 0 messages lost in a dropped
+            connection, counted in publishing order: the lost ones are not known one by one).
         seconds: Wall time from the first publish to the last acknowledgement, in seconds.
         span: The recording's span by receive time (last `received_at` minus first), in
             seconds; with `loop`, per pass.
@@ -78,7 +80,8 @@ class ReplayResult:
         skipped_rows: Rows no message can reproduce (see the module's notes), not sent.
         skipped_by_reason: `skipped_rows` by reason, the keys of
             `parse.encode.SKIP_REASONS` (`"control_character"`, `"topic_too_long"`, ...).
-        dropped: QoS 0 messages lost because the connection was down.
+        dropped: QoS 0 messages lost: not taken because the connection was down, or taken
+            but never written because it went down.
         passes: Times the recording was played through, the last one perhaps in part.
         stopped: Whether `Replayer.stop()` ended it before the end.
     """
@@ -346,6 +349,17 @@ class Replayer:
         progress = _Progress(plan.rows, self._progress)
         skipped: dict[str, int] = {}
         rows = dropped = passes = pass_rows = 0
+        delivered = [0, 0]  # messages and rows written (QoS 0) or acknowledged (QoS 1, 2)
+        unconfirmed: deque[int] = deque()  # rows of each message not yet written or acked
+        base = publisher.published - publisher.completed
+
+        def settle() -> None:
+            # Messages complete in the order they were published (paho writes and the
+            # broker acknowledges in order): the oldest unconfirmed are the ones done.
+            while len(unconfirmed) > publisher.published - publisher.completed - base:
+                delivered[0] += 1
+                delivered[1] += unconfirmed.popleft()
+
         started = time.monotonic()
         try:
             while True:
@@ -366,6 +380,8 @@ class Replayer:
                     if not publish(message.topic, message.payload):
                         dropped += 1
                         continue
+                    unconfirmed.append(message.rows)
+                    settle()
                     rows += message.rows
                     pass_rows += message.rows
                     progress.update(pass_rows)
@@ -380,17 +396,18 @@ class Replayer:
                     if rest > 0 and pause(rest):
                         break
             publisher.drain(_DRAIN_TIMEOUT)
+            settle()
         finally:
             progress.update(rows if passes == 1 else pass_rows, final=True)
         seconds = time.monotonic() - started
         self._result = ReplayResult(
-            messages=publisher.published,
-            rows=rows,
+            messages=delivered[0],
+            rows=delivered[1],
             seconds=seconds,
             span=plan.span_ns / _NS,
             speed=None if self.max_speed else self.speed,
             skipped_rows=sum(skipped.values()),
-            dropped=dropped,
+            dropped=dropped + len(unconfirmed),
             passes=passes,
             stopped=self._halt.is_set(),
             skipped_by_reason=MappingProxyType(dict(sorted(skipped.items()))),
@@ -481,7 +498,8 @@ def replay(
         client_id: The MQTT client id; default `tesaiot-replay-<random>`.
 
     Returns:
-        What was published: messages, rows, seconds, the recorded span, skipped rows.
+        What was delivered (written, or acknowledged with QoS 1 and 2): messages, rows,
+        seconds, the recorded span, the rows skipped by reason and the messages dropped.
 
     Raises:
         FileNotFoundError: Nothing is at `source`.

@@ -550,3 +550,29 @@ def test_odd_topic_levels_are_classified_without_a_broker() -> None:
     again = parse_batch([RawMessage(m.topic, m.payload, m.received_ns, False) for m in messages])
     assert not again.rejects
     pd.testing.assert_frame_equal(rows_of(batch_frame(again)), rows_of(frame, good))
+
+
+@pytest.mark.parametrize(
+    ("qos", "how"), [(0, "written to the connection"), (1, "acknowledged by the broker")]
+)
+def test_cli_summary_names_each_skip_reason_and_counts_what_was_delivered(
+    broker: LocalBroker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    qos: int,
+    how: str,
+) -> None:
+    frame, _good, expected = refused_among_good(uuid.uuid4().hex[:8])
+    path = write_frame(frame, tmp_path / "odd-names.parquet")
+    publisher = broker.publisher()
+    monkeypatch.setenv("MQTT_API_TOKEN", broker.token)
+    monkeypatch.setenv("MQTT_PASSWORD", publisher.password)
+    out = io.StringIO()
+    argv = ["replay", str(path), "--broker-url", tcp_url(publisher), "--username", "publisher"]
+    options = ["--max-speed", "--qos", str(qos), "--env-file", str(tmp_path / "none")]
+    assert main([*argv, *options], out=out) == 0, out.getvalue()
+    line = out.getvalue().strip()
+    assert line.startswith("replayed 75 rows in 75 messages to ")
+    assert f" s; {how}); " in line
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(expected.items()))
+    assert f"; 25 rows skipped ({reasons}), 0 messages dropped" in line

@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from tesaiot_data import __version__
 from tesaiot_data.cli.console import one_line
 from tesaiot_data.cli.files import cmd_compact, cmd_inspect, cmd_query
 from tesaiot_data.cli.options import duration, positive_int
 from tesaiot_data.cli.publishing import cmd_demo, cmd_replay
 from tesaiot_data.cli.streaming import cmd_record, cmd_stream
 from tesaiot_data.errors import TesaiotError
+from tesaiot_data.sinks.base import DEFAULT_MAX_PENDING_ROWS
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "build_parser", "main"]
 
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -100,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=duration,
         default=5.0,
         help="write a part this often, the most a crash can lose (default 5s)",
+    )
+    record.add_argument(
+        "--max-pending-rows",
+        type=positive_int,
+        default=DEFAULT_MAX_PENDING_ROWS,
+        metavar="ROWS",
+        help="with --dataset: rows kept in memory while the folder cannot be written; beyond, "
+        "the oldest are dropped, counted and logged (default 5,000,000, about 300 MB)",
     )
     record.add_argument(
         "--status-every",

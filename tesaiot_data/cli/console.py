@@ -1,4 +1,8 @@
-"""What the command line does while a command runs: the status line, errors, stop signals.
+r"""What the command line does while a command runs: the status line, errors, stop signals.
+
+`printable` is the one escape of text that comes from outside (device ids, metrics, values,
+paths, error messages): control characters are printed as `\x1b` or `\n`, so no device id
+or file name can move the cursor, recolour or clear the terminal, or forge a line.
 
 `stop_on_signals` turns SIGTERM (and SIGHUP for the demo) into a clean stop. `watch` is the one
 status loop of `record`, `record --dataset` and `demo`: on a terminal the
@@ -9,6 +13,7 @@ a plain line goes out every few seconds, so that a log is not flooded.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
@@ -21,7 +26,11 @@ from tesaiot_data.collector.stats import status_line
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, Recording
 
-__all__ = ["one_line", "recording_status", "stop_on_signals", "watch"]
+__all__ = ["one_line", "printable", "recording_status", "stop_on_signals", "watch"]
+
+# C0 and C1 controls, DEL, line and paragraph separators, bidirectional overrides and
+# isolates, and surrogates (the bytes of a name that is not UTF-8).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 _TICK = 0.5  # seconds between two status lines on a terminal
 _PLAIN_EVERY = 5.0  # seconds between two plain status lines, by default
@@ -102,11 +111,11 @@ def watch(
             wait = _TICK if deadline is None else min(_TICK, deadline - time.monotonic())
             if wait <= 0 or stop.wait(wait):
                 break
-            if tty:
-                print(f"\r{line()}\x1b[K", end="", file=out, flush=True)
+            if tty:  # our own escape clears the rest of the line; the line's own are escaped
+                print(f"\r{printable(line())}\x1b[K", end="", file=out, flush=True)
             elif time.monotonic() >= next_plain:
                 next_plain = time.monotonic() + plain_every
-                plain(line())
+                plain(printable(line()))
             client = collector.client
             if client is not None and client.error is not None:
                 raise client.error
@@ -122,6 +131,25 @@ def recording_status(collector: Collector, recording: Recording) -> str:
     return status_line(collector.stats, running=collector.running, rows_recorded=recording.rows)
 
 
+def printable(text: object) -> str:
+    r"""Return `str(text)` with its control characters escaped as Python writes them.
+
+    An escape sequence (`"\x1b[31m"`) or a newline from a device id reaches the terminal
+    as the text `\x1b[31m` or `\n`; everything else, other languages included, as it is.
+
+    Args:
+        text: Anything; its `str()` is escaped.
+
+    Returns:
+        The text, safe to print on a terminal: one line, no control characters.
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
 def one_line(exc: BaseException) -> str:
-    """An exception's message on one line, for `error: ...` on standard error."""
-    return " ".join(str(exc).splitlines())
+    r"""An exception's message on one line, for `error: ...` on standard error.
+
+    The message's own lines are joined with spaces; the control characters left (an escape
+    sequence in a path or a device id) are escaped with `printable`.
+    """
+    return printable(" ".join(str(exc).splitlines()))

@@ -9,32 +9,19 @@ clear the terminal, or forge a line of the output.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import TextIO
 
 import pandas as pd
 
+from tesaiot_data.cli.console import printable
 from tesaiot_data.collector.stats import plural
 from tesaiot_data.files.compaction import compact_dataset
 from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
 from tesaiot_data.readers.sql import query
 
 __all__ = ["cmd_compact", "cmd_inspect", "cmd_query", "printable", "summary"]
-
-# C0 and C1 controls, DEL, line and paragraph separators, bidirectional overrides and
-# isolates, and surrogates (the bytes of a name that is not UTF-8).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def printable(text: object) -> str:
-    r"""Return `str(text)` with its control characters escaped as Python writes them.
-
-    An escape sequence (`"\x1b[31m"`) or a newline from a device id reaches the terminal
-    as the text `\x1b[31m` or `\n`; everything else, other languages included, as it is.
-    """
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def _printable_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -115,10 +102,13 @@ def cmd_compact(args: argparse.Namespace, out: TextIO) -> int:
     """`compact PATH [--before ...]`: merge each closed day of a dataset into one file."""
     result = compact_dataset(args.path, before=args.before)
     if not result.partitions:
-        print(f"nothing to compact in {args.path}: no closed partition has several files", file=out)
+        print(
+            f"nothing to compact in {printable(args.path)}: no closed partition has several files",
+            file=out,
+        )
         return 0
     print(
-        f"compacted {plural(result.partitions, 'partition')} of {args.path}: "
+        f"compacted {plural(result.partitions, 'partition')} of {printable(args.path)}: "
         f"{result.parts:,} files -> "
         f"{result.partitions:,}, {result.rows:,} rows, {result.bytes_before:,} -> "
         f"{result.bytes_after:,} bytes",

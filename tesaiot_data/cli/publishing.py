@@ -14,16 +14,20 @@ import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tesaiot_data.cli.console import recording_status, stop_on_signals, watch
+from tesaiot_data.cli.console import printable, recording_status, stop_on_signals, watch
 from tesaiot_data.cli.files import summary
 from tesaiot_data.cli.options import names_list, settings_from_args
 from tesaiot_data.collector import Collector
+from tesaiot_data.collector.stats import plural
 from tesaiot_data.errors import ConfigError, ConnectError, TokenError
 from tesaiot_data.settings import Settings
 
-__all__ = ["cmd_demo", "cmd_replay", "write_env_file"]
+if TYPE_CHECKING:
+    from tesaiot_data.replay import ReplayResult
+
+__all__ = ["cmd_demo", "cmd_replay", "replay_summary", "write_env_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +72,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         password=password,
         client_id=args.client_id,
     )
-    pace = "as fast as possible" if result.speed is None else f"at {result.speed:g}x"
-    print(
-        f"replayed {result.rows:,} rows in {result.messages:,} messages to {settings.url} "
-        f"{pace} in {result.seconds:.2f} s (recorded span {result.span:.1f} s, "
-        f"{result.skipped_rows:,} rows skipped, {result.dropped:,} dropped)",
-        file=out,
-    )
+    print(printable(replay_summary(result, url=settings.url, qos=args.qos)), file=out)
     if result.dropped:
         raise ConnectError(
             f"{result.dropped:,} of {result.messages + result.dropped:,} messages were not "
@@ -84,6 +82,31 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
             "MQTT_PASSWORD in the environment or .env",
         )
     return 0
+
+
+def replay_summary(result: ReplayResult, *, url: object, qos: int) -> str:
+    """The line `replay` prints: what was delivered, the rows skipped by reason, the drops.
+
+    Delivered means written to the connection (QoS 0, which has no acknowledgement) or
+    acknowledged by the broker (QoS 1 and 2), not merely attempted.
+
+    Args:
+        result: The replay's result.
+        url: Where it published.
+        qos: The QoS it published at.
+
+    Returns:
+        One line, without a final newline.
+    """
+    pace = "as fast as possible" if result.speed is None else f"at {result.speed:g}x"
+    how = "written to the connection" if qos == 0 else "acknowledged by the broker"
+    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in result.skipped_by_reason.items())
+    return (
+        f"replayed {plural(result.rows, 'row')} in {plural(result.messages, 'message')} to "
+        f"{url} {pace} in {result.seconds:.2f} s (recorded span {result.span:.1f} s; "
+        f"{how}); {plural(result.skipped_rows, 'row')} skipped"
+        f"{f' ({reasons})' if reasons else ''}, {plural(result.dropped, 'message')} dropped"
+    )
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -114,7 +137,10 @@ def _run_demo(
     if args.replay is None:
         print("starting the local broker (Mosquitto) and the simulated fleet ...", file=out)
     else:
-        print(f"starting the local broker (Mosquitto) and a replay of {args.replay} ...", file=out)
+        print(
+            f"starting the local broker (Mosquitto) and a replay of {printable(args.replay)} ...",
+            file=out,
+        )
     settings = demo.start(
         devices=args.devices, rate=args.rate, seed=args.seed, replay=args.replay, speed=args.speed
     )
@@ -124,7 +150,8 @@ def _run_demo(
         if env_out is not None:
             written = write_env_file(env_out, settings)
             print(
-                f"other commands reach this broker with --env-file {env_out} while the demo runs",
+                f"other commands reach this broker with --env-file {printable(env_out)} while "
+                "the demo runs",
                 file=out,
             )
         with Collector(settings, window="5min") as collector:
@@ -152,8 +179,10 @@ def _run_demo(
     )
     summary(path, out)
     print(
-        "\nnext: open the notebooks with `.venv/bin/jupyter lab notebooks/`, "
-        f"or load the recording: tesaiot_data.load_recording({str(path)!r})",
+        "\nnext: the notebooks: .venv/bin/jupyter lab notebooks/\n"
+        "      the command line: source .venv/bin/activate, then tesaiot-data --help\n"
+        "      (or without activating: .venv/bin/tesaiot-data --help)\n"
+        f"      the recording in Python: tesaiot_data.load_recording({str(path)!r})",
         file=out,
     )
     return 0

@@ -2,7 +2,8 @@
 
 `record --out FILE` records for a while and prints the file's summary; `record --dataset DIR`
 is a service: it appends to a hive dataset until Ctrl-C or SIGTERM, logging a summary line
-now and then when no terminal watches it.
+now and then when no terminal watches it. Device ids, metrics, values and paths are printed
+with their control characters escaped (`console.printable`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from tesaiot_data.cli.console import one_line, recording_status, stop_on_signals, watch
+from tesaiot_data.cli.console import (
+    one_line,
+    printable,
+    recording_status,
+    stop_on_signals,
+    watch,
+)
 from tesaiot_data.cli.files import summary
 from tesaiot_data.cli.options import settings_from_args
 from tesaiot_data.collector import Collector, Recording
@@ -24,7 +31,7 @@ from tesaiot_data.collector.stats import status_line
 from tesaiot_data.errors import TesaiotError
 from tesaiot_data.mqtt.client import TESAIoTMQTTClient
 from tesaiot_data.settings import Settings
-from tesaiot_data.sinks.dataset import prepare_dataset_folder
+from tesaiot_data.sinks.dataset import DatasetWriter, prepare_dataset_folder
 
 __all__ = ["cmd_record", "cmd_stream"]
 
@@ -43,8 +50,10 @@ class _ConsolePrinter(TESAIoTMQTTClient):
         if self.reader_gone:
             return
         now = datetime.now(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        # A topic or payload may hold escape sequences and newlines: never raw on a terminal.
+        line = printable(f"{device_id}  {sensor_type:<14} {data}")
         try:
-            print(f"{now}  {device_id}  {sensor_type:<14} {data}", file=self._out, flush=True)
+            print(f"{now}  {line}", file=self._out, flush=True)
         except BrokenPipeError:
             # `tesaiot-data stream | head`: the reader has what it wanted; stop quietly.
             self.reader_gone = True
@@ -59,7 +68,7 @@ def cmd_stream(args: argparse.Namespace, out: TextIO) -> int:
     """
     client = _ConsolePrinter(settings_from_args(args), out=out)
     s = client.settings
-    print(f"streaming {s.subscription} from {s.url} (Ctrl-C stops)", file=out)
+    print(printable(f"streaming {s.subscription} from {s.url} (Ctrl-C stops)"), file=out)
     client.run_forever()
     if client.reader_gone:
         raise BrokenPipeError  # main() exits quietly
@@ -75,7 +84,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
     collector = Collector(settings_from_args(args), window="1min", max_rows=200_000)
     with collector:
         recording = collector.record(args.out, flush_every=args.flush_every)
-        print(f"recording to {args.out} (Ctrl-C stops)", file=out)
+        print(f"recording to {printable(args.out)} (Ctrl-C stops)", file=out)
         try:
             watch(
                 collector,
@@ -108,22 +117,31 @@ def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
         flush_every=args.flush_every,
     )
     with stop_on_signals(stop, {signal.SIGTERM}), collector:
+        writer = _dataset_writer(collector)
+        writer.max_pending_rows = args.max_pending_rows
         print(
-            f"recording {collector.settings.subscription} to the dataset {root} "
-            "(Ctrl-C or SIGTERM stops)",
+            printable(
+                f"recording {collector.settings.subscription} to the dataset {root} "
+                "(Ctrl-C or SIGTERM stops)"
+            ),
             file=out,
             flush=True,
         )
 
-        def log_status(line: str) -> None:
-            logger.info("%s | %s rows since the start", line, f"{collector.stats.rows_total:,}")
+        def line() -> str:
+            return status_line(
+                collector.stats, running=collector.running, rows_dropped=writer.rows_dropped
+            )
+
+        def log_status(text: str) -> None:
+            logger.info("%s | %s rows since the start", text, f"{collector.stats.rows_total:,}")
 
         # On a terminal a live line; otherwise (systemd, a pipe, a file) nothing on `out`
         # and a one-line summary logged every `--status-every`.
         watch(
             collector,
             duration=args.duration,
-            line=lambda: status_line(collector.stats, running=collector.running),
+            line=line,
             out=out,
             plain=log_status,
             plain_every=args.status_every,
@@ -134,13 +152,29 @@ def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
             logger.info("SIGTERM received: writing the last rows and stopping")
     # A dataset that could not be written: RecordingError out of the with, reported by main.
     stats = collector.stats
+    dropped = (
+        f"; {writer.rows_dropped:,} rows dropped unwritten while the folder could not be "
+        "written (see the log)"
+        if writer.rows_dropped
+        else ""
+    )
     print(
-        f"recorded {stats.rows_total:,} rows from {stats.messages:,} messages to {root} "
-        f"({stats.rejected:,} rejected, {stats.dropped:,} dropped)",
+        printable(
+            f"recorded {stats.rows_total:,} rows from {stats.messages:,} messages to {root} "
+            f"({stats.rejected:,} rejected, {stats.dropped:,} dropped){dropped}"
+        ),
         file=out,
         flush=True,
     )
     return 0
+
+
+def _dataset_writer(collector: Collector) -> DatasetWriter:
+    """The started collector's auto-persist writer, to bound and count what it drops."""
+    for feed in collector.ingest.feeds:
+        if isinstance(feed.sink, DatasetWriter):
+            return feed.sink
+    raise RuntimeError("the collector was started without its dataset")  # a bug
 
 
 def _stop_after_failure(recording: Recording) -> None:

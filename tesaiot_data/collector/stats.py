@@ -63,6 +63,9 @@ class CollectorStats:
         reconnects: Reconnections after a lost connection.
         last_message_at: When the last message arrived (UTC), or None.
         error: The error that stopped the stream, if any (for example a revoked token).
+        sink_rows_dropped: Rows a recording or the auto-persist dataset dropped from memory
+            unwritten: its store kept failing and more than its `max_pending_rows` waited
+            (the oldest go first; see `Sink.rows_dropped` and the log).
     """
 
     received: int
@@ -94,6 +97,7 @@ class CollectorStats:
     reconnects: int
     last_message_at: datetime | None
     error: str | None
+    sink_rows_dropped: int = 0
 
     def __str__(self) -> str:
         """A few readable lines (`print(collector.stats)`); `repr()` shows every field."""
@@ -114,8 +118,16 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count:,} {noun if count == 1 else (nouns or noun + 's')}"
 
 
-def status_line(stats: CollectorStats, *, running: bool, rows_recorded: int | None = None) -> str:
+def status_line(
+    stats: CollectorStats,
+    *,
+    running: bool,
+    rows_recorded: int | None = None,
+    rows_dropped: int | None = None,
+) -> str:
     """Return the one-line status: connection, rate, rows, rejects and reconnects.
+
+    Rows a store dropped unwritten are shown when there are any.
 
     A stopped collector (or a stream ended by an error) has no current rate, so none is shown.
 
@@ -128,6 +140,8 @@ def status_line(stats: CollectorStats, *, running: bool, rows_recorded: int | No
         running: Whether the collector runs.
         rows_recorded: The rows a recording holds so far, shown after the window's rows;
             None shows none.
+        rows_dropped: Rows a store dropped unwritten (`Sink.rows_dropped`); None:
+            `stats.sink_rows_dropped`. Shown when not 0.
 
     Returns:
         The text, parts separated by " | ".
@@ -143,6 +157,9 @@ def status_line(stats: CollectorStats, *, running: bool, rows_recorded: int | No
     parts.append(f"{plural(stats.rows, 'row')} in window")
     if rows_recorded is not None:
         parts.append(f"{rows_recorded:,} recorded")
+    dropped = stats.sink_rows_dropped if rows_dropped is None else rows_dropped
+    if dropped:
+        parts.append(f"{plural(dropped, 'row')} dropped unwritten")
     parts += [plural(stats.rejected, "reject"), plural(stats.reconnects, "reconnect")]
     return " | ".join(parts)
 
@@ -199,6 +216,11 @@ def stats_summary(stats: CollectorStats) -> str:
     lines = [first, rows, rate]
     if stats.failed_sinks:
         lines.append(f"{plural(stats.failed_sinks, 'recording')} failed to write (see the log)")
+    if stats.sink_rows_dropped:
+        lines.append(
+            f"{plural(stats.sink_rows_dropped, 'row')} dropped unwritten: a store kept failing "
+            "(see the log)"
+        )
     if stats.last_message_at is not None:
         lines.append(f"last message at {stats.last_message_at.isoformat(timespec='seconds')}")
     if stats.error:

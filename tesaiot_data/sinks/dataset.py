@@ -22,7 +22,7 @@ from tesaiot_data.errors import disk_error
 from tesaiot_data.files.layout import dataset_part_name, partition_name, utc_stamp, writer_tag
 from tesaiot_data.files.parquet import check_writable, write_table
 from tesaiot_data.schema import epoch_ns, used_categories
-from tesaiot_data.sinks.base import Sink
+from tesaiot_data.sinks.base import DEFAULT_MAX_PENDING_ROWS, Sink
 
 __all__ = ["DatasetWriter", "prepare_dataset_folder"]
 
@@ -60,16 +60,24 @@ class DatasetWriter(Sink):
     `pyarrow.dataset.dataset(root, partitioning="hive")`. A dataset holds telemetry only:
     rejected messages given to `add` are not kept.
 
+    A folder that cannot be written when the writer is made is an error at once. One that
+    fails later (the disk fills, the folder is made read-only or removed) keeps the rows in
+    memory, retried at every flush, up to `max_pending_rows`; beyond it the oldest rows are
+    dropped, counted in `rows_dropped` and logged (see `Sink`).
+
     Args:
         root: The dataset folder; created when missing, appended to when it exists.
         flush_every: Seconds between flushes that `flush_due` asks for.
         metadata: Extra string key-value pairs stored in every file.
+        max_pending_rows: Rows kept in memory at most while the folder cannot be written;
+            default 5,000,000 (about 300 MB).
 
     Raises:
         RecordingError: `root` cannot be made or written to (a read-only mount, no right,
             a path through a file), at once rather than at the first flush.
-        TypeError: A metadata key or value is not a string.
-        ValueError: `flush_every` is negative.
+        TypeError: A metadata key or value is not a string, or `max_pending_rows` is not
+            an int.
+        ValueError: `flush_every` is negative, or `max_pending_rows` is below 1.
 
     Attributes:
         root: The dataset folder (the same as `path`).
@@ -83,8 +91,11 @@ class DatasetWriter(Sink):
         *,
         flush_every: float = 60.0,
         metadata: Mapping[str, str] | None = None,
+        max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS,
     ) -> None:
-        super().__init__(root, flush_every=flush_every, metadata=metadata)
+        super().__init__(
+            root, flush_every=flush_every, metadata=metadata, max_pending_rows=max_pending_rows
+        )
         self.root = self.path
         prepare_dataset_folder(self.root)  # now, not at the first flush a minute from now
         self._last_stamp = ""
@@ -122,7 +133,8 @@ class DatasetWriter(Sink):
 
         Raises:
             RecordingError: The pending rows could not be written (disk full, no
-                permission); they stay pending, and it counts the rows on disk and lost.
+                permission); they stay pending, and it counts the rows on disk and lost
+                (the rows dropped beyond `max_pending_rows` among them).
         """
         with self._write_lock:
             with self._lock:
@@ -131,9 +143,15 @@ class DatasetWriter(Sink):
                 self._tracked(self._write_pending)
             except Exception as exc:
                 lost = self._rows - self._rows_on_disk
+                dropped = (
+                    f" ({self._rows_dropped:,} of them dropped from memory earlier)"
+                    if self._rows_dropped
+                    else ""
+                )
                 raise disk_error(
                     f"could not finish the dataset {self.path}: {exc}; "
-                    f"{self._rows_on_disk:,} rows reached disk, {lost:,} rows were not written",
+                    f"{self._rows_on_disk:,} rows reached disk, {lost:,} rows were not "
+                    f"written{dropped}",
                     path=self.path,
                     then="load_recording() reads what reached disk",
                     rows_on_disk=self._rows_on_disk,
@@ -142,7 +160,8 @@ class DatasetWriter(Sink):
         return self.path
 
     def __repr__(self) -> str:
-        return f"DatasetWriter({str(self.path)!r}, rows_written={self._rows_on_disk})"
+        dropped = f", rows_dropped={self._rows_dropped}" if self._rows_dropped else ""
+        return f"DatasetWriter({str(self.path)!r}, rows_written={self._rows_on_disk}{dropped})"
 
     def _write_pending(self) -> list[Path]:
         batches, _ = self._take()

@@ -26,7 +26,7 @@ from tesaiot_data.files.layout import (
 from tesaiot_data.files.metadata import iso_datetime, iso_ns, time_range_ns
 from tesaiot_data.files.parquet import merge_files, rejects_table, write_table
 from tesaiot_data.schema import ARROW_SCHEMA, REJECTS_SCHEMA
-from tesaiot_data.sinks.base import Sink
+from tesaiot_data.sinks.base import DEFAULT_MAX_PENDING_ROWS, Sink
 
 if TYPE_CHECKING:
     from tesaiot_data.messages import Reject
@@ -50,19 +50,25 @@ class Recorder(Sink):
 
     Failures are counted, never hidden: `rows_on_disk` is what reached disk, `error` the
     last failure, a failed `flush` raises and keeps its rows for the next one, and a failed
-    `stop` raises `RecordingError` with the counts.
+    `stop` raises `RecordingError` with the counts. While the parts folder cannot be
+    written, at most `max_pending_rows` rows (and as many rejects) wait in memory; beyond,
+    the oldest are dropped, counted in `rows_dropped` and logged (see `Sink`), and the
+    final file holds the rows that were kept (its `tesaiot.rows` counts them).
 
     Args:
         path: The recording's final Parquet file.
         flush_every: Seconds between flushes that `flush_due` asks for.
         metadata: Extra string key-value pairs stored in every file of the recording.
+        max_pending_rows: Rows kept in memory at most while no part can be written;
+            default 5,000,000 (about 300 MB).
 
     Raises:
         FileExistsError: `<path>.parts` already exists (an unfinished earlier recording, or
             another recorder writing to the same path).
         OSError: The parts folder cannot be made (no permission, a file in the way).
-        TypeError: A metadata key or value is not a string.
-        ValueError: `flush_every` is negative.
+        TypeError: A metadata key or value is not a string, or `max_pending_rows` is not
+            an int.
+        ValueError: `flush_every` is negative, or `max_pending_rows` is below 1.
 
     Attributes:
         path: The recording's final Parquet file.
@@ -76,8 +82,11 @@ class Recorder(Sink):
         *,
         flush_every: float = 5.0,
         metadata: Mapping[str, str] | None = None,
+        max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS,
     ) -> None:
-        super().__init__(path, flush_every=flush_every, metadata=metadata)
+        super().__init__(
+            path, flush_every=flush_every, metadata=metadata, max_pending_rows=max_pending_rows
+        )
         self.parts_dir = parts_dir(self.path)
         try:
             # Without exist_ok: making the folder is the lock that keeps a second recorder out.
@@ -173,9 +182,8 @@ class Recorder(Sink):
                 self._error = self._stop_error
                 raise
             self._error = None
-            logger.info(
-                "recorded %d rows and %d rejects to %s", self._rows, self._rejects, self.path
-            )
+            self._say_dropped()
+            logger.info("recorded %d rows to %s", self._rows_on_disk, self.path)
             return self.path
 
     def close(self) -> Path:
@@ -197,8 +205,9 @@ class Recorder(Sink):
         self._write_pending()
         stopped_at = datetime.now(timezone.utc)
         meta = dict(self._metadata)
-        meta["rows"] = str(self._rows)
-        meta["rejects"] = str(self._rejects)
+        kept = self._rows - self._rows_dropped  # dropped ones never reached a part
+        meta["rows"] = str(kept)
+        meta["rejects"] = str(self._rejects - self._rejects_dropped)
         if self._first_ns is not None and self._last_ns is not None:
             meta["start"], meta["end"] = iso_ns(self._first_ns), iso_ns(self._last_ns)
         else:
@@ -206,10 +215,10 @@ class Recorder(Sink):
         parts = [part for part, _ in self._parts]
         merge_files(parts, self.path, schema=ARROW_SCHEMA, metadata=meta)
         self._merged = True
-        self._rows_on_disk = self._rows
+        self._rows_on_disk = kept
         sidecar = rejects_sidecar(self.path)
         if self._reject_parts:
-            reject_meta = {**self._metadata, "rows": str(self._rejects)}
+            reject_meta = {**self._metadata, "rows": meta["rejects"]}
             merge_files(self._reject_parts, sidecar, schema=REJECTS_SCHEMA, metadata=reject_meta)
         elif sidecar.exists():
             logger.info("removing %s, the rejects of an earlier recording", sidecar)
@@ -219,7 +228,8 @@ class Recorder(Sink):
     def _failure(self, cause: BaseException) -> RecordingError:
         then = None
         if self._merged:
-            where = f"all {self._rows:,} rows are in the file, the rejects in {self.parts_dir}"
+            kept = self._rows - self._rows_dropped
+            where = f"all {kept:,} rows kept are in the file, the rejects in {self.parts_dir}"
         else:  # count what is still there: someone may have removed the parts folder
             self._rows_on_disk = sum(rows for part, rows in self._parts if part.is_file())
             lost = self._rows - self._rows_on_disk
