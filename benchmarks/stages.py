@@ -260,15 +260,15 @@ def offline(bench: Bench, count: int, batch_size: int) -> dict[str, float]:
         best[name] = min(best.get(name, float("inf")), (time.perf_counter() - t0) / count * 1e6)
 
     for _ in range(3):
-        client._inbox.clear()
+        client._queue.clear()
         timed("callback", lambda: [on_message(None, None, m) for m in messages])
-        raw = list(client._inbox)
+        raw = list(client._queue)
         batches = [raw[i : i + batch_size] for i in range(0, len(raw), batch_size)]
         parsed = []
         timed("parse", lambda: parsed.extend(parse_batch(batch) for batch in batches))  # noqa: B023
         window = RollingWindow(window_ns=None, max_rows=1_000_000)
         timed("window", lambda: [window.append(p, now_ns=time.time_ns()) for p in parsed])  # noqa: B023
-    client._inbox.clear()
+    client._queue.clear()
     return best
 
 

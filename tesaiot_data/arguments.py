@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 import re
 import time
+import warnings
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias
@@ -27,6 +28,7 @@ __all__ = [
     "moment_ns",
     "name_list",
     "parse_timedelta",
+    "renamed_keyword",
 ]
 
 TimeLike: TypeAlias = "str | pd.Timedelta | pd.Timestamp | datetime"
@@ -207,3 +209,35 @@ def _duration_or_none(value: object) -> pd.Timedelta | None:
         raise
     except ValueError:
         return None
+
+
+def renamed_keyword(old: str, old_value: object, new: str, new_value: object) -> bool:
+    """Whether a renamed `Collector` keyword came by its old name (then it warns).
+
+    Args:
+        old: The old keyword's name.
+        old_value: What was passed by it (None: not passed).
+        new: The new keyword's name.
+        new_value: What was passed by that (None: not passed).
+
+    Returns:
+        True when the value came by the old name (a `DeprecationWarning` pointing at the
+        caller's `Collector(...)` line was issued): use `old_value`.
+
+    Raises:
+        ConfigError: Both names were given.
+    """
+    if old_value is None:
+        return False
+    if new_value is not None:
+        raise ConfigError(
+            f"{old}= and {new}= are one option; {old}= is its old name",
+            hint=f"pass only {new}=",
+        )
+    warnings.warn(
+        f"Collector({old}=...) is now Collector({new}=...); the old name will be removed "
+        "in a future release",
+        DeprecationWarning,
+        stacklevel=3,  # the user's Collector(...) line: this function, __init__, the caller
+    )
+    return True

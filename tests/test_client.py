@@ -41,7 +41,7 @@ from tesaiot_data.demo.flood import fleet_packets, flood
 from tesaiot_data.errors import StreamError
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.mqtt._paho import PAHO_V2, ReadBuffer
-from tesaiot_data.mqtt.client import _READ_AHEAD
+from tesaiot_data.mqtt.worker import READ_AHEAD as _READ_AHEAD
 from tests.fake_broker import FakeBroker, FakeConnection, publish, publish_with_a_lying_topic_length
 from tests.helpers import new_paho_client, wait_for
 

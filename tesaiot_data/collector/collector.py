@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
@@ -19,13 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tesaiot_data.arguments import TimeLike, duration_seconds, moment_ns, name_list
+from tesaiot_data.arguments import (
+    TimeLike,
+    duration_seconds,
+    moment_ns,
+    name_list,
+    renamed_keyword,
+)
+from tesaiot_data.collector.durability import Durability, inbox_folder
 from tesaiot_data.collector.housekeeping import Housekeeper
 from tesaiot_data.collector.ingest import Ingest
 from tesaiot_data.collector.monitoring import Monitoring
 from tesaiot_data.collector.recording import Recording, RecordingAlerts
 from tesaiot_data.collector.stats import CollectorStats
-from tesaiot_data.errors import ConfigError
 from tesaiot_data.files.parquet import write_batches
 from tesaiot_data.monitor.alerts import AlertEngine
 from tesaiot_data.monitor.health import DeviceHealth
@@ -49,28 +54,6 @@ logger = logging.getLogger(__name__)
 
 #: How often the auto-persist dataset gets a new part when `flush_every` is not given.
 DEFAULT_FLUSH_EVERY = "60s"
-
-
-def _old_name(old: str, old_value: object, new: str, new_value: object) -> bool:
-    """Whether a renamed `Collector` keyword came by its old name (then it warns).
-
-    Raises:
-        ConfigError: Both names were given.
-    """
-    if old_value is None:
-        return False
-    if new_value is not None:
-        raise ConfigError(
-            f"{old}= and {new}= are one option; {old}= is its old name",
-            hint=f"pass only {new}=",
-        )
-    warnings.warn(
-        f"Collector({old}=...) is now Collector({new}=...); the old name will be removed "
-        "in a future release",
-        DeprecationWarning,
-        stacklevel=3,  # the user's Collector(...) line: this function, __init__, the caller
-    )
-    return True
 
 
 class Collector(Monitoring):
@@ -128,9 +111,9 @@ class Collector(Monitoring):
         snapshot_every: str | float | pd.Timedelta | None = None,
         **overrides: Any,
     ) -> None:
-        if _old_name("snapshot_dir", snapshot_dir, "dataset", dataset):
+        if renamed_keyword("snapshot_dir", snapshot_dir, "dataset", dataset):
             dataset = snapshot_dir
-        if _old_name("snapshot_every", snapshot_every, "flush_every", flush_every):
+        if renamed_keyword("snapshot_every", snapshot_every, "flush_every", flush_every):
             flush_every = snapshot_every
         self.settings = Settings.resolve(settings, **overrides)
         window_ns = None if window is None else int(duration_seconds(window, name="window") * 1e9)
@@ -158,12 +141,14 @@ class Collector(Monitoring):
         self._client: TESAIoTMQTTClient | None = None
         self._housekeeper = Housekeeper(self._ingest, client=lambda: self._client)
         self._dataset_feed: Feed | None = None  # the auto-persist dataset's, while started
+        self._durability: Durability | None = None  # its durable inbox, if acks wait for it
         self._recording_alerts: dict[Feed, RecordingAlerts] = {}  # until each is written
         self._started_at: float | None = None
         self._stopped_at: float | None = None
         self._last_client_stats: ClientStats | None = None  # kept by stop()
         self._last_error: BaseException | None = None  # kept by stop()
         self._failed_sinks = 0
+        self._sink_rows_dropped = 0  # of sinks already closed
 
     # ------------------------------------------------------------- lifecycle
 
@@ -182,8 +167,8 @@ class Collector(Monitoring):
         if self._client is not None:
             return self
         ingest = self._ingest
-        client = TESAIoTMQTTClient(self.settings, on_batch=ingest, queue_size=self._queue_size)
         dataset: Feed | None = None
+        durability: Durability | None = None
         if self._dataset is not None:
             # Attached before connecting: rows may come before connect() returns (right
             # after the SUBACK, or a persistent session's queue right after the CONNACK).
@@ -193,15 +178,31 @@ class Collector(Monitoring):
                     self._dataset, flush_every=self._flush_every, metadata=self._metadata()
                 )
             )
+            if self.settings.persistent_session:  # acknowledge after the disk
+                folder = inbox_folder(self._dataset, self.settings.client_id)
+                durability = Durability(folder, feed=dataset)
             ingest.attach(dataset)
             self._dataset_feed = dataset
         try:
+            if durability is not None:
+                durability.recover(ingest)  # what a killed predecessor left, first
+            client = TESAIoTMQTTClient(
+                self.settings,
+                on_batch=ingest,
+                queue_size=self._queue_size,
+                inbox=durability.inbox if durability is not None else None,
+            )
+            if durability is not None:
+                durability.client(client)
             client.connect()
         except BaseException:
             if dataset is not None:
                 ingest.detach(dataset)
                 self._dataset_feed = None
+            if durability is not None:
+                durability.close(written=False)
             raise
+        self._durability = self._housekeeper.durability = durability
         self._client = client
         self._started_at = time.time()
         self._stopped_at = None
@@ -229,8 +230,13 @@ class Collector(Monitoring):
         self._stopped_at = time.time()
         self._ingest.alerts.dispatch()  # events of the last batches: logged, callbacks called
         feeds = self._ingest.detach_all()
-        self._dataset_feed = None
-        failures = [error for feed in feeds if (error := feed.close()) is not None]
+        dataset, self._dataset_feed = self._dataset_feed, None
+        errors = {feed: feed.close() for feed in feeds}
+        failures = [error for error in errors.values() if error is not None]
+        self._sink_rows_dropped += sum(feed.sink.rows_dropped for feed in feeds)
+        durability, self._durability = self._durability, None
+        if durability is not None:  # the inbox is released up to what the dataset holds
+            durability.close(written=dataset is not None and errors.get(dataset) is None)
         sidecars = [self._recording_alerts.pop(feed, None) for feed in feeds]
         failures += [error for a in sidecars if a is not None and (error := a.write()) is not None]
         self._failed_sinks += len(failures)
@@ -443,6 +449,9 @@ class Collector(Monitoring):
         elapsed = end - self._started_at if self._started_at else 0.0
         error = client.error if client is not None else self._last_error
         failed_sinks = self._failed_sinks + sum(1 for feed in ingest.feeds if feed.error)
+        sink_rows_dropped = self._sink_rows_dropped + sum(
+            feed.sink.rows_dropped for feed in ingest.feeds
+        )
         alerts = ingest.alerts
         return CollectorStats(
             received=received,
@@ -474,6 +483,7 @@ class Collector(Monitoring):
             reconnects=client_stats.reconnects if client_stats else 0,
             last_message_at=client_stats.last_message_at if client_stats else None,
             error=str(error) if error is not None else None,
+            sink_rows_dropped=sink_rows_dropped,
         )
 
     @property

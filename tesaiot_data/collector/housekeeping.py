@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from tesaiot_data.collector.durability import Durability
 from tesaiot_data.collector.ingest import Ingest, ThrottledWarnings
 from tesaiot_data.mqtt.client import TESAIoTMQTTClient
 
@@ -48,6 +49,8 @@ class Housekeeper:
         self._health_evicted_at = 0.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The collector's durable inbox, released every tick up to what the dataset holds.
+        self.durability: Durability | None = None
 
     def start(self) -> None:
         """Start ticking on a new thread; the rate starts afresh."""
@@ -83,6 +86,8 @@ class Housekeeper:
                     feed.drain()
                     if feed.sink.flush_due():
                         feed.flush()  # logs a failure once and keeps the rows
+                if self.durability is not None:
+                    self.durability.settle()
             except Exception:  # a bug; the thread goes on so that collection never stops
                 self._warn("housekeeping", "housekeeping failed", exc_info=True)
             try:

@@ -214,7 +214,9 @@ def new_client(
     return mqtt.Client(**options)
 
 
-def session_arguments(protocol: str, *, clean_session: bool, session_expiry: int) -> dict[str, Any]:
+def session_arguments(
+    protocol: str, *, clean_session: bool, session_expiry: int, receive_maximum: int = 0
+) -> dict[str, Any]:
     """Keyword arguments of paho's `connect()` that choose the session, on MQTT 5.
 
     MQTT 3.1.1 chooses it with the client's clean-session flag (`new_client`) and has no
@@ -228,6 +230,7 @@ def session_arguments(protocol: str, *, clean_session: bool, session_expiry: int
         protocol: `"3.1.1"` or `"5"`.
         clean_session: Whether to start afresh on every connect.
         session_expiry: The Session Expiry Interval in seconds (0xFFFFFFFF: never).
+        receive_maximum: The Receive Maximum to announce (MQTT 5); 0 announces none.
 
     Returns:
         `{}` on MQTT 3.1.1; else `clean_start` and `properties` for `connect()`.
@@ -237,6 +240,8 @@ def session_arguments(protocol: str, *, clean_session: bool, session_expiry: int
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call,unused-ignore]
     if session_expiry:
         properties.SessionExpiryInterval = session_expiry
+    if receive_maximum:
+        properties.ReceiveMaximum = receive_maximum
     return {"clean_start": clean_session, "properties": properties}
 
 

@@ -1,7 +1,9 @@
-"""The subscriber: one paho-mqtt connection, its network and worker threads, and the inbox between.
+"""The subscriber: one paho-mqtt connection, its network and worker threads, and the queue between.
 
-paho's network thread appends each message to the inbox (a deque owned here) and the worker
-thread hands batches of it to `on_batch` or to `process_telemetry()`. How the connection is
+paho's network thread appends each message to the worker's queue (`mqtt.worker`) and the
+worker thread hands batches of it to `on_batch` or to `process_telemetry()`. With a durable
+inbox (`mqtt.inbox`), the network thread first writes each group to it and acknowledges the
+group only after the fsync. How the connection is
 built, secured and its failures typed lives in `tesaiot_data.mqtt.connection`.
 """
 
@@ -12,10 +14,7 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -23,7 +22,7 @@ import paho.mqtt.client as mqtt
 
 from tesaiot_data.errors import ConnectError, ConnectTimeoutError, StreamError, TesaiotError
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.mqtt._paho import disconnect_reason, topic_of
+from tesaiot_data.mqtt._paho import PAHO_V2, disconnect_reason, topic_of
 from tesaiot_data.mqtt.connection import (
     Backoff,
     ClientIdClash,
@@ -33,6 +32,9 @@ from tesaiot_data.mqtt.connection import (
     suback_refusal,
     subscriber_connack,
 )
+from tesaiot_data.mqtt.inbox import AckAfterDisk, DurableInbox
+from tesaiot_data.mqtt.stats import ClientStats, utc
+from tesaiot_data.mqtt.worker import READ_AHEAD, Worker
 from tesaiot_data.parse.payload import decode_payload, parse_topic
 from tesaiot_data.settings import BrokerURL, Settings
 
@@ -46,51 +48,11 @@ _BUG_HINT = (
     "this is a bug in tesaiot-data: please report it with the traceback logged before it; "
     "call connect() again to resume"
 )
-# The network thread wakes the worker when it appends to an empty inbox (once per batch, not
-# per message). A worker woken less than _BATCH_INTERVAL s after it took its last batch waits
-# out the rest, unless _BATCH_ENOUGH messages wait already: under load the batches grow and
-# their fixed cost (window chunk, sinks, counters) is shared by more messages; at 1,000 msg/s
-# a row waits at most _BATCH_INTERVAL s longer (the latency budget is 500 ms).
-_BATCH_INTERVAL = 0.05
-_BATCH_ENOUGH = 2_000
-_WORKER_IDLE_WAIT = 1.0  # seconds; a safety net only, the event wakes the worker
 _LOOP_TIMEOUT = 0.5  # seconds one paho loop() call may block in select()
 _READ_BURST = 100  # packets read without select() after each loop() (see _network_step)
-# Messages waiting for the worker beyond which the network thread lets the worker finish a
-# batch (at most _CATCH_UP_WAIT s) before it reads on; see _wait_for_worker.
-_READ_AHEAD = 2 * _BATCH_ENOUGH
-_CATCH_UP_WAIT = _BATCH_INTERVAL
-
-
-@dataclass(frozen=True, slots=True)
-class ClientStats:
-    """Counters of a client, read at one moment.
-
-    Args:
-        received: Messages taken from the network.
-        processed: Messages handled without error.
-        failed: Messages whose handler raised (logged with traceback).
-        rejected: Messages on a topic outside `device/<id>/telemetry[/...]`.
-        dropped: Messages dropped because the internal queue was full.
-        reconnects: Successful reconnections after a lost connection.
-        connected: Whether the client is connected now.
-        connected_since: When the current connection was made (UTC), or None.
-        last_message_at: When the last message arrived (UTC), or None.
-    """
-
-    received: int
-    processed: int
-    failed: int
-    rejected: int
-    dropped: int
-    reconnects: int
-    connected: bool
-    connected_since: datetime | None
-    last_message_at: datetime | None
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+# Unacknowledged messages a durable client accepts (MQTT 5 Receive Maximum): the broker's own
+# limit is lower (Mosquitto 20, EMQX 32), and a larger group shares one fsync.
+_RECEIVE_MAXIMUM = 1_000
 
 
 class TESAIoTMQTTClient:
@@ -115,6 +77,12 @@ class TESAIoTMQTTClient:
             and counted, never blocking the network thread.
         reconnect_initial: First reconnect delay in seconds (doubles up to reconnect_max).
         reconnect_max: Longest reconnect delay in seconds.
+        inbox: A durable inbox: QoS 1/2 messages are acknowledged to the broker only once
+            written to it and fsynced (acknowledgement after the disk; paho-mqtt 2.x's
+            manual acks). Meant for a persistent session, whose broker resends what was
+            never acknowledged. The handler then learns how far the inbox's messages were
+            handled from `handled_seq`. With paho-mqtt 1.6, which acknowledges on receipt,
+            a warning says that a crash can lose the last few milliseconds of messages.
         **overrides: Settings fields to change, for example `topic="device/abc/telemetry/#"`.
     """
 
@@ -126,6 +94,7 @@ class TESAIoTMQTTClient:
         queue_size: int = 200_000,
         reconnect_initial: float = 1.0,
         reconnect_max: float = 60.0,
+        inbox: DurableInbox | None = None,
         **overrides: Any,
     ) -> None:
         self.settings = settings = Settings.resolve(settings, **overrides)
@@ -134,8 +103,8 @@ class TESAIoTMQTTClient:
         self._queue_size = queue_size
         self._backoff = Backoff(initial=reconnect_initial, maximum=reconnect_max)
 
-        self._inbox: deque[RawMessage] = deque()
-        self._wake = threading.Event()  # set by the network thread on an empty inbox
+        self._worker = Worker(self._handle_batch)
+        self._queue = self._worker.queue  # the network thread appends here
         self._received = 0
         self._processed = 0
         self._failed = 0
@@ -149,15 +118,30 @@ class TESAIoTMQTTClient:
 
         self._ready = threading.Event()  # first CONNACK+SUBACK, or a failure
         self._stopping = threading.Event()
-        self._batch_done = threading.Event()  # the worker finished a batch
         self._network_done = threading.Event()
-        self._busy = False  # the worker holds messages taken from the inbox
         self._error: TesaiotError | None = None
         self._subscribe_mid: int | None = None
         self._needs_reconnect = False
         self._network_thread: threading.Thread | None = None
         self._worker_thread: threading.Thread | None = None
         self._mqtt = self._make_paho_client()
+        self._committer: AckAfterDisk | None = None
+        self._handled_base: int | None = None
+        if inbox is not None:
+            self._committer = AckAfterDisk(
+                inbox,
+                deliver=self._worker.put_many,
+                ack=self._mqtt.ack if PAHO_V2 else lambda _mid, _qos: None,
+                can_take=lambda: len(self._queue) < self._queue_size,
+            )
+            self._handled_base = inbox.next_seq - 1
+            if PAHO_V2:
+                self._mqtt.manual_ack_set(True)
+            else:
+                logger.warning(
+                    "paho-mqtt 1.6 acknowledges each message when it arrives: a crash can "
+                    "lose the messages of the last few milliseconds (install paho-mqtt 2)"
+                )
 
     # ----------------------------------------------------------------- set-up
 
@@ -182,8 +166,19 @@ class TESAIoTMQTTClient:
         return self._error
 
     @property
+    def handled_seq(self) -> int:
+        """With a durable inbox: the inbox sequence number through which batches were handled.
+
+        The handler (`on_batch`) returned for every message of the inbox up to this number,
+        so whatever it put in its sinks is there; 0 without an inbox.
+        """
+        base = self._handled_base
+        return 0 if base is None else base + self._worker.handled
+
+    @property
     def stats(self) -> ClientStats:
         """The client's counters, read now."""
+        committer = self._committer
         return ClientStats(
             received=self._received,
             processed=self._processed,
@@ -192,8 +187,10 @@ class TESAIoTMQTTClient:
             dropped=self._dropped,
             reconnects=self._reconnects,
             connected=self.connected,
-            connected_since=_utc(self._connected_at) if self._connected_at else None,
-            last_message_at=_utc(self._last_message_at / 1e9) if self._last_message_at else None,
+            connected_since=utc(self._connected_at) if self._connected_at else None,
+            last_message_at=utc(self._last_message_at / 1e9) if self._last_message_at else None,
+            redelivered=committer.redelivered if committer else 0,
+            unacknowledged=committer.waiting if committer else 0,
         )
 
     def connect(self, *, timeout: float | None = None) -> None:
@@ -223,7 +220,12 @@ class TESAIoTMQTTClient:
         self._ready.clear()
         self._error = None
         try:
-            self._mqtt.connect(url.host, url.port, keepalive=s.keepalive, **connect_arguments(s))
+            self._mqtt.connect(
+                url.host,
+                url.port,
+                keepalive=s.keepalive,
+                **connect_arguments(s, receive_maximum=_RECEIVE_MAXIMUM if self._committer else 0),
+            )
         except Exception as exc:
             raise self._translate(exc) from None
         self._start_threads()
@@ -291,14 +293,7 @@ class TESAIoTMQTTClient:
         Returns:
             True if the worker caught up, False on timeout.
         """
-        deadline = time.monotonic() + timeout
-        while self._inbox or self._busy:
-            if time.monotonic() >= deadline:
-                return False
-            self._batch_done.clear()
-            if self._inbox or self._busy:
-                self._batch_done.wait(0.05)
-        return True
+        return self._worker.wait_idle(timeout)
 
     def process_telemetry(self, device_id: str, sensor_type: str, data: Any) -> None:
         """Handle one telemetry message; override this. The default logs it at INFO level.
@@ -334,7 +329,7 @@ class TESAIoTMQTTClient:
     def _start_threads(self) -> None:
         name = self.settings.client_id
         self._worker_thread = threading.Thread(
-            target=self._run_worker, name=f"{name}-worker", daemon=True
+            target=self._worker.run, args=(self._network_done,), name=f"{name}-worker", daemon=True
         )
         self._network_thread = threading.Thread(
             target=self._run_network, name=f"{name}-network", daemon=True
@@ -358,7 +353,11 @@ class TESAIoTMQTTClient:
                     self._network_step(client)
                 except Exception as exc:  # paho re-raises whatever fails in its loop
                     self._loop_failed(exc)
-            # Send DISCONNECT from this thread, which owns the socket, and let paho close it.
+            # What arrived is made durable and acknowledged; then DISCONNECT from this
+            # thread, which owns the socket, and let paho close it.
+            with contextlib.suppress(Exception):
+                if self._committer is not None:
+                    self._committer.commit()
             with contextlib.suppress(Exception):
                 if client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
                     deadline = time.monotonic() + 2.0
@@ -368,47 +367,33 @@ class TESAIoTMQTTClient:
         finally:
             self._connected_at = None
             self._network_done.set()
-            self._wake.set()
+            self._worker.wake()
 
     def _network_step(self, client: mqtt.Client) -> None:
         if self._needs_reconnect and not self._reconnect():
             return
-        inbox = self._inbox
-        if len(inbox) >= _READ_AHEAD:
-            self._wait_for_worker()
+        queue = self._queue
+        if len(queue) >= READ_AHEAD:
+            self._worker.catch_up()
         rc = client.loop(timeout=_LOOP_TIMEOUT)
         # paho's loop() reads one packet per select(), then checks keepalive and writes; in a
         # stream that is most of its cost per message. While messages keep coming, read on
         # without select(): loop_read() reads one packet, or returns on a socket with nothing
         # (or only part of a packet) waiting. loop() comes back every _READ_BURST packets.
         for _ in range(_READ_BURST):
-            if rc != mqtt.MQTT_ERR_SUCCESS or self._stopping.is_set() or len(inbox) >= _READ_AHEAD:
+            if rc != mqtt.MQTT_ERR_SUCCESS or self._stopping.is_set() or len(queue) >= READ_AHEAD:
                 break
             received = self._received
             rc = client.loop_read()
             if self._received == received:
                 break
+        if self._committer is not None:
+            self._committer.commit()  # fsync, then the acks: the broker sends the next ones
         if rc != mqtt.MQTT_ERR_SUCCESS and not self._stopping.is_set():
             if self._ever_connected:
                 self._needs_reconnect = True
             else:  # closed before the first CONNACK: let connect() report it
                 self._fail(ConnectError(f"{self._url} closed the connection ({rc})"))
-
-    def _wait_for_worker(self) -> None:
-        """Let a worker that is behind finish its batch (at most _CATCH_UP_WAIT s), then return.
-
-        With read buffers this thread reads a burst faster than a busy worker handles it.
-        What it reads ahead waits here as Python objects (~450 bytes a message) rather than as
-        bytes in the socket and the broker, and the allocator keeps that memory after the
-        burst: 45,000-message bursts grew the process by ~77 MB instead of ~33 (~35 with this
-        wait; see tests/test_collector_reliability.py). Waiting hands the GIL to the worker.
-        It paces and does not stop: while a worker is stuck, loop() still runs after every
-        wait (keepalive never starves) and reads a packet, so the inbox still fills up to
-        `queue_size`, beyond which messages are dropped and counted.
-        """
-        self._batch_done.clear()
-        if len(self._inbox) >= _READ_AHEAD:
-            self._batch_done.wait(_CATCH_UP_WAIT)
 
     def _loop_failed(self, exc: Exception) -> None:
         """Handle an exception out of paho's loop (a malformed packet, a bug): never die of it."""
@@ -437,38 +422,17 @@ class TESAIoTMQTTClient:
         self._needs_reconnect = False
         return True
 
-    def _run_worker(self) -> None:
-        inbox, wake, network_done = self._inbox, self._wake, self._network_done
-        taken_at = -_BATCH_INTERVAL
-        while True:
-            done = network_done.is_set()  # read before the inbox: nothing comes after it
-            if not inbox:
-                self._batch_done.set()
-                if done:
-                    return
-                wake.clear()
-                if not inbox:  # else it came between the check and clear(): no wake-up
-                    wake.wait(_WORKER_IDLE_WAIT)
-                continue
-            if not done and len(inbox) < _BATCH_ENOUGH:
-                delay = taken_at + _BATCH_INTERVAL - time.monotonic()
-                if delay > 0:
-                    network_done.wait(delay)  # gather more; returns at once on shutdown
-                    continue
-            taken_at = time.monotonic()
-            self._busy = True
-            batch = [inbox.popleft() for _ in range(len(inbox))]
-            if self._on_batch is not None:
-                try:
-                    self._on_batch(batch)
-                    self._processed += len(batch)
-                except Exception:
-                    self._failed += len(batch)
-                    logger.exception("batch handler failed on %d messages", len(batch))
-            else:
-                self._process_each(batch)
-            self._busy = False
-            self._batch_done.set()
+    def _handle_batch(self, batch: Sequence[RawMessage]) -> None:
+        """Hand one batch to `on_batch` or `process_telemetry()`, on the worker thread."""
+        if self._on_batch is None:
+            self._process_each(batch)
+            return
+        try:
+            self._on_batch(batch)
+            self._processed += len(batch)
+        except Exception:
+            self._failed += len(batch)
+            logger.exception("batch handler failed on %d messages", len(batch))
 
     def _process_each(self, batch: Sequence[RawMessage]) -> None:
         debug = logger.isEnabledFor(logging.DEBUG)
@@ -507,15 +471,15 @@ class TESAIoTMQTTClient:
         self._last_message_at = now
         self._received += 1
         try:
-            inbox = self._inbox
-            waiting = len(inbox)
-            if waiting >= self._queue_size:
+            payload: bytes = message.payload  # type: ignore[assignment]  # always bytes off the wire
+            raw = RawMessage(topic_of(message), payload, now, bool(message.retain))
+            if self._committer is not None:  # held until durable, never dropped
+                self._committer.arrive(raw, mid=message.mid, qos=message.qos, dup=message.dup)
+                return
+            if len(self._queue) >= self._queue_size:
                 self._dropped += 1
                 return
-            payload: bytes = message.payload  # type: ignore[assignment]  # always bytes off the wire
-            inbox.append(RawMessage(topic_of(message), payload, now, bool(message.retain)))
-            if not waiting:  # the worker may be asleep: wake it, once per batch
-                self._wake.set()
+            self._worker.put(raw)
         except Exception as exc:
             self._failed += 1
             self._callback_failed("on_message", exc)

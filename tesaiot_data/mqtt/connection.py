@@ -318,7 +318,7 @@ def client_for(
     )
 
 
-def connect_arguments(settings: Settings) -> dict[str, Any]:
+def connect_arguments(settings: Settings, *, receive_maximum: int = 0) -> dict[str, Any]:
     """Keyword arguments for `connect()` of a `client_for(settings)`: the session, on MQTT 5.
 
     MQTT 3.1.1 maps a persistent session to `clean_session=False`, set when the client was
@@ -328,6 +328,9 @@ def connect_arguments(settings: Settings) -> dict[str, Any]:
 
     Args:
         settings: The protocol and the session.
+        receive_maximum: On MQTT 5, the Receive Maximum to announce: the most QoS 1/2
+            messages the broker may send unacknowledged (1-65,535); 0 announces none (the
+            protocol's default, 65,535).
 
     Returns:
         `{}` on MQTT 3.1.1; `clean_start` and `properties` on MQTT 5.
@@ -336,6 +339,7 @@ def connect_arguments(settings: Settings) -> dict[str, Any]:
         settings.protocol,
         clean_session=not settings.persistent_session,
         session_expiry=settings.session_expiry_interval,
+        receive_maximum=receive_maximum,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tesaiot_data.errors import DISK_HINT, RecordingError, disk_error
@@ -37,16 +37,32 @@ class Feed:
     Args:
         sink: The sink the rows go to (a `Recorder` or a `DatasetWriter`).
 
+    Durability (acknowledgement after the disk): a feed given `mark` is a durable one. `mark`
+    returns how far the messages were handed to the feed (the durable inbox's sequence
+    number, `TESAIoTMQTTClient.handled_seq`), and `durable_through` says how far they are on
+    disk: read before a flush takes the rows, it becomes `durable_through` once that flush
+    (which writes everything pending) succeeds with no row dropped. The collector releases
+    the inbox up to the lowest `durable_through` of its durable feeds.
+
+    Args:
+        sink: The sink the rows go to (a `Recorder` or a `DatasetWriter`).
+        mark: For a durable feed, returns the inbox sequence number through which messages
+            were put here; None for a feed nobody waits on.
+
     Attributes:
         sink: That sink.
         pending_rows: Rows put here and not yet handed to the sink.
         error: Why the last `flush` failed, or None after one that succeeded.
+        durable_through: The inbox sequence number through which every row put here is on
+            disk (0 before the first flush, and always for a feed without `mark`).
     """
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, *, mark: Callable[[], int] | None = None) -> None:
         self.sink = sink
         self.pending_rows = 0
         self.error: BaseException | None = None
+        self.mark = mark
+        self.durable_through = 0
         self._chunks: list[Chunk] = []
         self._rejects: list[Reject] = []
         self._lock = threading.Lock()
@@ -87,6 +103,8 @@ class Feed:
 
     def flush(self) -> None:
         """Drain and write now; a failure is logged once and kept in `error`, never raised."""
+        mark = self.mark() if self.mark is not None else None  # before the rows are taken
+        dropped = self.sink.rows_dropped
         try:
             self.drain()
             self.sink.flush()
@@ -104,6 +122,24 @@ class Feed:
             if self.error is not None:
                 logger.warning("writing %s again after: %s", self.where, self.error)
             self.error = None
+            if mark is not None and self.sink.rows_dropped == dropped:
+                self.durable_through = max(self.durable_through, mark)
+
+    def settle(self) -> None:
+        """Move `durable_through` up to `mark` when no row waits here or in the sink.
+
+        Batches that gave no row to keep (rejects only, in a sink that does not keep them)
+        leave nothing to flush; without this their messages would be held in the inbox.
+        """
+        if self.mark is None:
+            return
+        mark = self.mark()  # before looking: a row put after it has a later number
+        sink = self.sink
+        with self._drain_lock:  # not while a drain holds rows on their way to the sink
+            with self._lock:
+                queued = bool(self._chunks or self._rejects)
+            if not queued and not sink.pending_rows and sink.error is None and not sink.closed:
+                self.durable_through = max(self.durable_through, mark)
 
     def close(self) -> RecordingError | None:
         """Hand the sink its last rows and close it; return the failure instead of raising.
