@@ -11,8 +11,9 @@ made of `controls` (the selectors and the pause button), `capture` (Record and S
 collector) and `live_feed` (what the interactive chart is sent); `live_chart` (`LiveChart`,
 the interactive uPlot chart, an anywidget, and `decimate`), `chart` (the matplotlib chart for
 `save_png` and front ends without widget JavaScript, `downsample`, and the time axis both
-charts share), `panels` (the health and alerts tables as HTML) and `format` (the
-latest-values table and other text). `static/` holds the chart's JavaScript (uPlot 1.6.32,
+charts share), `panels` (the health and alerts tables as HTML), `values` (the latest-values
+grid and a text metric's states as HTML) and `format` (the latest-values list, short ids,
+durations and other text). `static/` holds the chart's JavaScript (uPlot 1.6.32,
 MIT, vendored). The collector imports this package only when `Collector.dashboard()` is
 called: ipywidgets, anywidget and matplotlib stay out of scripts that never show one.
 """
@@ -28,6 +29,7 @@ from tesaiot_data.dashboard.format import (
     short_ids,
 )
 from tesaiot_data.dashboard.panels import alerts_table_html, health_table_html
+from tesaiot_data.dashboard.values import latest_grid_html, text_states_html
 from tesaiot_data.dashboard.widget import WINDOWS, Dashboard
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "alerts_table_html",
     "downsample",
     "health_table_html",
+    "latest_grid_html",
     "latest_table_html",
     "short_ids",
+    "text_states_html",
 ]

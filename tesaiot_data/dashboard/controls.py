@@ -14,7 +14,12 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
+from tesaiot_data.dashboard.format import short_ids
+
 __all__ = ["WINDOWS", "Controls", "window_options"]
+
+#: Device ids named in the device list's tooltip; the rest are counted.
+MAX_TOOLTIP_DEVICES = 40
 
 #: The time windows offered by the window selector: (label, value).
 WINDOWS: tuple[tuple[str, str], ...] = (
@@ -64,7 +69,8 @@ class Controls:
 
     Attributes:
         metric_selector: Dropdown of the metrics seen.
-        device_selector: SelectMultiple of the devices seen.
+        device_selector: SelectMultiple of the devices seen, labelled by short id (the
+            shortest prefixes that tell them apart), the full ids in its tooltip.
         window_selector: Dropdown of time windows.
         pause_button: ToggleButton; when down, the chart stops following the data.
     """
@@ -104,11 +110,12 @@ class Controls:
             layout=widgets.Layout(width="100px"),
         )
         self.device_selector = widgets.SelectMultiple(
-            options=self._device_options,
+            options=_labelled(self._device_options),
             value=tuple(devices or ()),
             description="devices",
             rows=12,
-            layout=widgets.Layout(width="300px"),
+            tooltip=_device_tooltip(self._device_options),
+            layout=widgets.Layout(width="240px", flex="0 0 auto"),
         )
         self.metric_selector.observe(self._on_selection, names="value")
         self.device_selector.observe(self._on_devices, names="value")
@@ -164,7 +171,8 @@ class Controls:
                     selected += new_devices
                 self._device_options = sorted({*self._device_options, *new_devices})
                 with self.device_selector.hold_sync():
-                    self.device_selector.options = self._device_options
+                    self.device_selector.options = _labelled(self._device_options)
+                    self.device_selector.tooltip = _device_tooltip(self._device_options)
                     self.device_selector.value = tuple(sorted(set(selected)))
         finally:
             self._syncing_thread = None
@@ -205,3 +213,15 @@ def _first_numeric_metric(latest: pd.DataFrame) -> str | None:
         if metric in numeric:
             return str(metric)
     return str(latest["metric"].iloc[0]) if len(latest) else None
+
+
+def _labelled(devices: list[str]) -> list[tuple[str, str]]:
+    # A UUID is 36 characters: the list would need a horizontal scroll bar.
+    names = short_ids(devices)
+    return [(names[device], device) for device in devices]
+
+
+def _device_tooltip(devices: list[str]) -> str:
+    shown = devices[:MAX_TOOLTIP_DEVICES]
+    more = len(devices) - len(shown)
+    return "\n".join([*shown, *([f"+{more} more"] if more > 0 else [])]) or "devices"

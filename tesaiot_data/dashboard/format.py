@@ -21,8 +21,11 @@ __all__ = [
     "MAX_TOOLTIP_CHARS",
     "RECORDINGS_DIR",
     "SHORT_ID",
+    "clip",
     "default_recording_path",
     "format_elapsed",
+    "format_seconds",
+    "format_value",
     "latest_table_html",
     "short_ids",
 ]
@@ -66,20 +69,46 @@ def short_ids(device_ids: Sequence[str], *, length: int = SHORT_ID) -> dict[str,
     return {d: d[:size] for d in unique}
 
 
-def _format_age(seconds: float) -> str:
+def format_seconds(seconds: float, *, signed: bool = True) -> str:
+    """Return a duration for a label: `0.4 s`, `12 s`, `5 min`, `2.5 h`.
+
+    Never `-0.0 s`: a value that rounds to zero is shown as `0.0 s`.
+
+    Args:
+        seconds: The duration, in seconds; NaN or infinite gives "-".
+        signed: Keep a negative sign (a clock skew); False clamps at zero (an age, where a
+            small negative value is only the difference between two clocks).
+
+    Returns:
+        The text.
+    """
     if not np.isfinite(seconds):
         return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    seconds = float(seconds) if signed else max(0.0, float(seconds))
+    size = abs(seconds)
+    if size < 10:
+        number, unit = f"{seconds:.1f}", "s"
+    elif size < 120:
+        number, unit = f"{seconds:.0f}", "s"
+    elif size < 7200:
+        number, unit = f"{seconds / 60:.0f}", "min"
+    else:
+        number, unit = f"{seconds / 3600:.1f}", "h"
+    if float(number) == 0:
+        number = number.lstrip("-")
+    return f"{number} {unit}"
 
 
-def _format_value(value: float, text: object) -> str:
+def format_value(value: float, text: object) -> str:
+    """Return a reading as shown in a table: its text, or its number to 6 significant digits.
+
+    Args:
+        value: The number (NaN for a text reading).
+        text: The text, or None / NaN for a number.
+
+    Returns:
+        The text; "-" for a reading with neither.
+    """
     if isinstance(text, str):
         return text
     if value is None or not np.isfinite(value):
@@ -87,16 +116,25 @@ def _format_value(value: float, text: object) -> str:
     return f"{value:.6g}"
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
+    """Return `text` cut to `limit` characters, the last one "…" when it was longer.
+
+    Args:
+        text: The text.
+        limit: The most characters to keep.
+
+    Returns:
+        The text, whole or cut.
+    """
     return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
 
 
 def _cell(text: str, *, css: str = "") -> str:
     """A table cell that shows at most MAX_CELL_CHARS; a longer text gets a bounded tooltip."""
-    shown = _clip(text, MAX_CELL_CHARS)
+    shown = clip(text, MAX_CELL_CHARS)
     attributes = f' class="{css}"' if css else ""
     if shown != text:
-        attributes += f' title="{html.escape(_clip(text, MAX_TOOLTIP_CHARS))}"'
+        attributes += f' title="{html.escape(clip(text, MAX_TOOLTIP_CHARS))}"'
     return f"<td{attributes}>{html.escape(shown)}</td>"
 
 
@@ -170,11 +208,11 @@ def latest_table_html(latest: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -
         strict=True,
     ):
         unit_text = unit if isinstance(unit, str) else ""
-        device_title = html.escape(_clip(device, MAX_TOOLTIP_CHARS))
+        device_title = html.escape(clip(device, MAX_TOOLTIP_CHARS))
         rows.append(
             f'<tr><td title="{device_title}">{html.escape(device[:SHORT_ID])}</td>'
-            f"{_cell(metric)}{_cell(_format_value(value, text), css='num')}{_cell(unit_text)}"
-            f'<td class="num">{_format_age(age)}</td></tr>'
+            f"{_cell(metric)}{_cell(format_value(value, text), css='num')}{_cell(unit_text)}"
+            f'<td class="num">{format_seconds(age, signed=False)}</td></tr>'
         )
     more = len(latest) - len(shown)
     footer = f"<div><i>+{more:,} more row{'' if more == 1 else 's'}</i></div>" if more > 0 else ""

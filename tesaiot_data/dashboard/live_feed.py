@@ -37,6 +37,7 @@ class LiveFeed:
         # The last (metric, devices, window): a change sends the window anew.
         self._key: tuple[str | None, tuple[str, ...], int] | None = None
         self._off_axis_log: list[tuple[int, int]] = []  # (refresh ns, off-axis points in it)
+        self._units: set[str] = set()  # the units of the points sent since the last anew
         self.plotted: list[str] = []
         self.off_axis = 0
 
@@ -97,8 +98,9 @@ class LiveFeed:
         send = keep & on_axis
         data = _points_by_device(frame, send, stamps) if send.any() else {}
         note = off_axis_note(off_total)
+        units = set(frame.loc[keep, "unit"].dropna().astype(str).unique()) if len(frame) else set()
         if anew:
-            units = frame.loc[keep, "unit"].dropna().astype(str).unique() if len(frame) else []
+            self._units = units
             chart.set_data(
                 data,
                 metric=metric,
@@ -109,6 +111,9 @@ class LiveFeed:
             )
             self._key = key
         else:
+            if not units <= self._units:  # the unit label follows new data
+                self._units |= units
+                chart.unit = ", ".join(sorted(self._units))
             chart.append(data, now_ms=now_ns / 1e6, note=note)
         self.plotted = chart.devices
         self.off_axis = off_total

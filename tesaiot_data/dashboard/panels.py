@@ -13,7 +13,12 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from tesaiot_data.dashboard.format import MAX_CELL_CHARS, MAX_TABLE_ROWS, SHORT_ID
+from tesaiot_data.dashboard.format import (
+    MAX_CELL_CHARS,
+    MAX_TABLE_ROWS,
+    SHORT_ID,
+    format_seconds,
+)
 from tesaiot_data.schema import epoch_ns
 
 __all__ = ["MAX_ALERT_ROWS", "alerts_table_html", "health_table_html"]
@@ -42,16 +47,15 @@ def _text(value: object) -> str:
 
 
 def _seconds(value: object) -> str:
-    if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+    if not isinstance(value, (int, float, np.number)):
         return "-"
-    seconds = float(value)
-    if abs(seconds) < 10:
-        return f"{seconds:.1f} s"
-    if abs(seconds) < 120:
-        return f"{seconds:.0f} s"
-    if abs(seconds) < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return format_seconds(float(value))
+
+
+def _age(value: object) -> str:
+    if not isinstance(value, (int, float, np.number)):
+        return "-"
+    return format_seconds(float(value), signed=False)
 
 
 def _number(value: object) -> str:
@@ -81,9 +85,9 @@ def _device_cell(device: object) -> str:
 
 # column -> (header, formatter, css)
 _HEALTH: dict[str, tuple[str, Callable[[object], str], str]] = {
-    "age_s": ("last seen", _seconds, "num"),
+    "age_s": ("last seen", _age, "num"),
     "msgs_per_s": ("msg/s", _number, "num"),
-    "usual_interval_s": ("usual interval", _seconds, "num"),
+    "usual_interval_s": ("usual interval", _age, "num"),
     "clock_skew_s": ("clock skew", _seconds, "num"),
     "reject_share": ("rejects", _share, "num"),
     "metrics": ("metrics", _text, ""),

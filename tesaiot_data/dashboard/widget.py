@@ -18,8 +18,10 @@ interactive chart is sent).
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,10 +36,10 @@ from tesaiot_data.collector.stats import status_line
 from tesaiot_data.dashboard.capture import Capture
 from tesaiot_data.dashboard.chart import Chart
 from tesaiot_data.dashboard.controls import WINDOWS, Controls
-from tesaiot_data.dashboard.format import latest_table_html
 from tesaiot_data.dashboard.live_feed import LiveFeed
 from tesaiot_data.dashboard.monitor_panels import MonitorPanels
 from tesaiot_data.dashboard.rows import CollectorRows
+from tesaiot_data.dashboard.values import latest_grid_html, text_states_html
 
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, CollectorStats, Recording
@@ -69,8 +71,11 @@ def _live_chart_class() -> type[LiveChart] | None:
 class Dashboard(widgets.VBox):
     """A live dashboard of a collector: chart, latest values, health, alerts, capture, status.
 
-    Show it as a cell's value. It refreshes itself from a background thread at most once per
-    `refresh` period, and only when the collector's rows changed; `refresh()` draws at once.
+    From the top: the status line, the metric / window / pause controls, Record and
+    Snapshot, then the device list beside the chart, the latest values (a device x metric
+    grid), device health and alerts. Show it as a cell's value. It refreshes itself from a
+    background thread at most once per `refresh` period, and only when the collector's rows
+    changed; `refresh()` draws at once.
     The health and alerts panels (where the collector has `health()` and `alerts()`) are
     refreshed at every period, new rows or not: a device that goes silent sends none.
 
@@ -79,6 +84,10 @@ class Dashboard(widgets.VBox):
     hover for a point's exact time, device and value, click a device to hide it. A zoomed
     view stays put while new points arrive. Each refresh sends the browser only the new
     points. `save_png(path)` writes the same chart as a matplotlib picture.
+    A text metric (a classifier's `ai_prediction`, say) has no line to draw: in place of the
+    chart it shows each device's states in the window, newest first (`text_view`).
+    Where widget JavaScript does not run, a dashboard made with `interactive=False` shows the
+    chart as an `image/png` (its display data offers one beside the widget view).
     Widget values may be changed from code (`dashboard.metric_selector.value = "humidity"`),
     which redraws at once like a click does.
 
@@ -100,21 +109,27 @@ class Dashboard(widgets.VBox):
         refresh: The shortest time between two automatic redraws (at least 0.1 s).
         replace: Close the collector's other dashboards (the default); False keeps them live.
         interactive: True: the uPlot chart (`LiveChart`); False: a matplotlib PNG redrawn on
-            each refresh, for front ends that run no widget JavaScript; None (the default):
-            interactive where anywidget can be imported.
-        **box_options: Other `ipywidgets.VBox` options, for example `layout=...`.
+            each refresh, for front ends that run no widget JavaScript (also offered as the
+            cell's `image/png`); None (the default): interactive where anywidget can be
+            imported.
+        layout: The dashboard box's `ipywidgets.Layout` (its width, border, ...); None
+            for the default.
 
     Raises:
+        TypeError: An option that does not exist (a misspelt name is not ignored).
         ValueError: `window` or `refresh` is not a positive duration.
         ImportError: `interactive=True` and anywidget is not installed.
 
     Attributes:
         metric_selector: Dropdown of the metrics seen.
-        device_selector: SelectMultiple of the devices seen.
+        device_selector: SelectMultiple of the devices seen, by short id (full ids on
+            hover); its value holds the full ids.
         window_selector: Dropdown of time windows.
         pause_button: ToggleButton; when down, the chart stops following the data.
         chart: The chart: a `LiveChart` when interactive, else an Image holding its PNG.
-        table: HTML table of the newest value of each device and metric.
+        text_view: HTML table of a text metric's states, shown in place of the chart when
+            the metric selected has only text values.
+        table: HTML grid of the newest value of each device (rows) and metric (columns).
         health_table: HTML table of `collector.health()`, silent devices first (hidden
             where the collector has no `health()`).
         alerts_table: HTML table of `collector.alerts()`, newest first (hidden likewise).
@@ -135,7 +150,7 @@ class Dashboard(widgets.VBox):
         refresh: str | float | pd.Timedelta = "1s",
         replace: bool = True,
         interactive: bool | None = None,
-        **box_options: Any,
+        layout: widgets.Layout | None = None,
     ) -> None:
         self._collector = collector
         live_class = _live_chart_class() if interactive is not False else None
@@ -185,6 +200,9 @@ class Dashboard(widgets.VBox):
                     flex="1 1 0%", min_width="0", height="auto", object_fit="contain"
                 ),
             )
+        self.text_view = widgets.HTML(
+            value="", layout=widgets.Layout(flex="1 1 0%", min_width="0", display="none")
+        )
         self.table = widgets.HTML(value="<i>no data yet</i>")
         self._panels = MonitorPanels(collector)
         self.health_table = self._panels.health_table
@@ -198,20 +216,22 @@ class Dashboard(widgets.VBox):
         self.record_label = self._capture.record_label
         self.status_label = widgets.Label(value="starting")
 
+        # Controls first: a long fleet's tables must not push Record out of sight.
         super().__init__(
             children=[
                 self.status_label,
                 widgets.HBox([self.metric_selector, self.window_selector, self.pause_button]),
+                widgets.HBox([self.record_name, self.record_button, self.snapshot_button]),
+                self.record_label,
                 widgets.HBox(
-                    [self.device_selector, self.chart], layout=widgets.Layout(width="100%")
+                    [self.device_selector, self.chart, self.text_view],
+                    layout=widgets.Layout(width="100%"),
                 ),
                 widgets.HTML("<b>Latest values</b>"),
                 self.table,
                 *self._panels.children,
-                widgets.HBox([self.record_name, self.record_button, self.snapshot_button]),
-                self.record_label,
             ],
-            **box_options,
+            **({} if layout is None else {"layout": layout}),
         )
         self._register(replace=replace)
         self.refresh()
@@ -227,6 +247,14 @@ class Dashboard(widgets.VBox):
             )
         except AttributeError:  # not fully made yet
             return "<Dashboard>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        # The widget view, and for a matplotlib chart its picture: a front end that runs no
+        # widget JavaScript (nbconvert, a viewer) shows the image instead of the text repr.
+        bundle: dict[str, Any] | None = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None and not self.interactive and self.chart_png:
+            bundle["image/png"] = base64.b64encode(self.chart_png).decode("ascii")
+        return bundle
 
     # ----------------------------------------------------------------- public
 
@@ -410,7 +438,16 @@ class Dashboard(widgets.VBox):
         latest = self._rows.latest(delta)
         self._controls.sync_options(latest)
         selected = self._controls.devices
-        if isinstance(self.chart, widgets.Image):
+        metric = self._controls.metric
+        text_metric = metric is not None and _is_text_metric(latest, metric)
+        _show(self.text_view, text_metric)
+        _show(self.chart, not text_metric)
+        if text_metric and metric is not None:
+            since_ns = time.time_ns() - self._controls.window_ns
+            states = self._rows.selection(since_ns=since_ns, metric=metric, devices=selected)
+            self.text_view.value = text_states_html(states)
+            self._plotted, self._off_axis = [], 0
+        elif isinstance(self.chart, widgets.Image):
             self.chart_png = self._draw_png()
             self.chart.value = self.chart_png
         else:
@@ -427,9 +464,7 @@ class Dashboard(widgets.VBox):
         self.frames += 1
 
         shown = latest.loc[latest["device_id"].isin(selected)] if selected else latest.iloc[:0]
-        # latest() orders by the categories' first-seen order; the table reads better sorted.
-        shown = shown.sort_values(["device_id", "metric"], key=lambda column: column.astype(str))
-        self.table.value = latest_table_html(shown)
+        self.table.value = latest_grid_html(shown)
         self._last_signal = (stats.rows_total, stats.rows_evicted)
         self._dirty = False
         self._update_labels(stats)
@@ -460,3 +495,15 @@ class Dashboard(widgets.VBox):
             out.append(child)
             stack.extend(getattr(child, "children", ()))
         return out
+
+
+def _is_text_metric(latest: pd.DataFrame, metric: str) -> bool:
+    """Whether the newest readings of `metric` are texts only (nothing to draw as a line)."""
+    rows = latest.loc[(latest["metric"] == metric).to_numpy()]
+    return bool(len(rows)) and rows["value"].isna().all() and rows["value_text"].notna().any()
+
+
+def _show(widget: widgets.DOMWidget, visible: bool) -> None:
+    display = None if visible else "none"
+    if widget.layout.display != display:
+        widget.layout.display = display

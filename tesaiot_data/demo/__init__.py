@@ -10,8 +10,9 @@ In a notebook::
 The package's modules: `broker` (`LocalBroker`, a private Mosquitto on loopback that speaks
 the platform's dialect), made of `mosquitto_config` (which Mosquitto, and its config),
 `credentials` (accounts, ACL and certificates), `tied_process` (a child process that ends
-with this one) and `leftovers` (the folders of brokers whose process was killed); `fleet`
-(`DeviceFleet`, simulated devices) and, for tests and benchmarks only, `flood` (raw PUBLISH
+with this one; `popen_tied`, exported here, starts a notebook's own services so) and
+`leftovers` (the folders of brokers whose process was killed); `fleet` (`DeviceFleet`,
+simulated devices) and, for tests and benchmarks only, `flood` (raw PUBLISH
 packets written to a bare socket).
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from tesaiot_data.demo.broker import LocalBroker, PublisherConfig, free_port
 from tesaiot_data.demo.fleet import DeviceFleet
+from tesaiot_data.demo.tied_process import popen_tied
 from tesaiot_data.replay import Replayer
 from tesaiot_data.settings import Settings
 
@@ -37,6 +39,7 @@ __all__ = [
     "Replayer",
     "current",
     "free_port",
+    "popen_tied",
     "start",
     "stop",
 ]

@@ -1,6 +1,8 @@
 """Child processes that end with this process, however it ends (even by SIGKILL).
 
-The local broker must not outlive the notebook kernel or test run that started it. On Linux
+The local broker must not outlive the notebook kernel or test run that started it, and
+neither must a service a notebook starts (notebook 04's recorder): `popen_tied` is the public
+way to start one, `spawn_tied` / `stop_tied` the broker's. On Linux
 the kernel sends the child SIGTERM when its parent dies (`PR_SET_PDEATHSIG`), which it ties to
 the *thread* that forked: every child is therefore forked from one thread that lives as long
 as the process. Elsewhere a tiny watchdog process does it, when the pipe from its parent
@@ -19,12 +21,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import IO
 
-__all__ = ["STOP_TIMEOUT", "die_with_parent_preexec", "spawn_tied", "stop_tied"]
+__all__ = ["STOP_TIMEOUT", "die_with_parent_preexec", "popen_tied", "spawn_tied", "stop_tied"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,33 +144,98 @@ def spawn_tied(
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
     """Start a process that ends when this process ends, even by SIGKILL.
 
+    Its standard error goes to `stdout`, its standard input is /dev/null, and it runs in a
+    session of its own (a Ctrl-C goes to the caller, which then stops it in order).
+
     Args:
         argv: The program and its arguments.
         stdout: Where the child's standard output and error go.
         cwd: The child's working directory.
 
     Returns:
-        The process, and its watchdog process where there is one (not on Linux).
+        The process, and its watchdog process where there is one (not on Linux); stop both
+        with `stop_tied`.
 
     Raises:
         OSError: The program could not be started.
         subprocess.SubprocessError: The child failed before exec.
     """
+    return _start(
+        argv,
+        {
+            "stdin": subprocess.DEVNULL,
+            "stdout": stdout,
+            "stderr": subprocess.STDOUT,
+            "cwd": cwd,
+            "start_new_session": True,
+        },
+    )
 
+
+# Watchdogs of the processes popen_tied started (not on Linux), by child pid.
+_watchdogs: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def popen_tied(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a process that ends when this process ends, even by SIGKILL: a notebook's service.
+
+    Like `subprocess.Popen(args, ...)`, for a child that must not outlive the notebook
+    kernel or script that started it (a recorder service, say): when this process dies,
+    however it dies, the child gets SIGTERM (on Linux from the kernel, `PR_SET_PDEATHSIG`;
+    elsewhere from a small watchdog process). It may be forked from any thread. The child's
+    standard input is /dev/null, and it runs in a session of its own, so that a Ctrl-C or a
+    notebook's interrupt reaches the caller only; stop it with `send_signal`, `terminate`
+    or `kill` as any `Popen`.
+
+    Example:
+        >>> command = ["tesaiot-data", "record", "--dataset", "data/"]
+        >>> recorder = popen_tied(command)  # doctest: +SKIP
+
+    Args:
+        args: The program and its arguments.
+        env: The child's environment; None inherits this process's.
+        cwd: The child's working directory; None for this process's.
+        stdout: Where its standard output goes, as for `Popen` (a file, `subprocess.PIPE`,
+            `subprocess.DEVNULL`); None inherits this process's.
+        stderr: Likewise for its standard error (`subprocess.STDOUT`: with its output).
+
+    Returns:
+        The running child.
+
+    Raises:
+        OSError: The program could not be started.
+        subprocess.SubprocessError: The child failed before exec.
+    """
+    process, watchdog = _start(
+        [os.fspath(arg) for arg in args],
+        {
+            "stdin": subprocess.DEVNULL,
+            "stdout": stdout,
+            "stderr": stderr,
+            "cwd": cwd,
+            "env": None if env is None else dict(env),
+            "start_new_session": True,
+        },
+    )
+    if watchdog is not None:
+        _watchdogs[process.pid] = watchdog  # lives, armed, as long as this process does
+    return process
+
+
+def _start(
+    argv: list[str], options: dict[str, object]
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
     def popen(preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            # Unsafe with threads only if the function takes a lock another thread held at
-            # the fork; ours calls prctl and getppid, nothing else.
-            preexec_fn=preexec_fn,  # noqa: PLW1509
-            # A Ctrl-C in the terminal or notebook goes to the caller, which then stops the
-            # broker in order, rather than killing it under its clients.
-            start_new_session=True,
-        )
+        # Unsafe with threads only if the function takes a lock another thread held at the
+        # fork; ours calls prctl and getppid, nothing else.
+        return subprocess.Popen(argv, preexec_fn=preexec_fn, **options)  # type: ignore[call-overload]  # noqa: PLW1509
 
     if _USE_PDEATHSIG:
         preexec = die_with_parent_preexec()
@@ -180,7 +247,7 @@ def spawn_tied(
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            # Not in our process group: a Ctrl-C must not end the watchdog before the broker.
+            # Not in our process group: a Ctrl-C must not end the watchdog before the child.
             start_new_session=True,
         )
     except BaseException:

@@ -433,7 +433,11 @@ function render({ model, el: host }) {
 
   model.on("msg:custom", onMessage);
   model.on("change:series", build);
-  model.on("change:metric", renderText);
+  // Another metric is another y range: a zoom chosen on the old one does not carry over.
+  model.on("change:metric", () => {
+    renderText();
+    setZoom(null);
+  });
   model.on("change:unit", () => {
     renderText();
     build();
