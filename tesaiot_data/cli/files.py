@@ -18,6 +18,7 @@ import pandas as pd
 from tesaiot_data.cli.console import printable
 from tesaiot_data.collector.stats import plural
 from tesaiot_data.files.compaction import compact_dataset
+from tesaiot_data.files.layout import recording_files
 from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
 from tesaiot_data.readers.sql import query
 
@@ -87,8 +88,10 @@ def _where(path: Path) -> str:
     if path.is_file():
         return f"file:      {path} ({path.stat().st_size:,} bytes)"
     folder = path if path.is_dir() else path.with_name(path.name + ".parts")
-    files = [f for f in folder.rglob("*.parquet") if f.is_file()]
-    size = sum(f.stat().st_size for f in files)
+    # The files the rows come from, as load_recording lists them (no sidecars, no files a
+    # compaction replaced, no parts of a finished recording).
+    files = recording_files(path)
+    size = sum(f.stat().st_size for f in files if f.exists())
     return f"folder:    {folder} ({len(files):,} Parquet files, {size:,} bytes)"
 
 

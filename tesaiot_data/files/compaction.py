@@ -4,7 +4,10 @@ A `DatasetWriter` (the collector's auto-persist, `Collector(dataset=...)`) adds 
 part file per date partition at every flush: a day of flushes once a minute is 1,440 files,
 slow to list and to open. `compact_dataset` merges each closed partition (a UTC day that has ended)
 into one file, `compacted-<UTC stamp>-<8 hex>.parquet`, with the rows in `received_at` order,
-the canonical schema and the parts' metadata.
+the canonical schema and the parts' metadata. The files merged are the ones the readers read:
+the package's parts and any other writer's Parquet files in the partition (DuckDB's
+`data_0.parquet`, a pandas backfill), whatever time unit each stores (their times are
+compared in nanoseconds).
 
 How a reader stays whole. Files cannot be swapped for one file in a single rename, so:
 
@@ -61,9 +64,15 @@ from tesaiot_data.files.layout import (
     partition_files,
     utc_day,
 )
-from tesaiot_data.files.metadata import REPLACES_KEY, iso_datetime, iso_ns, key_values
+from tesaiot_data.files.metadata import (
+    REPLACES_KEY,
+    footer_time_range,
+    iso_datetime,
+    iso_ns,
+    key_values,
+)
 from tesaiot_data.files.parquet import fsync_dir, merge_files
-from tesaiot_data.schema import ARROW_SCHEMA, epoch_ns
+from tesaiot_data.schema import ARROW_SCHEMA
 
 __all__ = ["CompactionResult", "compact_dataset"]
 
@@ -110,7 +119,8 @@ def compact_dataset(
 
     A partition `date=YYYY-MM-DD` is closed when its UTC day ended at or before `before`:
     by default every day before today (UTC). A closed partition of more than one file
-    (parts, or a compacted file and late parts) becomes one `compacted-*.parquet` file,
+    (parts, other writers' Parquet files, or a compacted file and late parts) becomes one
+    `compacted-*.parquet` file,
     rows in `received_at` order (a stable sort: rows of one time keep their file order),
     in `schema.ARROW_SCHEMA`, with the first file's metadata (topic, broker, client id),
     `tesaiot.rows`, `start`, `end`, `version`, `compacted_at` and `replaces`. Other
@@ -319,25 +329,11 @@ def _footer(path: Path) -> pq.FileMetaData:
 
 
 def _received_bounds(path: Path, footer: pq.FileMetaData) -> tuple[int, int] | None:
-    """First and last `received_at` of a file in epoch ns, from its row-group statistics."""
-    if footer.num_rows == 0:
-        return None
-    names = footer.schema.names
-    if "received_at" not in names:
+    """First and last `received_at` of a file in epoch ns, whatever unit the file stores."""
+    try:
+        return footer_time_range(path, footer, "received_at")
+    except KeyError:
         raise NotARecordingError(
             f"{path} is not a telemetry recording: it has no column received_at",
             hint="move files that tesaiot-data did not write out of the dataset folder",
-        )
-    column = names.index("received_at")
-    lows, highs = [], []
-    for index in range(footer.num_row_groups):
-        group = footer.row_group(index)
-        if group.num_rows == 0:
-            continue
-        stats = group.column(column).statistics
-        if stats is None or not stats.has_min_max:
-            values = epoch_ns(pq.read_table(path, columns=["received_at"]).column(0))
-            return int(values.min()), int(values.max())
-        lows.append(int(stats.min_raw))
-        highs.append(int(stats.max_raw))
-    return (min(lows), max(highs)) if lows else None
+        ) from None

@@ -8,6 +8,12 @@ folder of hive partitions `date=YYYY-MM-DD/` holding
 `compacted-<UTC stamp>-<8 hex>.parquet`. Temporary files are hidden (`.<name>.<hex>.tmp`)
 and match none of these names, so the leftovers of a crash are never read.
 
+A folder is read whoever wrote its files: every visible Parquet file in it and its
+subfolders holds rows (a DuckDB or Spark partition's `data_0.parquet`, a backfill copied
+into a `date=` folder, the finished recordings of a `recordings/` folder), except a
+recording's sidecars, a `.parts` folder whose recording has finished, and, in a dataset of
+`date=` partitions, files outside them; each file or folder left out is named in a warning.
+
 A file whose name is not UTF-8 (a byte such as 0xff, which Python shows as a surrogate)
 cannot be opened by pyarrow or DuckDB, whose paths are UTF-8: the listing skips it with a
 warning that names it escaped, and reads the rest; a recording or dataset path that is not
@@ -60,6 +66,7 @@ __all__ = [
     "parts_dir",
     "read_consistent",
     "readable_files",
+    "recording_files",
     "recording_part_name",
     "rejects_error",
     "rejects_part_name",
@@ -81,12 +88,29 @@ ALERTS_SUFFIX = ".alerts.parquet"
 COMPACTED_PREFIX = "compacted-"
 _PARTS_SUFFIX = ".parts"
 _PART_PREFIX = "part-"
+# Names of other tools' bookkeeping (temporary files, Spark's _SUCCESS), never data.
+_HIDDEN = (".", "_")
 _PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 _HOST_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 _HOST_MAX = 32  # characters of the host name kept in a part file's name
 # How many times a dataset read starts again when a compaction changed the files under it.
 _READ_ATTEMPTS = 10
 _T = TypeVar("_T")
+# Why a listing leaves a file or folder out (the end of its warning).
+_LINKED = "symbolic links to folders are not entered (move the files into a real folder)"
+_FINISHED = (
+    "the parts folders of recordings that have finished (their file beside is read); "
+    "delete them when the file is whole"
+)
+_NOT_PARQUET = "not Parquet files"
+_OUTSIDE = (
+    "Parquet files outside the date=YYYY-MM-DD partitions, such as snapshots of the window "
+    "(their rows are in the partitions too); read one with load_recording(file), or move it "
+    "into its date= folder to add its rows"
+)
+_WARNED: set[tuple[str, ...]] = set()
+_WARNED_MAX = 1000
+_SHOWN_MAX = 5
 
 _WHAT_A_RECORDING_IS = (
     "a recording is a Parquet file written by tesaiot-data (write_frame, Recorder, "
@@ -287,12 +311,13 @@ def partition_files(
 
     Args:
         folder: A partition folder, such as `root/date=2025-12-09`.
-        names: The names of its `part-*.parquet` and `compacted-*.parquet` files, when
-            already listed; default: list the folder.
+        names: The names of its data files (every visible Parquet file but sidecars),
+            when already listed; default: list the folder.
 
     Returns:
-        `(current, replaced)`: the files to read, compacted files first, then parts in
-        flush order; and the replaced files still present.
+        `(current, replaced)`: the files to read, compacted files first, then the others
+        (parts in flush order, other names in name order); and the replaced files still
+        present.
 
     Raises:
         FileNotFoundError: The folder, or a compacted file in it, vanished meanwhile.
@@ -358,7 +383,7 @@ def read_consistent(
 
     Args:
         path: A recording's file, its parts folder (or the file when only its parts folder
-            exists), or a dataset folder.
+            exists), a folder of recordings or a dataset folder.
         read: Called with the files that hold the rows, in row order; it may run more
             than once.
         days: For a dataset, only the `date=YYYY-MM-DD` folders in this inclusive range.
@@ -391,6 +416,28 @@ def read_consistent(
     )
 
 
+def recording_files(path: Path) -> list[Path]:
+    """Return the files that hold a recording's rows, in row order: the files readers read.
+
+    For a dataset this is one listing, which a compaction may change at any moment; the
+    readers use `read_consistent`, which reads again when it did. This is for counting and
+    showing (`tesaiot-data inspect`).
+
+    Args:
+        path: A recording's file, its parts folder (or the file when only its parts folder
+            exists), a folder of recordings or a dataset folder.
+
+    Returns:
+        The files, in the order their rows are read.
+
+    Raises:
+        FileNotFoundError: Nothing is at `path`.
+        NotARecordingError: `path` is a rejects file, or its name is not UTF-8.
+    """
+    check_utf8_path(path)
+    return _recording_files(path)
+
+
 def _recording_files(path: Path) -> list[Path]:
     if path.is_file():
         if path.name.endswith(REJECTS_SUFFIX):
@@ -416,13 +463,18 @@ def _recording_files(path: Path) -> list[Path]:
         )
         return files
     raise FileNotFoundError(
-        f"no recording at {path}: not a Parquet file, a dataset folder or a recording with a "
-        f"{parts.name} folder"
+        f"no recording at {path}: not a Parquet file, a folder of recordings, a dataset "
+        f"folder or a recording with a {parts.name} folder"
     )
 
 
 def _is_data_name(name: str) -> bool:
-    return name.endswith(".parquet") and name.startswith((_PART_PREFIX, COMPACTED_PREFIX))
+    """A file that holds rows: a visible Parquet file that is not a recording's sidecar."""
+    return (
+        name.endswith(".parquet")
+        and not name.startswith(_HIDDEN)
+        and not name.endswith((REJECTS_SUFFIX, ALERTS_SUFFIX))
+    )
 
 
 def _dataset_listing(
@@ -430,18 +482,78 @@ def _dataset_listing(
 ) -> dict[Path, list[str]]:
     """Each folder under `root` that holds data files, and their names.
 
+    Every visible Parquet file is a data file, whoever wrote it (a DuckDB or Spark
+    partition's `data_0.parquet`, a backfill copied in), except a recording's sidecars and,
+    in a recording's `<file>.parts` folder, anything but its parts. Left out, each named
+    in a warning given once per process: a `.parts` folder beside its finished file (the
+    file is read), folders that are symbolic links, files that are not Parquet, and, in a
+    dataset of `date=YYYY-MM-DD` partitions, Parquet files outside them (such as
+    `Collector.snapshot()`'s copies of the window, whose rows the partitions hold too).
+    Names starting with "." or "_" are other tools' bookkeeping (temporary files, Spark's
+    `_SUCCESS`) and are passed over silently, as pyarrow and Spark do.
+
     With `days`, only the `date=YYYY-MM-DD` folders in that (inclusive) range are entered.
     Files whose path is not UTF-8 are left out, with a warning when `warn`.
     """
     listing: dict[Path, list[str]] = {}
-    for folder, subfolders, names in os.walk(root):
-        if days is not None:
-            subfolders[:] = [name for name in subfolders if _day_wanted(name, days)]
-        data = (Path(folder) / name for name in names if _is_data_name(name))
-        found = [path.name for path in readable_files(data, warn=warn)]
+    left_out: dict[str, list[Path]] = {}
+    hive = False
+    for top, subfolders, names in os.walk(root):
+        folder = Path(top)
+        hive = hive or any(partition_day(name) is not None for name in subfolders)
+        entered = []
+        for name in sorted(subfolders):
+            sub = folder / name
+            if name.startswith(_HIDDEN) or (days is not None and not _day_wanted(name, days)):
+                continue
+            if sub.is_symlink():
+                left_out.setdefault(_LINKED, []).append(sub)
+            elif is_parts_dir(sub) and (folder / name.removesuffix(_PARTS_SUFFIX)).is_file():
+                left_out.setdefault(_FINISHED, []).append(sub)
+            else:
+                entered.append(name)
+        subfolders[:] = entered
+        if is_parts_dir(folder):
+            data = [n for n in names if n.startswith(_PART_PREFIX) and n.endswith(".parquet")]
+        else:
+            data = [n for n in names if _is_data_name(n)]
+            left_out.setdefault(_NOT_PARQUET, []).extend(
+                folder / n for n in names if not n.startswith(_HIDDEN) and not _is_parquet(n)
+            )
+        found = [path.name for path in readable_files((folder / n for n in data), warn=warn)]
         if found:
-            listing[Path(folder)] = found
+            listing[folder] = found
+    if hive:
+        for folder in [f for f in listing if not _in_partition(f, root)]:
+            left_out.setdefault(_OUTSIDE, []).extend(folder / n for n in listing.pop(folder))
+    if warn:
+        for reason, paths in left_out.items():
+            if paths:
+                _warn_once(root, reason, paths)
     return listing
+
+
+def _is_parquet(name: str) -> bool:
+    return name.endswith(".parquet")
+
+
+def _in_partition(folder: Path, root: Path) -> bool:
+    return any(partition_day(name) is not None for name in folder.relative_to(root).parts)
+
+
+def _warn_once(root: Path, reason: str, paths: list[Path]) -> None:
+    # Once per process and set of files: history() and a dashboard list a dataset often.
+    shown = sorted(escaped(path.relative_to(root)) for path in paths)
+    key = (str(root), reason, *shown)
+    if key in _WARNED:
+        return
+    if len(_WARNED) >= _WARNED_MAX:
+        _WARNED.clear()
+    _WARNED.add(key)
+    more = f" and {len(shown) - _SHOWN_MAX} more" if len(shown) > _SHOWN_MAX else ""
+    logger.warning(
+        "%s: not read: %s%s: %s", escaped(root), ", ".join(shown[:_SHOWN_MAX]), more, reason
+    )
 
 
 def _day_wanted(name: str, days: tuple[date, date]) -> bool:

@@ -11,18 +11,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tesaiot_data._version import VERSION
-from tesaiot_data.schema import epoch_ns
+from tesaiot_data.schema import TIME_TYPE, epoch_ns
 
 __all__ = [
     "PREFIX",
     "REPLACES_KEY",
     "check_metadata",
     "file_metadata",
+    "footer_time_range",
     "iso_datetime",
     "iso_ns",
     "key_values",
@@ -39,6 +42,8 @@ PREFIX = "tesaiot."
 REPLACES_KEY = "replaces"
 # Computed from the data when a file is written; a caller's value for them is ignored.
 _RESERVED_KEYS = frozenset({"rows", "start", "end", "version"})
+# Nanoseconds in one step of each Arrow time unit.
+_NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
 def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -137,3 +142,50 @@ def iso_ns(ns: int) -> str:
 def iso_datetime(moment: datetime) -> str:
     """Return a time as ISO UTC, to the microsecond."""
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def footer_time_range(
+    path: Path, footer: pq.FileMetaData, column: str = "received_at"
+) -> tuple[int, int] | None:
+    """Return the first and last time of a file's time column in epoch ns, from its footer.
+
+    The row groups' statistics are in the unit the file stores (seconds, milliseconds,
+    microseconds or nanoseconds: pandas writes microseconds, DuckDB and Spark too); they
+    are scaled to nanoseconds here. Without statistics (or for INT96 times) the column is
+    read.
+
+    Args:
+        path: The file, read only when its statistics do not tell.
+        footer: Its footer (`pq.read_metadata(path)`).
+        column: A time column of the file.
+
+    Returns:
+        `(first, last)` in epoch nanoseconds (naive times read as UTC), or None for a file
+        without rows.
+
+    Raises:
+        KeyError: The file has no such column.
+        OSError: The column had to be read and could not be.
+    """
+    if footer.num_rows == 0:
+        return None
+    names = footer.schema.names
+    if column not in names:
+        raise KeyError(column)
+    index = names.index(column)
+    kind = footer.schema.to_arrow_schema().field(column).type
+    scale = _NS_PER_UNIT.get(kind.unit) if pa.types.is_timestamp(kind) else None
+    lows, highs = [], []
+    for number in range(footer.num_row_groups):
+        group = footer.row_group(number)
+        if group.num_rows == 0:
+            continue
+        chunk = group.column(index)
+        stats = chunk.statistics
+        stated = chunk.physical_type == "INT64" and stats is not None and stats.has_min_max
+        if scale is None or not stated:
+            values = epoch_ns(pq.read_table(path, columns=[column]).column(0).cast(TIME_TYPE))
+            return (int(values.min()), int(values.max())) if values.size else None
+        lows.append(int(stats.min_raw) * scale)
+        highs.append(int(stats.max_raw) * scale)
+    return (min(lows), max(highs)) if lows else None

@@ -38,7 +38,7 @@ from tesaiot_data.files.layout import (
     sorted_parts,
     utc_day,
 )
-from tesaiot_data.files.metadata import REPLACES_KEY, key_values
+from tesaiot_data.files.metadata import REPLACES_KEY, footer_time_range, iso_ns, key_values
 from tesaiot_data.schema import (
     ARROW_SCHEMA,
     COLUMNS,
@@ -80,9 +80,16 @@ def load_recording(
     """Read a recording, an unfinished recording or a dataset folder into a canonical frame.
 
     `path` may be one Parquet file; a `<file>.parts` folder left by a crash, or the `<file>`
-    itself when only its parts folder exists (every flushed part is read); or a dataset
-    folder of hive partitions `date=YYYY-MM-DD/part-*.parquet` (the partition column is not
-    returned). Filters are pushed down to pyarrow, so skipped row groups are never read.
+    itself when only its parts folder exists (every flushed part is read); a folder of
+    recordings (such as `recordings/`: every recording in it, and the flushed parts of one
+    still running, as one frame); or a dataset folder of hive partitions `date=YYYY-MM-DD/`
+    (the partition column is not returned). A folder's files are read whoever wrote them
+    (DuckDB's `COPY ... PARTITION_BY`, Spark, pandas): every visible `*.parquet` file but
+    a recording's sidecars; the files it leaves out (a dataset's files outside its `date=`
+    folders, such as snapshots, files that are not Parquet) are named in a warning. Every
+    file is read in the canonical schema, whatever types it stores (int64 values,
+    microsecond times). Filters are pushed down to pyarrow, so skipped row groups are never
+    read.
 
     Args:
         path: Where the recording is.
@@ -98,14 +105,17 @@ def load_recording(
             values such as "open" and "closed") are both kept.
 
     Returns:
-        The rows in file order, canonical dtypes and a fresh RangeIndex.
+        The rows in file order (a folder's files by path: compacted files first in each
+        folder, then parts in the order they were written, other names in name order),
+        canonical dtypes and a fresh RangeIndex.
 
     Raises:
         FileNotFoundError: Nothing is at `path`.
         NotARecordingError: `path`, or a file in its folder, is not a recording: a rejects
-            sidecar, not Parquet (a CSV, a half-copied file) or Parquet without the
-            telemetry columns; or `path`'s name is not UTF-8 (a file in its folder so
-            named is skipped with a warning).
+            sidecar, not Parquet (a half-copied file) or Parquet without the telemetry
+            columns or with a column of another kind (text in `value`); the message names
+            the file. Or `path`'s name is not UTF-8 (a file in its folder so named is
+            skipped with a warning).
         ValueError: `start` or `end` is not a time.
     """
     expression = _filter_expression(start=start, end=end, devices=devices, metrics=metrics)
@@ -189,36 +199,60 @@ def _read_frame(
 def read_metadata(path: str | Path) -> dict[str, str]:
     """Return the `tesaiot.*` key-value metadata of a recording, keys without the prefix.
 
-    For a folder (an unfinished recording or a dataset) the parts' metadata is combined:
-    `rows` is their sum, `start`/`end` the earliest and latest, other keys as in the first.
+    For a folder (an unfinished recording, a folder of recordings or a dataset) it is
+    combined over the files `load_recording` reads, whoever wrote them: `rows` is their
+    rows, `start`/`end` the first and last `received_at` (from a file's metadata, or from
+    its column statistics for a file of another tool), other keys as in the first file
+    that has them.
 
     Args:
-        path: A Parquet file, a recording whose parts folder is left, or a dataset folder.
+        path: A Parquet file, a recording whose parts folder is left, a folder of
+            recordings or a dataset folder.
 
     Returns:
-        The metadata; empty for a file written by another tool.
+        The metadata; empty for a single file written by another tool, and for a folder
+        without files.
 
     Raises:
         FileNotFoundError: Nothing is at `path`.
         NotARecordingError: `path`, or a file in its folder, is not a recording (a rejects
             sidecar, not Parquet, or Parquet without the telemetry columns).
     """
-    return read_consistent(Path(path), _combined_metadata)
+    path = Path(path)
+    if path.is_file():
+        return read_consistent(path, lambda files: _file_keys(files[0]))
+    return read_consistent(path, _combined_metadata)
+
+
+def _file_keys(file: Path) -> dict[str, str]:
+    return key_values(recording_footer(file).metadata, skip=frozenset({REPLACES_KEY}))
 
 
 def _combined_metadata(files: list[Path]) -> dict[str, str]:
     combined: dict[str, str] = {}
+    rows = 0
+    spans: list[tuple[str, str]] = []
     for file in files:
-        meta = key_values(recording_footer(file).metadata, skip=frozenset({REPLACES_KEY}))
-        if not combined:
-            combined = meta
-            continue
-        if "rows" in meta:
-            combined["rows"] = str(int(combined.get("rows", "0")) + int(meta["rows"]))
-        if "start" in meta:
-            combined["start"] = min(combined.get("start", meta["start"]), meta["start"])
-        if "end" in meta:
-            combined["end"] = max(combined.get("end", meta["end"]), meta["end"])
+        footer = recording_footer(file)
+        meta = key_values(footer.metadata, skip=frozenset({REPLACES_KEY}))
+        for key, value in meta.items():
+            combined.setdefault(key, value)
+        rows += footer.num_rows
+        if "start" in meta and "end" in meta:
+            spans.append((meta["start"], meta["end"]))
+        else:  # another tool's file: its statistics say
+            span = footer_time_range(file, footer, "received_at")
+            if span is not None:
+                spans.append((iso_ns(span[0]), iso_ns(span[1])))
+    if not files:
+        return combined
+    combined["rows"] = str(rows)
+    if spans:
+        combined["start"] = min(low for low, _ in spans)
+        combined["end"] = max(high for _, high in spans)
+    else:
+        combined.pop("start", None)
+        combined.pop("end", None)
     return combined
 
 
@@ -303,15 +337,17 @@ def _filter_expression(
 
 
 def recording_dataset(files: Sequence[Path]) -> ds.FileSystemDataset:
-    """Return a dataset of `files` in that order, each checked to be a recording.
+    """Return a dataset of `files` in that order, in the canonical schema, each checked.
 
-    The footers read for the check stay cached in the fragments, so the scan does not read
-    them again.
+    Whatever a file stores (int64 values of a pandas backfill, microsecond times, plain
+    strings), the dataset reads it as `ARROW_SCHEMA`: one schema for `load_recording` and
+    `query`. The footers read for the check stay cached in the fragments, so the scan does
+    not read them again.
 
     Raises:
         FileNotFoundError: A file vanished.
-        NotARecordingError: A file is a rejects file, not Parquet, or lacks the telemetry
-            columns.
+        NotARecordingError: A file is a rejects file, not Parquet, lacks the telemetry
+            columns or has one of another kind (text in `value`); the message names it.
     """
     file_format = ds.ParquetFileFormat()
     filesystem = pafs.LocalFileSystem()
@@ -325,8 +361,41 @@ def recording_dataset(files: Sequence[Path]) -> ds.FileSystemDataset:
         except pa.ArrowInvalid as exc:
             raise not_parquet_error(file, exc) from exc
         check_recording(file, schema.names)
+        _check_kinds(file, schema)
         fragments.append(fragment)
     return ds.FileSystemDataset(fragments, ARROW_SCHEMA, file_format, filesystem)
+
+
+def _check_kinds(file: Path, schema: pa.Schema) -> None:
+    for field in ARROW_SCHEMA:
+        index = schema.get_field_index(field.name)
+        if index >= 0 and not _same_kind(schema.field(index).type, field.type):
+            raise not_telemetry_error(
+                file,
+                f"cannot be read as a recording: its column {field.name!r} is "
+                f"{schema.field(index).type}, not {field.type}",
+            )
+
+
+def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a file's column converts to the canonical type without loss of meaning."""
+    if pa.types.is_null(actual):
+        return True
+    if pa.types.is_timestamp(expected):
+        return bool(pa.types.is_timestamp(actual))
+    if pa.types.is_floating(expected):
+        return bool(
+            pa.types.is_floating(actual)
+            or pa.types.is_integer(actual)
+            or pa.types.is_decimal(actual)
+        )
+    if pa.types.is_dictionary(actual):
+        actual = actual.value_type
+    return bool(
+        pa.types.is_string(actual)
+        or pa.types.is_large_string(actual)
+        or pa.types.is_string_view(actual)
+    )
 
 
 def recording_footer(path: Path) -> pq.FileMetaData:
@@ -334,7 +403,8 @@ def recording_footer(path: Path) -> pq.FileMetaData:
 
     Raises:
         FileNotFoundError: The file vanished.
-        NotARecordingError: It is a rejects file, not Parquet, or lacks the telemetry columns.
+        NotARecordingError: It is a rejects file, not Parquet, lacks the telemetry columns
+            or has one of another kind (text in `value`).
     """
     if path.name.endswith(REJECTS_SUFFIX):
         raise rejects_error(path)
@@ -342,7 +412,9 @@ def recording_footer(path: Path) -> pq.FileMetaData:
         footer = pq.read_metadata(path)
     except pa.ArrowInvalid as exc:
         raise not_parquet_error(path, exc) from exc
-    check_recording(path, footer.schema.to_arrow_schema().names)
+    schema = footer.schema.to_arrow_schema()
+    check_recording(path, schema.names)
+    _check_kinds(path, schema)
     return footer
 
 

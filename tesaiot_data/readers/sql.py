@@ -1,11 +1,15 @@
 """SQL over recordings larger than memory, with DuckDB (the optional `sql` extra).
 
-`query()` shows a recording, an unfinished recording's parts or a hive dataset to DuckDB as a
-view named `telemetry` and runs SQL on it. DuckDB reads the Parquet files itself, a row
-group at a time and on every core, skips row groups by their statistics and spills sorts,
-joins and grouped aggregates to a temporary folder (under `TMPDIR`) beyond its memory limit,
-so they work over more rows than fit in memory; only the result becomes a pandas DataFrame.
-An exact median or another aggregate that holds every value of its group does not spill.
+`query()` shows a recording, an unfinished recording's parts, a folder of recordings or a
+hive dataset to DuckDB as a view named `telemetry` and runs SQL on it. The view is the
+pyarrow dataset `load_recording` reads (`readers.disk.recording_dataset`): the same files,
+listed one by one (a path holding `[`, `?` or `*` is never a glob), each cast to the
+canonical schema whatever it stores, so both readers return the same rows and values.
+DuckDB scans it a batch at a time, pushes its column choice and filters down to pyarrow
+(row groups are skipped by their statistics) and spills sorts, joins and grouped aggregates
+to a temporary folder (under `TMPDIR`) beyond its memory limit, so they work over more rows
+than fit in memory; only the result becomes a pandas DataFrame. An exact median or another
+aggregate that holds every value of its group does not spill.
 
 The module is named `sql`, not `query`: a submodule named like the function it exports
 would replace `tesaiot_data.query` (the function) by the module once anything imported it.
@@ -26,10 +30,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from tesaiot_data.errors import ConfigError, MissingExtraError, NotARecordingError, QueryError
+from tesaiot_data.errors import ConfigError, MissingExtraError, QueryError
 from tesaiot_data.files.layout import read_consistent
-from tesaiot_data.readers.disk import recording_footer
-from tesaiot_data.schema import ARROW_SCHEMA, CATEGORY_COLUMNS, COLUMNS
+from tesaiot_data.readers.disk import recording_dataset
+from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
 
 __all__ = ["VIEW", "query"]
 
@@ -40,12 +44,6 @@ VIEW = "telemetry"
 
 _INSTALL_HINT = "pip install 'tesaiot-data[sql]' (or pip install 'duckdb>=1.1')"
 _MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
-# DuckDB's types of the canonical columns, for a column no file has (or no file at all).
-_DUCKDB_TYPES = {
-    "timestamp": "TIMESTAMPTZ",
-    "received_at": "TIMESTAMPTZ",
-    "value": "DOUBLE",
-}
 _UTC_NS = pd.DatetimeTZDtype(unit="ns", tz="UTC")
 # Statement types (duckdb.StatementType names) that write files, reach other databases or
 # extensions, or change the session; IMPORT DATABASE parses as a PRAGMA and is stopped by
@@ -80,10 +78,11 @@ def query(
     The rows are the view `telemetry`, with the columns and types `load_recording` returns:
     `timestamp` and `received_at` (TIMESTAMPTZ_NS with DuckDB 2; DuckDB 1.x reads them as
     TIMESTAMPTZ, truncated to microseconds), `device_id`, `sensor_type`, `metric`, `unit`,
-    `value_text` (VARCHAR) and `value` (DOUBLE); a dataset's partition column `date` is not
-    one of them. The session's time
-    zone is UTC, so `date_trunc('hour', timestamp)` buckets by UTC hours. Each call opens a
-    fresh in-memory DuckDB that spills to a temporary folder, removed afterwards.
+    `value_text` (VARCHAR) and `value` (DOUBLE), whatever types the files store (an int64
+    `value` of a pandas backfill is read as DOUBLE); a dataset's partition column `date` is
+    not one of them. The session's time zone is UTC, so `date_trunc('hour', timestamp)`
+    buckets by UTC hours. Each call opens a fresh in-memory DuckDB that spills to a
+    temporary folder, removed afterwards.
 
     The SQL only reads by default: statements that write files (`COPY ... TO`, `EXPORT`),
     attach or detach databases, install or load extensions, or change settings (`SET`,
@@ -101,8 +100,9 @@ def query(
 
     Args:
         source: A recording's Parquet file, an unfinished recording's `<file>.parts` folder
-            (or the `<file>` when only its parts folder exists), or a dataset folder of hive
-            partitions `date=YYYY-MM-DD/`; the same files `load_recording` reads.
+            (or the `<file>` when only its parts folder exists), a folder of recordings, or
+            a dataset folder of hive partitions `date=YYYY-MM-DD/`; the same files
+            `load_recording` reads, whoever wrote them.
         sql: One or more SQL statements; the result of the last is returned.
         memory_limit: DuckDB's memory limit, such as `"1GB"` or `"512MiB"`, or an int of
             bytes. Beyond it, sorts, joins and aggregates spill to disk; a query that cannot
@@ -125,8 +125,8 @@ def query(
             every attempt to read it.
         NotARecordingError: `source`, or a file in its folder, is not a recording: a rejects
             sidecar, not Parquet, or Parquet without the telemetry columns or with columns of
-            other types; or `source`'s name is not UTF-8 (a file in its folder so named is
-            skipped with a warning).
+            other kinds (text in `value`), the file named; or `source`'s name is not UTF-8
+            (a file in its folder so named is skipped with a warning).
         ConfigError: `memory_limit` or `threads` is not a valid value.
         QueryError: DuckDB could not run the SQL (bad syntax, an unknown column or function,
             out of memory); the message holds DuckDB's and `kind` its error class. Also a
@@ -139,7 +139,9 @@ def query(
 
     def run(files: list[Path]) -> pa.Table:
         started = time.perf_counter()
-        columns = _file_columns(files)
+        # The dataset load_recording reads: the files listed (never a glob DuckDB would
+        # expand: `[`, `?` and `*` are legal in names), each cast to the canonical schema.
+        rows = recording_dataset(files)
         with tempfile.TemporaryDirectory(prefix="tesaiot-sql-") as spill:
             try:
                 connection = duckdb.connect(":memory:", config={**config, "temp_directory": spill})
@@ -147,7 +149,7 @@ def query(
                     _use_utc(connection, duckdb)
                     # A progress bar on stdout would garble a notebook cell or the CLI's table.
                     connection.execute("SET enable_progress_bar = false")
-                    connection.execute(_view_sql(files, columns))
+                    connection.register(VIEW, rows)
                     if not allow_writes:
                         _refuse_writes(connection, sql, source=path)
                         _lock(connection, files)
@@ -211,69 +213,8 @@ def _config(*, memory_limit: str | int | None, threads: int | None) -> dict[str,
     return config
 
 
-def _file_columns(files: Sequence[Path]) -> list[set[str]]:
-    """The canonical columns in each file, after checking that it is a recording."""
-    out = []
-    for file in files:
-        schema = recording_footer(file).schema.to_arrow_schema()
-        present = set()
-        for field in ARROW_SCHEMA:
-            index = schema.get_field_index(field.name)
-            if index < 0:
-                continue
-            if not _same_kind(schema.field(index).type, field.type):
-                raise NotARecordingError(
-                    f"{file} is not a telemetry recording: its column {field.name!r} is "
-                    f"{schema.field(index).type}, not {field.type}",
-                    hint="load_recording() and query() read files written by tesaiot-data",
-                )
-            present.add(field.name)
-        out.append(present)
-    return out
-
-
-def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
-    if pa.types.is_timestamp(expected):
-        return bool(pa.types.is_timestamp(actual))
-    if pa.types.is_floating(expected):
-        return bool(pa.types.is_floating(actual) or pa.types.is_integer(actual))
-    if pa.types.is_dictionary(actual):
-        actual = actual.value_type
-    return bool(
-        pa.types.is_string(actual)
-        or pa.types.is_large_string(actual)
-        or pa.types.is_string_view(actual)
-        or pa.types.is_null(actual)
-    )
-
-
-def _view_sql(files: Sequence[Path], columns: Sequence[set[str]]) -> str:
-    anywhere = set().union(*columns) if columns else set()
-    select = ", ".join(
-        _quote_name(name)
-        if name in anywhere
-        else f"CAST(NULL AS {_DUCKDB_TYPES.get(name, 'VARCHAR')}) AS {_quote_name(name)}"
-        for name in COLUMNS
-    )
-    if not files:
-        return f"CREATE VIEW {VIEW} AS SELECT {select} WHERE false"
-    paths = ", ".join(_quote_text(str(file.absolute())) for file in files)
-    # The partition column (date=...) is not one of load_recording's columns; a file without
-    # some of the optional columns needs union_by_name to read as NULLs.
-    union = "true" if any(present != anywhere for present in columns) else "false"
-    # Paths are SQL string literals (_quote_text), column names quoted (_quote_name).
-    return (
-        f"CREATE VIEW {VIEW} AS SELECT {select} FROM read_parquet([{paths}], "  # noqa: S608
-        f"hive_partitioning = false, union_by_name = {union})"
-    )
-
-
 def _quote_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _quote_name(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _use_utc(connection: Any, duckdb: ModuleType) -> None:
@@ -300,8 +241,8 @@ def _refuse_writes(connection: Any, sql: str, *, source: Path) -> None:
 
 def _lock(connection: Any, files: Sequence[Path]) -> None:
     # After the view exists: from here on DuckDB opens no file but the recording's own (the
-    # view reads them by path, so they stay allowed) and its spill folder, and no setting,
-    # this one included, can be changed back.
+    # view reads them through pyarrow; the SQL may read_parquet them by path) and its spill
+    # folder, and no setting, this one included, can be changed back.
     paths = ", ".join(_quote_text(str(file.absolute())) for file in files)
     connection.execute(f"SET allowed_paths = [{paths}]")  # DuckDB 1.2 and later
     connection.execute("SET enable_external_access = false")
