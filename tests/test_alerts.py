@@ -33,7 +33,7 @@ def readings(device: str, values: Sequence[float], metric: str = "temperature") 
 
 
 def events_of(frame: pd.DataFrame, device: str) -> list[tuple[str, float]]:
-    mine = frame[frame["device"] == device]
+    mine = frame[frame["device_id"] == device]
     return list(zip(mine["state"].astype(str), mine["value"], strict=True))
 
 
@@ -107,7 +107,7 @@ def test_below_and_devices_filter_and_the_active_alerts(
     band = alerts[alerts["rule"] == "band"]
     assert events_of(band, "b") == [("firing", 4.6)]
     active = collector.alerts(active=True)
-    assert sorted(zip(active["rule"].astype(str), active["device"], strict=True)) == [
+    assert sorted(zip(active["rule"].astype(str), active["device_id"], strict=True)) == [
         ("band", "b"),
         ("low-battery", "a"),
     ]
@@ -255,9 +255,9 @@ def test_alert_events_are_written_beside_the_recording(
     assert sidecar == tmp_path / "session.alerts.parquet"
     written = load_alerts(path)
     expected = collector.alerts()
-    expected = expected[expected["device"] != "before"].reset_index(drop=True)
+    expected = expected[expected["device_id"] != "before"].reset_index(drop=True)
     pd.testing.assert_frame_equal(written, expected)
-    assert list(written["device"]) == ["a", "a", "b"]
+    assert list(written["device_id"]) == ["a", "a", "b"]
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
 
     # A quiet recording still says "no alerts"; one stopped by collector.stop() too.

@@ -198,15 +198,25 @@ def test_a_full_inbox_holds_the_acks_and_says_so_once(
 
 
 class Stream:
-    """Publishes QoS 1 readings 0..count-1 with device times at about `rate` a second."""
+    """Publishes QoS 1 readings 0..count-1 with device times at about `rate` a second.
 
-    def __init__(self, publisher: PublisherConfig, *, count: int, rate: float) -> None:
+    paho's own loop thread reconnects after a broker restart and sends what was queued.
+    """
+
+    def __init__(
+        self, publisher: PublisherConfig, *, count: int, rate: float, persistent: bool = False
+    ) -> None:
         self.count, self.rate, self.published = count, rate, 0
-        self._client = new_paho_client(f"test-stream-{os.getpid()}")
+        # persistent: the publisher's own session survives a broker restart (paho resends
+        # what the broker had not acknowledged), so every reading reaches the broker once
+        self._client = new_paho_client(
+            f"test-stream-{os.getpid()}-{time.monotonic_ns()}", clean_session=not persistent
+        )
         self._client.username_pw_set(publisher.username, publisher.password)
+        self.acknowledged = 0  # PUBACKs from the broker (on paho's thread)
+        self._client.on_publish = self._on_publish
         self._client.connect(publisher.host, publisher.port, keepalive=30)
         self._client.loop_start()
-        self._infos: list[object] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -218,17 +228,22 @@ class Stream:
             if (delay := due - time.monotonic()) > 0 and self._stop.wait(delay):  # pacing
                 return
             body = {"value": n, "timestamp": START_MS + n}
-            self._infos.append(
-                self._client.publish("device/line7/telemetry/n", json.dumps(body), qos=1)
-            )
+            # while the broker is away, paho keeps the message and sends it on reconnect
+            self._client.publish("device/line7/telemetry/n", json.dumps(body), qos=1)
             self.published = n + 1
 
     def finish(self) -> None:
         self._thread.join(timeout=self.count / self.rate + 30)
-        for info in self._infos:
-            info.wait_for_publish(30)  # type: ignore[attr-defined]  # the broker has each one
+        wait_for(
+            lambda: self.acknowledged >= self.count,
+            timeout=60,
+            message=f"the broker acknowledged {self.acknowledged} of {self.count}",
+        )
         self._client.disconnect()
         self._client.loop_stop()
+
+    def _on_publish(self, *_args: object) -> None:
+        self.acknowledged += 1
 
     def close(self) -> None:
         self._stop.set()
@@ -330,3 +345,144 @@ def test_a_service_sigkilled_three_times_under_a_qos1_stream_loses_no_reading(
         )
     assert twice < count // 4  # a kill repeats at most the rows of the flush it cut
     assert not list(inbox_folder(root, f"line7-{protocol}").glob("*.seg"))  # all released
+
+
+# --- a share group with a frozen member, and a broker restart -------------------------------
+
+MEMBER = """
+import signal, sys, threading
+from tesaiot_data import Collector, Settings
+settings = Settings.from_env(None).replace(keepalive=5)
+collector = Collector(settings, dataset=sys.argv[1], flush_every=0.5, window="1min").start()
+print("member ready", flush=True)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+stop.wait()
+collector.stop()
+print("member stopped", flush=True)
+"""
+
+
+@pytest.fixture
+def members(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start collector processes (`MEMBER`) that write a dataset; killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(broker: LocalBroker, dataset: Path, **env: str) -> subprocess.Popen[bytes]:
+        out = tmp_path / f"member-{len(started)}.out"
+        with out.open("wb") as stdout:
+            process = subprocess.Popen(
+                [sys.executable, "-c", MEMBER, str(dataset)],
+                env={
+                    **os.environ,
+                    "MQTT_API_TOKEN": broker.token,
+                    "MQTT_BROKER_URL": broker.wss_url,
+                    "CA_CERT_PATH": str(broker.ca_file),
+                    **env,
+                },
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+            )
+        process.out = out  # type: ignore[attr-defined]
+        started.append(process)
+        wait_for(
+            lambda: "member ready" in out.read_text() or process.poll() is not None,
+            timeout=60,
+            message="the member did not start",
+        )
+        assert process.poll() is None, out.read_text()
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait()
+
+
+def stop_member(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0, process.out.read_text()  # type: ignore[attr-defined]
+
+
+@pytest.mark.broker
+@pytest.mark.skipif(not PAHO_V2, reason="paho-mqtt 1.6 cannot hold an acknowledgement")
+def test_a_share_group_member_frozen_past_its_keepalive_loses_nothing_with_persistent_sessions(
+    fresh_broker: LocalBroker,
+    members: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    count, rate = 6_000, 250.0
+    roots = [tmp_path / "a", tmp_path / "b"]
+    group = {"MQTT_SHARE_GROUP": "recorders", "MQTT_SESSION_EXPIRY": "1h"}
+    a = members(fresh_broker, roots[0], MQTT_CLIENT_ID="member-a", **group)
+    b = members(fresh_broker, roots[1], MQTT_CLIENT_ID="member-b", **group)
+    stream = Stream(fresh_broker.publisher(), count=count, rate=rate)
+    try:
+        wait_for(lambda: stream.published >= count // 5, timeout=60)
+        b.send_signal(signal.SIGSTOP)  # frozen: no keepalive, no acks, socket still open
+        frozen_at = stream.published
+        wait_for(lambda: stream.published >= frozen_at + 15 * rate, timeout=60)  # ~15 s
+        b.send_signal(signal.SIGCONT)
+        stream.finish()
+    finally:
+        stream.close()
+
+    def union() -> list[int]:
+        found = [r for r in roots if any(r.rglob("part-*.parquet"))]
+        return sorted(int(v) for r in found for v in load_recording(r)["value"])
+
+    wait_for(
+        lambda: len(set(union())) >= count,
+        timeout=90,
+        message=f"readings in no member's data: {count - len(set(union()))}",
+    )
+    stop_member(a)
+    stop_member(b)
+    assert union() == list(range(count))  # each exactly once, in one member's data
+    assert "lost; reconnecting" in b.out.read_text()  # type: ignore[attr-defined]  # it was cut off
+
+
+@pytest.mark.broker
+@pytest.mark.skipif(not PAHO_V2, reason="paho-mqtt 1.6 cannot hold an acknowledgement")
+def test_a_service_keeps_every_reading_across_a_broker_restart_with_persistence(
+    fresh_broker: LocalBroker,
+    service: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    count, rate = 3_000, 250.0
+    root = tmp_path / "dataset"
+    args = [
+        "--dataset",
+        str(root),
+        "--flush-every",
+        "1s",
+        "--client-id",
+        "line7-restart",
+        "--session-expiry",
+        "1h",
+    ]
+    running = service(fresh_broker, *args)
+    stream = Stream(fresh_broker.publisher(), count=count, rate=rate, persistent=True)
+    try:
+        wait_for(lambda: stream.published >= count // 3, timeout=60)
+        fresh_broker.restart()  # SIGTERM: Mosquitto saves sessions and queues, comes back
+        stream.finish()
+    finally:
+        stream.close()
+
+    def stored() -> set[int]:
+        if not any(root.rglob("part-*.parquet")):
+            return set()
+        return {int(v) for v in load_recording(root)["value"]}
+
+    wait_for(
+        lambda: len(stored()) >= count,
+        timeout=90,
+        message=f"readings missing: {count - len(stored())} of {count}",
+    )
+    running.send_signal(signal.SIGTERM)
+    assert running.wait(30) == 0, running.out.read_text()  # type: ignore[attr-defined]
+    once = load_recording(root, dedupe=True)
+    assert sorted(int(v) for v in once["value"]) == list(range(count))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.broker
 
 
 def row(health: pd.DataFrame, device: str) -> pd.Series:
-    rows = health[health["device"] == device]
+    rows = health[health["device_id"] == device]
     assert len(rows) == 1, f"{device} is not in health() once: {health['device'].tolist()}"
     return rows.iloc[0]
 
@@ -50,8 +50,8 @@ def test_health_lists_every_device_with_its_rate_pace_and_metrics(
         assert health[name].dtype == np.float64, name
     assert health["silent"].dtype == bool
     assert health["messages"].dtype == np.int64
-    assert sorted(health["device"]) == sorted(fleet.device_ids)
-    assert health["device"].tolist() == sorted(fleet.device_ids)  # none silent: by id
+    assert sorted(health["device_id"]) == sorted(fleet.device_ids)
+    assert health["device_id"].tolist() == sorted(fleet.device_ids)  # none silent: by id
     assert not health["silent"].any()
     # Each device publishes 10 msg/s; timing on a shared machine is noisy, bounds generous.
     assert health["msgs_per_s"].between(4, 25).all(), health["msgs_per_s"].tolist()
@@ -76,7 +76,7 @@ def test_a_device_that_stops_publishing_becomes_silent_first(
         return [health] if len(health) == 3 and health["silent"].iloc[0] else []
 
     [health] = wait_for(quiet_is_silent, message="the quiet device became silent")
-    assert health["device"].iloc[0] == quiet
+    assert health["device_id"].iloc[0] == quiet
     assert health["silent"].tolist() == [True, False, False]
     assert row(health, quiet)["age_s"] > 2
     # By its own pace (10 msg/s: 5 intervals, at least 5 s) it is not silent yet, unless
@@ -154,7 +154,7 @@ def test_memory_is_bounded_by_devices_the_least_recently_seen_go_first() -> None
     assert health.devices == 5
     assert health.evicted == 15
     frame = health.frame(now_ns=round((t0 + 20) * 1e9))
-    assert sorted(frame["device"]) == [f"d{i}" for i in range(15, 20)]
+    assert sorted(frame["device_id"]) == [f"d{i}" for i in range(15, 20)]
     # A message keeps a device; 60 s later only it is left.
     feed(health, [raw("d15", t0 + 70)])
     assert health.evict(round((t0 + 90) * 1e9)) == 4
@@ -186,7 +186,7 @@ def test_retained_replays_are_not_signs_of_life(
     t0 = time.time()
     collector.ingest([raw("live", t0), raw("stored", t0 + 0.001, retain=True)])
     health = collector.health()
-    assert health["device"].tolist() == ["live"]
+    assert health["device_id"].tolist() == ["live"]
 
 
 def test_empty_health_has_the_columns_and_dtypes() -> None:

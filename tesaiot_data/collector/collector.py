@@ -28,7 +28,7 @@ from tesaiot_data.arguments import (
 from tesaiot_data.collector.durability import Durability, inbox_folder
 from tesaiot_data.collector.housekeeping import Housekeeper
 from tesaiot_data.collector.ingest import Ingest
-from tesaiot_data.collector.monitoring import Monitoring
+from tesaiot_data.collector.monitoring import Monitoring, warn_unknown_metrics
 from tesaiot_data.collector.recording import Recording, RecordingAlerts
 from tesaiot_data.collector.stats import CollectorStats
 from tesaiot_data.files.parquet import write_batches
@@ -305,12 +305,17 @@ class Collector(Monitoring):
             since: Only rows received since this time: a duration back from now (`"5min"`)
                 or a point in time (naive means UTC).
             devices: Only these device ids.
-            metrics: Only these metrics.
+            metrics: Only these metrics. A name no device has sent (while others were
+                seen) is warned about once (UserWarning), with the known ones.
 
         Returns:
             Rows in arrival order with the columns timestamp, received_at, device_id,
             sensor_type, metric, value, unit, value_text.
         """
+        if metrics is not None:
+            warn_unknown_metrics(
+                self._ingest.health, name_list(metrics) or (), option="metrics", stacklevel=3
+            )
         return self._window.frame(
             since_ns=moment_ns(since), devices=name_list(devices), metrics=name_list(metrics)
         )
@@ -384,6 +389,7 @@ class Collector(Monitoring):
         metrics: Iterable[str] | str | None = None,
         devices: Iterable[str] | str | None = None,
         since: TimeLike | None = None,
+        tz: str | tzinfo | None = None,
     ) -> pd.DataFrame:
         """Return the window's numeric values aggregated per time bucket, device and metric.
 
@@ -411,6 +417,9 @@ class Collector(Monitoring):
             metrics: Only these metrics.
             devices: Only these device ids.
             since: Only rows received since this time, as in `frame()`.
+            tz: Buckets on this zone's local clock (`"Europe/Berlin"`: `"1D"` gives
+                calendar days of 23, 24 or 25 hours, anchored at local midnight); the
+                index is then in that zone. Default UTC.
 
         Returns:
             A wide frame: index the buckets' starts (`datetime64[ns, UTC]`, named
@@ -425,9 +434,14 @@ class Collector(Monitoring):
         """
         step = rule_ns(rule)
         now_ns = time.time_ns()
-        result = resample_frame(
-            self.frame(since=since, devices=devices, metrics=metrics), rule, how=how
+        if metrics is not None:
+            warn_unknown_metrics(
+                self._ingest.health, name_list(metrics) or (), option="metrics", stacklevel=3
+            )
+        rows = self._window.frame(
+            since_ns=moment_ns(since), devices=name_list(devices), metrics=name_list(metrics)
         )
+        result = resample_frame(rows, rule, how=how, tz=tz)
         self._watermark.advance(result, step, now_ns=now_ns)
         return result
 

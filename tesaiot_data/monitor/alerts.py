@@ -1,19 +1,23 @@
 """The alert engine: evaluates the rules (`monitor.rules`) on live telemetry and keeps the events.
 
 A rule fires once when its condition starts and clears once when it ends, per (rule,
-device). Threshold rules are evaluated on every batch on the collector's worker thread,
-vectorised over the batch's columns; silent rules on the housekeeping tick from each device's
-last receive time. A rule whose evaluation raises is skipped for that batch or tick (logged
+device); what is firing now is a state kept per (rule, device), not read back from the events,
+so `frame(active=True)` lists every firing alert however many events were made since. A
+threshold rule's `hysteresis` and `keep_firing_for` damp a value that hovers at the threshold.
+Threshold rules are evaluated on every batch on the collector's worker thread, vectorised
+over the batch's columns; silent rules on the housekeeping tick from each device's last
+receive time. A rule whose evaluation raises is skipped for that batch or tick (logged
 once per rule, counted); the other rules go on. Events are kept (the last `MAX_EVENTS`),
 and logged and handed to the rules' callbacks on the housekeeping thread, so a slow or
-failing callback never holds up ingest.
+failing callback never holds up ingest. Logging is rate-limited per rule (`LOG_EVENTS_PER_MIN`
+lines a minute, then one line that counts the rest); callbacks get every event.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -26,6 +30,7 @@ from tesaiot_data.monitor.rules import AlertRule
 from tesaiot_data.window.chunk import Chunk
 
 __all__ = [
+    "LOG_EVENTS_PER_MIN",
     "MAX_EVENTS",
     "MAX_EVENTS_PER_RECORDING",
     "AlertCapture",
@@ -39,17 +44,37 @@ MAX_EVENTS = 10_000
 MAX_EVENTS_PER_RECORDING = 100_000
 """Alert events kept for one recording's `<stem>.alerts.parquet`; more are dropped (logged)."""
 
+LOG_EVENTS_PER_MIN = 10
+"""Events of one rule logged per minute; the rest are counted in one line when it ends."""
+
 _NS = 1_000_000_000
+_LOG_WINDOW_S = 60.0
 
 
 class _Run:
     """A (rule, device) whose condition holds now, or whose alert is firing."""
 
-    __slots__ = ("firing", "since_ns")
+    __slots__ = ("event", "recovered_ns", "since_ns")
 
     def __init__(self) -> None:
         self.since_ns: int | None = None  # start of the current run of rows in breach
-        self.firing = False
+        self.recovered_ns: int | None = None  # firing: start of the run of rows back in range
+        self.event: AlertEvent | None = None  # firing: the event that made it fire
+
+    @property
+    def firing(self) -> bool:
+        return self.event is not None
+
+
+class _LogBudget:
+    """How many of one rule's events were logged, and left out, in the present minute."""
+
+    __slots__ = ("left_out", "logged", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.logged = 0
+        self.left_out = 0
 
 
 class AlertCapture:
@@ -83,6 +108,7 @@ class AlertEngine:
         self._captures: list[AlertCapture] = []
         self._callback_failed: set[str] = set()
         self._rule_failed: set[str] = set()
+        self._log_budget: dict[str, _LogBudget] = {}
         self._lock = threading.Lock()  # rules, state and events
         self._dispatch_lock = threading.Lock()
         # Per dictionary generation: string -> code of the metric and device columns.
@@ -181,10 +207,13 @@ class AlertEngine:
     def _advance(self, rule: AlertRule, chunk: Chunk, picked: np.ndarray) -> None:
         values = chunk.value[picked]
         breach = np.zeros(len(values), dtype=bool)
+        recovered = np.ones(len(values), dtype=bool)
         if rule.above is not None:
             breach |= values > rule.above
+            recovered &= values <= rule.above - rule.hysteresis
         if rule.below is not None:
             breach |= values < rule.below
+            recovered &= values >= rule.below + rule.hysteresis
         runs = self._runs[rule.name]
         if not runs and not breach.any():
             return  # the common case: every device in range, before and now
@@ -204,7 +233,15 @@ class AlertEngine:
             if run is None:
                 run = runs[device] = _Run()
             times = chunk.received[picked[rows]]
-            self._step(rule, device, run, cond=cond, times=times, values=values[rows])
+            self._step(
+                rule,
+                device,
+                run,
+                breach=cond,
+                recovered=recovered[rows],
+                times=times,
+                values=values[rows],
+            )
             if run.since_ns is None and not run.firing:
                 del runs[device]
 
@@ -214,30 +251,53 @@ class AlertEngine:
         device: str,
         run: _Run,
         *,
-        cond: np.ndarray,
+        breach: np.ndarray,
+        recovered: np.ndarray,
         times: np.ndarray,
         values: np.ndarray,
     ) -> None:
-        """Walk one device's rows (arrival order) run by run of equal condition."""
-        changes = np.flatnonzero(cond[1:] != cond[:-1]) + 1
-        bounds = [0, *changes.tolist(), len(cond)]
+        """Walk one device's rows (arrival order), from one change of state to the next.
+
+        Not firing, a run of rows in `breach` that lasted `for_s` fires it; firing, a run
+        of `recovered` rows that lasted `keep_firing_s` clears it. Rows in between (in the
+        hysteresis band) keep the state and end the run that was counting.
+        """
+        n = len(times)
         hold_ns = int(rule.for_s * _NS)
-        for start, end in itertools.pairwise(bounds):
-            if cond[start]:
-                if run.since_ns is None:
-                    run.since_ns = int(times[start])
+        keep_ns = int(rule.keep_firing_s * _NS)
+        pos = 0
+        while pos < n:
+            looking = recovered if run.firing else breach
+            hits = np.flatnonzero(looking[pos:])
+            if not len(hits):  # the rest of the batch ends the run that was counting
                 if run.firing:
-                    continue
-                due = int(np.searchsorted(times[start:end], run.since_ns + hold_ns, side="left"))
-                if due < end - start:
-                    run.firing = True
-                    at = start + due
-                    self._emit(rule, device, int(times[at]), float(values[at]), "firing")
+                    run.recovered_ns = None
+                else:
+                    run.since_ns = None
+                return
+            first = pos + int(hits[0])
+            misses = np.flatnonzero(~looking[first:])
+            end = first + int(misses[0]) if len(misses) else n
+            if run.firing:
+                if first > pos or run.recovered_ns is None:
+                    run.recovered_ns = int(times[first])
+                due_ns = run.recovered_ns + keep_ns
             else:
-                run.since_ns = None
-                if run.firing:
-                    run.firing = False
-                    self._emit(rule, device, int(times[start]), float(values[start]), "cleared")
+                if first > pos or run.since_ns is None:
+                    run.since_ns = int(times[first])
+                due_ns = run.since_ns + hold_ns
+            due = int(np.searchsorted(times[first:end], due_ns, side="left"))
+            if due >= end - first:
+                pos = end
+                continue
+            at = first + due
+            if run.firing:
+                self._emit(rule, device, int(times[at]), float(values[at]), "cleared")
+                run.event = run.since_ns = run.recovered_ns = None
+            else:
+                run.event = self._emit(rule, device, int(times[at]), float(values[at]), "firing")
+                run.recovered_ns = None
+            pos = at + 1
 
     def evaluate_silence(
         self, last_seen: Mapping[str, int], *, now_ns: int, listening_since_ns: int
@@ -289,8 +349,8 @@ class AlertEngine:
                 quiet_from = max(added if seen is None else seen, listening_since_ns)
                 if now_ns - quiet_from > limit_ns:
                     runs[device] = run = _Run()
-                    run.firing, run.since_ns = True, quiet_from
-                    self._emit(rule, device, quiet_from + limit_ns, silent_s, "firing")
+                    run.since_ns = quiet_from
+                    run.event = self._emit(rule, device, quiet_from + limit_ns, silent_s, "firing")
             elif seen is not None and run.since_ns is not None and seen > run.since_ns:
                 del runs[device]
                 gap = (seen - run.since_ns) / _NS
@@ -298,13 +358,14 @@ class AlertEngine:
 
     def _emit(
         self, rule: AlertRule, device: str, time_ns: int, value: float, state: AlertState
-    ) -> None:
+    ) -> AlertEvent:
         event = AlertEvent(time_ns, rule.name, device, rule.metric, value, state)
         self._events.append(event)
         self._undelivered.append(event)
         for capture in self._captures:
             capture.add(event)
         self.events_total += 1
+        return event
 
     def _sync_codes(self, chunk: Chunk) -> None:
         if chunk.categories is not self._generation:
@@ -339,22 +400,13 @@ class AlertEngine:
         with self._dispatch_lock:
             while True:
                 with self._lock:
-                    if not self._undelivered:
-                        return delivered
-                    event = self._undelivered.popleft()
-                    rule = self._rules.get(event.rule)
+                    event = self._undelivered.popleft() if self._undelivered else None
+                    rule = None if event is None else self._rules.get(event.rule)
+                if event is None:
+                    self.flush_log()
+                    return delivered
                 delivered += 1
-                level = logging.WARNING if event.state == "firing" else logging.INFO
-                where = f" {event.metric}={event.value:g}" if event.metric else ""
-                logger.log(
-                    level,
-                    "alert %r %s for device %s%s at %s",
-                    event.rule,
-                    event.state,
-                    event.device,
-                    where or f" (silent {event.value:.1f} s)",
-                    event.time.isoformat(),
-                )
+                self._log(event)
                 if rule is None or rule.callback is None:
                     continue
                 try:
@@ -368,6 +420,53 @@ class AlertEngine:
                             "stats.alert_callback_errors)",
                             event.rule,
                         )
+
+    def _log(self, event: AlertEvent) -> None:
+        """Log one event, within its rule's budget of `LOG_EVENTS_PER_MIN` lines a minute."""
+        now = time.monotonic()
+        self.flush_log(now=now)
+        budget = self._log_budget.get(event.rule)
+        if budget is None:
+            budget = self._log_budget[event.rule] = _LogBudget(now)
+        if budget.logged >= LOG_EVENTS_PER_MIN:
+            budget.left_out += 1
+            return
+        budget.logged += 1
+        level = logging.WARNING if event.state == "firing" else logging.INFO
+        where = f" {event.metric}={event.value:g}" if event.metric else ""
+        logger.log(
+            level,
+            "alert %r %s for device %s%s at %s%s",
+            event.rule,
+            event.state,
+            event.device,
+            where or f" (silent {event.value:.1f} s)",
+            event.time.isoformat(),
+            "; further events of this rule in this minute are counted, not logged"
+            if budget.logged == LOG_EVENTS_PER_MIN
+            else "",
+        )
+
+    def flush_log(self, *, now: float | None = None) -> None:
+        """End the log budgets whose minute is over; log one line for each with events left out.
+
+        Called by `dispatch` (every housekeeping tick); `now` is `time.monotonic()` seconds.
+        """
+        now = time.monotonic() if now is None else now
+        for name, budget in list(self._log_budget.items()):
+            if now - budget.start < _LOG_WINDOW_S:
+                continue
+            del self._log_budget[name]
+            if budget.left_out:
+                logger.warning(
+                    "alert %r: %d more events in %.0f s were not logged (at most %d a "
+                    "minute; see collector.alerts() or pass hysteresis=/keep_firing_for= "
+                    "to damp a value that hovers at the threshold)",
+                    name,
+                    budget.left_out,
+                    now - budget.start,
+                    LOG_EVENTS_PER_MIN,
+                )
 
     # ------------------------------------------------------------------ reads
 
@@ -395,20 +494,21 @@ class AlertEngine:
 
         Args:
             since_ns: Only events at or after this epoch time in ns.
-            active: Only the firing events of the alerts that are firing now.
+            active: Instead, the alerts firing now, one row each (the event that made it
+                fire), from the engine's state: however many events were made or dropped
+                since, every firing alert is listed.
         """
         with self._lock:
-            events = list(self._events)
-            firing = {
-                (name, device)
-                for name, runs in self._runs.items()
-                for device, run in runs.items()
-                if run.firing
-            }
+            if active:
+                events = [
+                    run.event
+                    for runs in self._runs.values()
+                    for run in runs.values()
+                    if run.event is not None
+                ]
+                events.sort(key=lambda e: e.time_ns)
+            else:
+                events = list(self._events)
         if since_ns is not None:
             events = [e for e in events if e.time_ns >= since_ns]
-        if active:
-            latest = {(e.rule, e.device): e for e in events}
-            events = [e for key, e in latest.items() if key in firing and e.state == "firing"]
-            events.sort(key=lambda e: e.time_ns)
         return events_frame(events)

@@ -6,6 +6,16 @@ the rows: each device has a fixed-size ring of its recent arrival times and cloc
 and a minute of message counts in `RATE_BUCKET_S`-second buckets, all in shared numpy arrays
 (about 1 KB a device with its bookkeeping). Devices not seen for `forget_after` seconds,
 or the least recently seen beyond `max_devices`, are forgotten and counted in `evicted`.
+
+A device's usual interval is the time between its *updates*, not between its messages: a
+device that publishes one topic per sensor (ESPHome, Tasmota, Home Assistant) sends a burst
+of messages a fraction of a millisecond apart, and the gap inside a burst says nothing about
+when the next update is due. A message that arrives less than `BURST_GAP_S` after the
+device's previous message belongs to the same update; the next one starts an update, and
+the usual interval is the median gap between the starts of the last `ARRIVALS_KEPT`
+updates (NaN until the second update). A device whose messages never leave that gap for a
+second (a steady stream faster than 20 a second) is judged by the median gap between its
+messages instead.
 """
 
 from __future__ import annotations
@@ -13,16 +23,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from tesaiot_data.messages import Reject, RejectReason
+from tesaiot_data.monitor.events import DEVICE_ALIAS
 from tesaiot_data.window.chunk import Chunk
 
 __all__ = [
     "ARRIVALS_KEPT",
+    "BURST_GAP_S",
     "FORGET_AFTER_S",
     "HEALTH_COLUMNS",
     "MAX_DEVICES",
@@ -34,7 +46,9 @@ __all__ = [
 ]
 
 ARRIVALS_KEPT = 32
-"""Recent messages per device behind `usual_interval_s` and `clock_skew_s`."""
+"""Recent messages (and updates) per device behind `usual_interval_s` and `clock_skew_s`."""
+BURST_GAP_S = 0.05
+"""Messages of one device closer than this (seconds) are one update (a burst)."""
 RATE_BUCKET_S = 5
 RATE_WINDOW_S = 60
 """Seconds behind `msgs_per_s` (in `RATE_BUCKET_S`-second buckets)."""
@@ -51,7 +65,7 @@ MAX_DEVICES = 10_000
 MAX_METRICS_PER_DEVICE = 256
 
 HEALTH_COLUMNS = (
-    "device",
+    "device_id",
     "last_seen",
     "age_s",
     "msgs_per_s",
@@ -62,10 +76,15 @@ HEALTH_COLUMNS = (
     "rejected",
     "reject_share",
     "metrics",
+    DEVICE_ALIAS,
 )
+"""The columns of `DeviceHealth.frame` and `Collector.health()`, in order; the last, `device`,
+is the 0.1 name of `device_id` (a copy of it, deprecated)."""
 
 _BUCKETS = RATE_WINDOW_S // RATE_BUCKET_S
 _BUCKET_NS = RATE_BUCKET_S * 1_000_000_000
+_BURST_NS = round(BURST_GAP_S * 1e9)
+_STEADY_NS = 1_000_000_000
 _NS = 1e9
 _SKEW_MAX = 9e18  # ns; a clock centuries off still fits int64
 _NO_SKEW = np.iinfo(np.int64).min  # in the skew ring: a message without a device time
@@ -110,6 +129,7 @@ class DeviceHealth:
         self._pairs_seen: set[int] = set()
         self._metrics_sizes = (-1, -1)
         self._metrics_at = 0.0
+        self._warned: set[str] = set()  # metric names reported by unknown_metrics
 
     # ---------------------------------------------------------------- storage
 
@@ -125,6 +145,8 @@ class DeviceHealth:
         get = self.__dict__.get
         self._arrivals = grow(get("_arrivals"), (capacity, ARRIVALS_KEPT), 0)
         self._arrived = grow(get("_arrived"), (capacity,), 0)  # messages ever put in the ring
+        self._updates = grow(get("_updates"), (capacity, ARRIVALS_KEPT), 0)  # update starts
+        self._updated = grow(get("_updated"), (capacity,), 0)  # updates ever put in the ring
         self._skews = grow(get("_skews"), (capacity, ARRIVALS_KEPT), _NO_SKEW)
         self._bucket_id = grow(get("_bucket_id"), (capacity, _BUCKETS), -1)
         self._bucket_n = grow(get("_bucket_n"), (capacity, _BUCKETS), 0)
@@ -148,7 +170,7 @@ class DeviceHealth:
         slot = self._free.pop()
         self._slots[device] = slot
         self._names[slot] = device
-        self._arrived[slot] = 0
+        self._arrived[slot] = self._updated[slot] = 0
         self._skews[slot] = _NO_SKEW
         self._bucket_id[slot] = -1
         self._bucket_n[slot] = 0
@@ -261,16 +283,19 @@ class DeviceHealth:
         head = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
         sizes = np.diff(np.r_[head, n])
         devices = slots[head]
+        # A message starts an update unless it came within BURST_GAP_S of the device's last.
+        previous = np.r_[0, times[:-1]]
+        previous[head] = self._last[devices]
+        fresh = np.zeros(n, dtype=bool)
+        fresh[head] = self._arrived[devices] == 0
+        starts = fresh | (times - previous >= _BURST_NS)
         self._messages[devices] += sizes
         self._last[devices] = np.maximum(self._last[devices], np.maximum.reduceat(times, head))
-        # The rings keep each device's last ARRIVALS_KEPT messages.
-        rank = np.arange(n) - np.repeat(head, sizes)
-        kept = rank >= np.repeat(sizes - ARRIVALS_KEPT, sizes)
-        at = (np.repeat(self._arrived[devices], sizes) + rank) % ARRIVALS_KEPT
-        rows, columns = slots[kept], at[kept]
-        self._arrivals[rows, columns] = times[kept]
-        self._skews[rows, columns] = skews[kept]
-        self._arrived[devices] += sizes
+        _push(
+            self._arrivals, self._arrived, slots, times, other_ring=self._skews, other_values=skews
+        )
+        if starts.any():
+            _push(self._updates, self._updated, slots[starts], times[starts])
         # Message counts per RATE_BUCKET_S bucket; a batch mostly falls in one bucket.
         buckets = times // _BUCKET_NS
         tail = head + sizes - 1
@@ -345,6 +370,29 @@ class DeviceHealth:
         """Devices tracked now."""
         return len(self._slots)
 
+    def metric_names(self) -> set[str]:
+        """Return the metrics any tracked device sent (at most 256 a device are noted)."""
+        with self._lock:
+            return set().union(*(self._metrics[s] for s in self._slots.values()))
+
+    def unknown_metrics(self, names: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Return the names no device has sent, each only the first time asked, and the known.
+
+        For the "a metric never seen" warning of `alert(metric=...)` and friends: before
+        any metric is seen nothing is unknown (the devices may not have sent yet), and a
+        name is reported once per `DeviceHealth`.
+
+        Returns:
+            The new unknown names, in the order given, and the known metrics, sorted.
+        """
+        known = self.metric_names()
+        if not known:
+            return [], []
+        with self._lock:
+            new = [n for n in dict.fromkeys(names) if n not in known and n not in self._warned]
+            self._warned.update(new)
+        return new, sorted(known)
+
     def last_seen(self) -> dict[str, int]:
         """Return each tracked device's last receive time, in epoch ns."""
         with self._lock:
@@ -370,6 +418,8 @@ class DeviceHealth:
             slots = np.fromiter(self._slots.values(), dtype=np.int64, count=len(devices))
             arrivals = self._arrivals[slots]
             arrived = self._arrived[slots]
+            updates = self._updates[slots]
+            updated = self._updated[slots]
             skews = self._skews[slots]
             bucket_id = self._bucket_id[slots]
             bucket_n = self._bucket_n[slots]
@@ -379,7 +429,11 @@ class DeviceHealth:
             rejected = self._rejected[slots]
             metrics = [",".join(sorted(self._metrics[s])) for s in slots.tolist()]
         age = (now_ns - last) / _NS
-        interval = _median_interval(arrivals, arrived)
+        interval = _median_interval(updates, updated)
+        # One update so far: a first burst (pace unknown yet), or one endless update, a
+        # steady stream faster than the burst gap, told apart by how long it has lasted.
+        steady = (updated < 2) & (last - updates[:, 0] >= _STEADY_NS)
+        interval[steady] = _median_interval(arrivals[steady], arrived[steady])
         now_bucket = now_ns // _BUCKET_NS
         in_window = bucket_id > now_bucket - _BUCKETS
         recent = np.where(in_window, bucket_n, 0).sum(axis=1)
@@ -395,9 +449,10 @@ class DeviceHealth:
         else:
             limit = np.full(len(devices), float(silent_after))
         skew = _median_skew(skews) / _NS
+        ids = pd.Series(devices, dtype=str)
         frame = pd.DataFrame(
             {
-                "device": pd.Series(devices, dtype=str),
+                "device_id": ids,
                 "last_seen": pd.DatetimeIndex(last.view("M8[ns]")).tz_localize("UTC"),
                 "age_s": age.astype(np.float64),
                 "msgs_per_s": rate.astype(np.float64),
@@ -408,10 +463,40 @@ class DeviceHealth:
                 "rejected": rejected,
                 "reject_share": np.where(messages > 0, rejected / np.maximum(messages, 1), np.nan),
                 "metrics": pd.Series(metrics, dtype=str),
+                DEVICE_ALIAS: ids.copy(),
             }
         )
-        frame = frame.sort_values(["silent", "device"], ascending=[False, True], kind="stable")
+        frame = frame.sort_values(["silent", "device_id"], ascending=[False, True], kind="stable")
         return frame.reset_index(drop=True)
+
+
+def _push(
+    ring: np.ndarray,
+    filled: np.ndarray,
+    slots: np.ndarray,
+    values: np.ndarray,
+    *,
+    other_ring: np.ndarray | None = None,
+    other_values: np.ndarray | None = None,
+) -> None:
+    """Put values (grouped by slot, in arrival order) in per-slot rings, keeping the last few.
+
+    `other_ring` (same shape as `ring`) takes `other_values` at the same places; `filled`
+    counts what each slot ever put in its ring.
+    """
+    n = len(slots)
+    head = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+    sizes = np.diff(np.r_[head, n])
+    devices = slots[head]
+    k = ring.shape[1]
+    rank = np.arange(n) - np.repeat(head, sizes)
+    kept = rank >= np.repeat(sizes - k, sizes)
+    at = (np.repeat(filled[devices], sizes) + rank) % k
+    rows, columns = slots[kept], at[kept]
+    ring[rows, columns] = values[kept]
+    if other_ring is not None and other_values is not None:
+        other_ring[rows, columns] = other_values[kept]
+    filled[devices] += sizes
 
 
 def _ring_values(ring: np.ndarray, filled: np.ndarray) -> np.ndarray:

@@ -54,6 +54,10 @@ class AlertRule:
         for_s: Seconds the condition must hold (by receive time) before firing.
         devices: Only these device ids; None watches every device.
         silent_s: Fire when a device sent nothing for this many seconds.
+        hysteresis: How far back inside the threshold a value must be to clear a firing
+            alert (`above - hysteresis`, `below + hysteresis`), in the metric's unit.
+        keep_firing_s: Seconds a firing alert's rows must all be back in range (by receive
+            time) before it clears.
         callback: Called with each `AlertEvent` of the rule, on the housekeeping thread.
     """
 
@@ -64,6 +68,8 @@ class AlertRule:
     for_s: float = 0.0
     devices: frozenset[str] | None = None
     silent_s: float | None = None
+    hysteresis: float = 0.0
+    keep_firing_s: float = 0.0
     callback: Callable[[AlertEvent], object] | None = field(default=None, compare=False)
 
     @classmethod
@@ -77,6 +83,8 @@ class AlertRule:
         for_: str | float | pd.Timedelta = "0s",
         devices: Iterable[str] | str | None = None,
         silent: str | float | pd.Timedelta | None = None,
+        hysteresis: float = 0.0,
+        keep_firing_for: str | float | pd.Timedelta = "0s",
         callback: Callable[[AlertEvent], object] | None = None,
     ) -> AlertRule:
         """Check the options of `Collector.alert` and return the rule.
@@ -88,6 +96,13 @@ class AlertRule:
             raise ConfigError(f"alert name {name!r} must be a non-empty string", hint="'too-hot'")
         high, low = _threshold(above, "above"), _threshold(below, "below")
         for_s = _zero_or_duration(for_, name="for_")
+        keep_s = _zero_or_duration(keep_firing_for, name="keep_firing_for")
+        margin = _threshold(hysteresis, "hysteresis") or 0.0
+        if margin < 0:
+            raise ConfigError(
+                f"hysteresis={hysteresis!r} must be zero or more",
+                hint="pass hysteresis=0.5: a firing alert clears at above - 0.5",
+            )
         silent_s = None if silent is None else duration_seconds(silent, name="silent")
         if high is None and low is None and silent_s is None:
             raise ConfigError(
@@ -105,6 +120,12 @@ class AlertRule:
                     f"alert {name!r}: a silent rule watches whole devices",
                     hint="drop metric= and for_= (silent= is itself the duration)",
                 )
+            if margin or keep_s:
+                option = "hysteresis" if margin else "keep_firing_for"
+                raise ConfigError(
+                    f"{option}= is for threshold rules; alert {name!r} is a silent rule",
+                    hint=f"drop {option}= (a silent alert clears on the device's next message)",
+                )
         elif not isinstance(metric, str) or not metric:
             raise ConfigError(
                 f"alert {name!r} has a threshold but no metric",
@@ -114,6 +135,12 @@ class AlertRule:
             raise ConfigError(
                 f"alert {name!r}: below={low} must be less than above={high}",
                 hint="the rule fires while a value is outside [below, above]",
+            )
+        if high is not None and low is not None and not low + margin <= high - margin:
+            raise ConfigError(
+                f"hysteresis={margin:g} leaves no value that clears alert {name!r} "
+                f"(below + hysteresis > above - hysteresis)",
+                hint=f"pass hysteresis of at most {(high - low) / 2:g}",
             )
         if callback is not None and not callable(callback):
             raise ConfigError(
@@ -128,7 +155,18 @@ class AlertRule:
                     f"alert {name!r}: devices={devices!r} must name one or more device ids",
                     hint="pass devices=['dev-1'] or leave it out for every device",
                 )
-        return cls(name, metric, high, low, for_s, chosen, silent_s, callback)
+        return cls(
+            name,
+            metric,
+            high,
+            low,
+            for_s,
+            chosen,
+            silent_s,
+            hysteresis=margin,
+            keep_firing_s=keep_s,
+            callback=callback,
+        )
 
     @property
     def is_silent(self) -> bool:

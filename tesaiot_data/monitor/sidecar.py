@@ -19,7 +19,7 @@ from tesaiot_data.errors import NotARecordingError
 from tesaiot_data.files.layout import ALERTS_SUFFIX, alerts_sidecar
 from tesaiot_data.files.metadata import check_metadata
 from tesaiot_data.files.parquet import write_table
-from tesaiot_data.monitor.events import ALERT_COLUMNS, AlertEvent, events_frame
+from tesaiot_data.monitor.events import AlertEvent, events_frame
 from tesaiot_data.schema import TIME_TYPE, epoch_ns
 
 __all__ = ["ALERTS_SCHEMA", "alerts_sidecar", "load_alerts", "write_alerts"]
@@ -28,12 +28,15 @@ ALERTS_SCHEMA = pa.schema(
     [
         pa.field("time", TIME_TYPE, nullable=False),
         pa.field("rule", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-        pa.field("device", pa.string(), nullable=False),
+        pa.field("device_id", pa.string(), nullable=False),
         pa.field("metric", pa.string()),
         pa.field("value", pa.float64()),
         pa.field("state", pa.dictionary(pa.int8(), pa.string()), nullable=False),
     ]
 )
+
+
+_COLUMNS_0_1 = ["time", "rule", "device", "metric", "value", "state"]
 
 
 def write_alerts(
@@ -80,7 +83,9 @@ def load_alerts(path: str | Path) -> pd.DataFrame:
     if not path.name.endswith(ALERTS_SUFFIX):
         path = alerts_sidecar(path)
     table = pq.read_table(path)
-    if table.schema.names != list(ALERT_COLUMNS):
+    if table.schema.names == _COLUMNS_0_1:  # written by 0.1: `device` was `device_id`
+        table = table.rename_columns(ALERTS_SCHEMA.names)
+    if table.schema.names != ALERTS_SCHEMA.names:
         raise NotARecordingError(
             f"{path} is not an alerts file (columns {table.schema.names})",
             hint="pass the recording or its <stem>.alerts.parquet",
@@ -91,7 +96,7 @@ def load_alerts(path: str | Path) -> pd.DataFrame:
         for t, r, d, m, v, s in zip(
             times.tolist(),
             table.column("rule").to_pylist(),
-            table.column("device").to_pylist(),
+            table.column("device_id").to_pylist(),
             table.column("metric").to_pylist(),
             table.column("value").to_pylist(),
             table.column("state").to_pylist(),

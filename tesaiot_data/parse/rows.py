@@ -352,7 +352,7 @@ class _Writer:
             else:
                 self._object(obj, "", sensor, None, depth, top=True)
             if raw is not None and len(self.metric) > start:
-                stamp = timestamp_ns(raw, self.options._naive)
+                stamp = timestamp_ns(raw, self.options._naive, received_ns=received_ns)
         elif kind is list:
             if depth > MAX_DEPTH:
                 self.clipped = True
@@ -563,7 +563,7 @@ def _feed_all(writer: _Writer, messages: Iterable[RawMessage]) -> None:
             ):
                 stamp = second + millis
             else:
-                read = timestamp_ns(raw, naive)
+                read = timestamp_ns(raw, naive, received_ns=received_ns)
                 if read is None:
                     read = received_ns
                     fallbacks += 1

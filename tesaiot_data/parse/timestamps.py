@@ -45,6 +45,11 @@ _EPOCH_UNITS = ((10**11, 10**9, 9), (10**14, 10**6, 6), (10**17, 10**3, 3))
 class NaiveZone:
     """The zone of device timestamps that carry none, with its offsets cached per minute.
 
+    A local time in the hour repeated when daylight saving time ends (02:30 in Berlin on
+    the last Sunday of October) names two instants an hour apart; `timestamp_ns` picks
+    the one nearer the message's receive time when it is given (`received_ns`), else the
+    first (pandas' `ambiguous="infer"` cannot be used message by message).
+
     Args:
         zone: The zone; daylight saving time is followed.
     """
@@ -53,7 +58,7 @@ class NaiveZone:
 
     def __init__(self, zone: tzinfo) -> None:
         self.zone = zone
-        self._offsets: dict[str, int | None] = {}
+        self._offsets: dict[str, tuple[int, int] | None] = {}
 
     def __repr__(self) -> str:
         return f"NaiveZone({self.zone!s})"
@@ -96,23 +101,40 @@ class NaiveZone:
             ) from None
 
     def offset(self, minute: str) -> int | None:
-        """Seconds east of UTC at local `YYYY-MM-DD[THH:MM]`; None when no such time."""
+        """Seconds east of UTC at local `YYYY-MM-DD[THH:MM]`; None when no such time.
+
+        In the repeated hour, the offset of its first pass (see `offsets`).
+        """
+        both = self.offsets(minute)
+        return None if both is None else both[0]
+
+    def offsets(self, minute: str) -> tuple[int, int] | None:
+        """Seconds east of UTC at local `YYYY-MM-DD[THH:MM]`, first and second pass.
+
+        The two differ only in the hour repeated when daylight saving time ends (the
+        first pass has the larger offset: the earlier instant); None when no such time.
+        """
         offsets = self._offsets
         try:
             return offsets[minute]
         except KeyError:
             pass
+        both: tuple[int, int] | None
         try:
             hour, mins = (int(minute[11:13]), int(minute[14:16])) if len(minute) > 10 else (0, 0)
             local = datetime(int(minute[0:4]), int(minute[5:7]), int(minute[8:10]), hour, mins)
-            delta = local.replace(tzinfo=self.zone).utcoffset()
-            offset = None if delta is None else int(delta.total_seconds())
+            first = local.replace(tzinfo=self.zone).utcoffset()
+            second = local.replace(tzinfo=self.zone, fold=1).utcoffset()
+            if first is None or second is None:
+                both = None
+            else:
+                both = (int(first.total_seconds()), int(second.total_seconds()))
         except (ValueError, OverflowError):
-            offset = None
+            both = None
         if len(offsets) >= _CACHE_SIZE:
             offsets.clear()  # atomic, so safe to share between threads
-        offsets[minute] = offset
-        return offset
+        offsets[minute] = both
+        return both
 
 
 def _in_range(ns: int) -> int | None:
@@ -162,17 +184,22 @@ def _cached(
         return value
 
 
-def _iso_ns(text: str, match: re.Match[str], naive: NaiveZone | None) -> int | None:
+def _iso_ns(
+    text: str, match: re.Match[str], naive: NaiveZone | None, received_ns: int | None
+) -> int | None:
     clock, second, fraction, zone = match.groups()
     minute = text[:16] if clock else text[:10]
     base = _cached(_minute_cache, minute, _minute_seconds)
     if base is None:
         return None
+    later = 0  # the repeated hour: seconds to add for its second pass, if nearer
     if not zone and naive is not None:
-        local = naive.offset(minute)
+        local = naive.offsets(minute)
         if local is None:
             return None
-        base -= local
+        base -= local[0]
+        if received_ns is not None:
+            later = local[0] - local[1]
     if second:
         seconds = int(second)
         if seconds > 59:  # leap seconds are not representable either
@@ -184,7 +211,12 @@ def _iso_ns(text: str, match: re.Match[str], naive: NaiveZone | None) -> int | N
             return None
         base -= offset
     nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
-    return _in_range(base * 1_000_000_000 + nanos)
+    ns = base * 1_000_000_000 + nanos
+    if later > 0 and received_ns is not None:
+        second_pass = ns + later * 1_000_000_000
+        if abs(second_pass - received_ns) < abs(ns - received_ns):
+            ns = second_pass
+    return _in_range(ns)
 
 
 def _epoch_int_ns(number: int) -> int | None:
@@ -230,7 +262,9 @@ the cache; only seconds whose every millisecond fits in int64 nanoseconds are he
 _SECONDS_MAX = 4096
 
 
-def _text_ns(text: str, naive: NaiveZone | None = None) -> int | None:
+def _text_ns(
+    text: str, naive: NaiveZone | None = None, received_ns: int | None = None
+) -> int | None:
     if len(text) > MAX_TIMESTAMP_TEXT:  # keeps every step below linear in the message size
         return None
     # Fast path for what the platform's devices send, "2025-12-09T10:30:45.123Z": the
@@ -251,16 +285,18 @@ def _text_ns(text: str, naive: NaiveZone | None = None) -> int | None:
             if second is not None:
                 return _in_range(second + int(millis) * 1_000_000)
     if (match := _ISO.fullmatch(text)) is not None:
-        return _iso_ns(text, match, naive)
+        return _iso_ns(text, match, naive, received_ns)
     if (match := _DECIMAL.fullmatch(text)) is not None:
         return _epoch_text_ns(match)
     if _SCIENTIFIC.fullmatch(text) is not None:
         return _epoch_float_ns(float(text))
     stripped = text.strip()
-    return _text_ns(stripped, naive) if stripped and stripped != text else None
+    return _text_ns(stripped, naive, received_ns) if stripped and stripped != text else None
 
 
-def timestamp_ns(raw: object, naive: NaiveZone | None = None) -> int | None:
+def timestamp_ns(
+    raw: object, naive: NaiveZone | None = None, *, received_ns: int | None = None
+) -> int | None:
     """Read a device timestamp as epoch nanoseconds UTC; None when it is not one.
 
     Args:
@@ -270,12 +306,16 @@ def timestamp_ns(raw: object, naive: NaiveZone | None = None) -> int | None:
             Texts longer than `MAX_TIMESTAMP_TEXT` are not timestamps, so that the work
             stays linear in the text.
         naive: The zone of ISO timestamps without one; None means UTC.
+        received_ns: When the message arrived, epoch ns. A local time in `naive`'s
+            repeated autumn hour is read as the pass whose instant is nearer this (a
+            device's two 02:30s are an hour apart, and both arrive soon after they are
+            sent); without it, the first pass.
 
     Returns:
         Epoch nanoseconds within what `datetime64[ns]` holds, or None.
     """
     if isinstance(raw, str):
-        return _text_ns(raw, naive)
+        return _text_ns(raw, naive, received_ns)
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):

@@ -9,12 +9,19 @@ counted as late.
 Buckets are fixed-length and anchored at the Unix epoch (`origin="epoch"` in pandas terms),
 so a bucket's bounds never depend on which rows the window holds: the 10 s bucket
 `10:30:40` is the same in every call, before and after midnight.
+
+In a time zone (`tz=`, or a frame whose `timestamp` column is in one, as pandas does), the
+buckets follow the local clock instead: anchored at local midnight, so `"1D"` gives
+calendar days, 23 hours long on the day daylight saving time starts and 25 on the day it
+ends, and `"1h"` gives local hours, the repeated autumn hour twice (one bucket per pass).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from datetime import tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -87,23 +94,77 @@ def _bucket_starts(timestamps: np.ndarray, step: int) -> np.ndarray:
     return starts
 
 
-def _empty(hows: tuple[str, ...], many: bool) -> pd.DataFrame:
+def _zone(tz: str | tzinfo | None, frame: pd.DataFrame) -> tzinfo | None:
+    """The zone of the buckets: `tz`, else the frame's own; None for UTC (or no zone)."""
+    if tz is None:
+        own = getattr(frame["timestamp"].dtype, "tz", None)
+        return None if own is None or str(own) == "UTC" else own
+    if isinstance(tz, tzinfo):
+        return tz
+    if isinstance(tz, str) and tz.strip():
+        try:
+            return None if tz.strip() == "UTC" else ZoneInfo(tz.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    raise ConfigError(
+        f"tz={tz!r} is not a time zone",
+        hint="pass an IANA name such as 'Europe/Berlin', a tzinfo, or None for UTC",
+    )
+
+
+def _wall_ns(utc_ns: np.ndarray, zone: tzinfo) -> np.ndarray:
+    """Epoch ns UTC -> the local wall-clock time in `zone`, as naive epoch ns."""
+    local = pd.DatetimeIndex(utc_ns.view("M8[ns]")).tz_localize("UTC").tz_convert(zone)
+    wall: np.ndarray = local.tz_localize(None).asi8
+    return wall
+
+
+def _local_bucket_starts(timestamps: np.ndarray, step: int, zone: tzinfo) -> np.ndarray:
+    """Bucket starts (epoch ns UTC) of fixed-length buckets on the local clock of `zone`.
+
+    Each row's wall-clock time is floored to `step` from local midnight of 1970-01-01, and
+    that wall-clock start placed back in UTC with the row's own offset when that gives the
+    start (so in the repeated autumn hour each pass has its own buckets); otherwise (a
+    change of offset between the start and the row) with the offset at the start, moved
+    forward to the end of a spring gap, the first pass of an autumn one.
+    """
+    wall = _wall_ns(timestamps, zone)
+    starts = _bucket_starts(wall, step)
+    placed = starts - (wall - timestamps)
+    moved = _wall_ns(placed, zone) != starts
+    if moved.any():
+        local = pd.DatetimeIndex(starts[moved].view("M8[ns]")).tz_localize(
+            zone, ambiguous=np.ones(int(moved.sum()), dtype=bool), nonexistent="shift_forward"
+        )
+        placed[moved] = local.tz_convert("UTC").tz_localize(None).asi8
+    return placed
+
+
+def _empty(hows: tuple[str, ...], many: bool, zone: tzinfo | None = None) -> pd.DataFrame:
     names = ["device_id", "metric", "how"] if many else ["device_id", "metric"]
     columns = pd.MultiIndex.from_arrays([[] for _ in names], names=names)
     index = pd.DatetimeIndex([], dtype="datetime64[ns, UTC]", name="timestamp")
+    if zone is not None:
+        index = index.tz_convert(zone)
     return pd.DataFrame(index=index, columns=columns, dtype=np.float64)
 
 
 def resample_frame(
-    frame: pd.DataFrame, rule: str | pd.Timedelta, *, how: str | Sequence[str] = "mean"
+    frame: pd.DataFrame,
+    rule: str | pd.Timedelta,
+    *,
+    how: str | Sequence[str] = "mean",
+    tz: str | tzinfo | None = None,
 ) -> pd.DataFrame:
     """Aggregate a canonical frame's numeric values per device, metric and time bucket.
 
     Rows are put in buckets by their device time (`timestamp`), `[start, start + rule)`,
-    anchored at the Unix epoch. Rows without a number (text values such as an
-    `ai_prediction` label) are left out. Only buckets that hold at least one row are
-    returned: a device clock stuck in 1970 adds one row to the result, not fifty years of
-    empty ones (`result.asfreq(rule)` adds the empty buckets in between as NaN).
+    anchored at the Unix epoch, or in a time zone at local midnight (see the module's
+    docstring: `"1D"` then gives calendar days of 23, 24 or 25 hours). Rows without a
+    number (text values such as an `ai_prediction` label) are left out. Only buckets that
+    hold at least one row are returned: a device clock stuck in 1970 adds one row to the
+    result, not fifty years of empty ones (`result.asfreq(rule)` adds the empty buckets
+    in between as NaN; in a zone, `asfreq` counts fixed lengths, not calendar days).
 
     Example:
         >>> resample_frame(collector.frame(), "10s")  # doctest: +SKIP
@@ -117,23 +178,28 @@ def resample_frame(
             value), in any order.
         rule: The bucket length: a fixed-length pandas offset alias (`"10s"`, `"1min"`).
         how: One aggregation of `HOWS`, or a list of them.
+        tz: The zone whose local clock the buckets follow: an IANA name
+            (`"Europe/Berlin"`) or a tzinfo. None uses the frame's own zone (a
+            `timestamp` column converted with `.dt.tz_convert(...)`), UTC for the frames
+            this package returns.
 
     Returns:
-        A wide frame. Index: the buckets' starts, `datetime64[ns, UTC]`, named `timestamp`,
-        ascending. Columns: a MultiIndex (device_id, metric), both levels plain strings,
-        sorted; with a list `how`, a third level `how` in the order given. Values are
-        float64 (`count` is int64, 0 where a series had no row in a bucket); NaN where a
-        series had no row in a bucket.
+        A wide frame. Index: the buckets' starts, `datetime64[ns, UTC]` (in a zone:
+        `datetime64[ns, <zone>]`), named `timestamp`, ascending. Columns: a MultiIndex
+        (device_id, metric), both levels plain strings, sorted; with a list `how`, a
+        third level `how` in the order given. Values are float64 (`count` is int64, 0
+        where a series had no row in a bucket); NaN where a series had no row in a bucket.
 
     Raises:
-        ConfigError: `rule` or `how` is not valid, or the result would have more than
-            `MAX_CELLS` cells.
+        ConfigError: `rule`, `how` or `tz` is not valid, or the result would have more
+            than `MAX_CELLS` cells.
     """
     step = rule_ns(rule)
     hows, many = _hows(how)
+    zone = _zone(tz, frame)
     numeric = frame["value"].notna().to_numpy()
     if not numeric.any():
-        return _empty(hows, many)
+        return _empty(hows, many, zone)
     stamps = epoch_ns(frame["timestamp"])[numeric]
     devices = pd.Categorical(frame["device_id"])
     metrics = pd.Categorical(frame["metric"])
@@ -147,7 +213,10 @@ def resample_frame(
         metric_codes, values = metric_codes[order], values[order]
 
     # Hash-based, then only the distinct keys sorted: cheaper than np.unique's full sort.
-    bucket_of_row, buckets = pd.factorize(_bucket_starts(stamps, step), sort=True)
+    starts = (
+        _bucket_starts(stamps, step) if zone is None else _local_bucket_starts(stamps, step, zone)
+    )
+    bucket_of_row, buckets = pd.factorize(starts, sort=True)
     series_key = device_codes * len(metrics.categories) + metric_codes
     series_of_row, series = pd.factorize(series_key, sort=True)
     cells = len(buckets) * len(series)
@@ -179,6 +248,8 @@ def resample_frame(
         blocks[name] = dense.reshape(len(buckets), len(series))[:, column_order]
 
     index = pd.DatetimeIndex(buckets.view("M8[ns]"), name="timestamp").tz_localize("UTC")
+    if zone is not None:
+        index = index.tz_convert(zone)
     device_level, metric_level = names[column_order], metric_names[column_order]
     if not many:
         columns = pd.MultiIndex.from_arrays(
