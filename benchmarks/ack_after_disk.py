@@ -13,6 +13,12 @@ takes each group first, fsyncs it, and only then are the group's messages acknow
 Modes run interleaved, in alternating order, so that load from other programs spreads over
 both; the ratio is quoted per round. The machine's own `fdatasync` of a small append is
 measured in the same folder first. Nothing is asserted.
+
+`--soak N` instead runs one durable collector the way the service runs: a `Collector` with a
+dataset (`flush_every` 5 s) and a persistent session, while this process publishes N QoS 1
+messages as fast as the broker takes them. Every second it samples the inbox's bytes and
+segment files, the process's RSS and the rows on disk, and it prints the peaks: the inbox
+must stay bounded (released after each flush), whatever N.
 """
 
 from __future__ import annotations
@@ -105,6 +111,79 @@ def one_run(broker: LocalBroker, mode: str, *, count: int, protocol: str, folder
     return result
 
 
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(broker: LocalBroker, *, count: int, protocol: str, folder: Path) -> None:
+    """One durable collector under N QoS 1 messages: the inbox's size, sampled every second."""
+    client_id = f"bench-soak-{uuid.uuid4().hex[:8]}"
+    settings = broker.settings(client_id=client_id, session_expiry="1h", protocol=protocol)
+    dataset = folder / "dataset"
+    collector = Collector(settings, dataset=dataset, flush_every="5s", window="1min")
+    collector.start()
+    durability = collector._durability  # a benchmark may look inside
+    assert durability is not None, "no durable inbox: is paho-mqtt 2 installed?"
+    inbox = durability.inbox
+    publisher = broker.publisher()
+    sender = new_client(f"bench-soak-publish-{uuid.uuid4().hex[:8]}")
+    sender.username_pw_set(publisher.username, publisher.password)
+    sender.max_inflight_messages_set(1_000)
+    acked = [0]
+    sender.on_publish = lambda *_: acked.__setitem__(0, acked[0] + 1)
+    sender.connect(publisher.host, publisher.port, keepalive=60)
+    sender.loop_start()
+    peaks = {"inbox": 0, "segments": 0, "rss": 0.0}
+    rss0 = _rss_mib()
+    started = time.perf_counter()
+    sent = 0
+    next_sample = started
+    print(f"# soak: {count:,} QoS 1 messages, dataset {dataset}, RSS at start {rss0:.0f} MiB")
+    while True:
+        if sent < count and sent - acked[0] < 5_000:  # keep the publisher's queue short
+            n = sent
+            sender.publish(
+                f"device/bench-{n % _DEVICES:02d}/telemetry/env",
+                json.dumps({"temperature": 20 + n % 100 / 10, "humidity": 50, "seq": n}),
+                qos=1,
+            )
+            sent += 1
+            continue
+        now = time.perf_counter()
+        if now >= next_sample:
+            next_sample = now + 1.0
+            size = inbox.size_bytes
+            segments = len(list(inbox.folder.glob("*.seg")))
+            rss = _rss_mib()
+            peaks["inbox"] = max(peaks["inbox"], size)
+            peaks["segments"] = max(peaks["segments"], segments)
+            peaks["rss"] = max(peaks["rss"], rss)
+            handled = collector.client.handled_seq if collector.client else 0
+            print(
+                f"{now - started:6.0f} s  sent {sent:>9,}  handled {handled:>9,}  "
+                f"inbox {size / 2**20:6.1f} MiB in {segments} segments  RSS {rss:5.0f} MiB",
+                flush=True,
+            )
+            if handled >= count:
+                break
+        time.sleep(0.001 if sent >= count else 0)
+    seconds = time.perf_counter() - started
+    collector.stop()
+    sender.disconnect()
+    sender.loop_stop()
+    left = sum(p.stat().st_size for p in inbox.folder.glob("*.seg"))
+    print(
+        f"soak: {count:,} messages in {seconds:.0f} s ({count / seconds:,.0f} msg/s); inbox peak "
+        f"{peaks['inbox'] / 2**20:.1f} MiB in at most {peaks['segments']} segment files, "
+        f"{left:,} bytes left after stop; RSS {rss0:.0f} -> peak {peaks['rss']:.0f} MiB; "
+        f"{inbox.commits:,} commits of {inbox.committed / max(inbox.commits, 1):.1f} messages, "
+        f"{inbox.commit_seconds / max(inbox.commits, 1) * 1e3:.2f} ms each"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="5,000 messages, 2 rounds")
@@ -112,7 +191,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--protocol", default="3.1.1", choices=["3.1.1", "5"])
     parser.add_argument("--dir", type=Path, default=None, help="where the inboxes go")
+    parser.add_argument("--soak", type=int, default=0, metavar="N", help="the soak run instead")
     args = parser.parse_args()
+    if args.soak:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, LocalBroker() as broker:
+            soak(broker, count=args.soak, protocol=args.protocol, folder=Path(tmp))
+        return
     count, repeat = (5_000, 2) if args.quick else (args.messages, args.repeat)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp, LocalBroker() as broker:
         folder = Path(tmp)

@@ -48,12 +48,16 @@ class RawMessage(NamedTuple):
             once on the network thread).
         retain: The MQTT retain flag: True when the broker sent a stored (retained) message,
             as it does on every (re)subscription, rather than a live one.
+        device_ns: The device time the message carried outside its payload, in epoch ns UTC
+            (an MQTT 5 user property, see `TESAIoTMQTTClient(timestamp_property=...)`), or
+            None. Rows whose payload has no timestamp take it instead of `received_ns`.
     """
 
     topic: str
     payload: bytes
     received_ns: int
     retain: bool = False
+    device_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

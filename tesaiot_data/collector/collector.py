@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -25,11 +25,11 @@ from tesaiot_data.arguments import (
     name_list,
     renamed_keyword,
 )
-from tesaiot_data.collector.durability import Durability, inbox_folder
+from tesaiot_data.collector.durability import Durability, open_dataset
 from tesaiot_data.collector.housekeeping import Housekeeper
 from tesaiot_data.collector.ingest import Ingest
 from tesaiot_data.collector.monitoring import Monitoring, warn_unknown_metrics
-from tesaiot_data.collector.recording import Recording, RecordingAlerts
+from tesaiot_data.collector.recording import Recording, RecordingAlerts, begin_recording
 from tesaiot_data.collector.stats import CollectorStats
 from tesaiot_data.files.parquet import write_batches
 from tesaiot_data.monitor.alerts import AlertEngine
@@ -39,9 +39,7 @@ from tesaiot_data.parse.rows import MAX_ROWS_PER_MESSAGE, ParseOptions
 from tesaiot_data.readers.history import history_frame
 from tesaiot_data.readers.live import latest_rows, rejects_frame
 from tesaiot_data.settings import Settings
-from tesaiot_data.sinks.dataset import DatasetWriter
 from tesaiot_data.sinks.feed import Feed
-from tesaiot_data.sinks.recorder import Recorder
 from tesaiot_data.window.resample import Watermark, resample_frame, rule_ns
 from tesaiot_data.window.rolling import RollingWindow
 
@@ -84,6 +82,8 @@ class Collector(Monitoring):
             `"+07:00"`); None reads them as UTC.
         clock_skew: Rows whose device time is further than this from the receive time are
             counted in `stats.clock_skew_rows` (and logged, at most once a minute).
+        timestamp_property: An MQTT 5 user property that carries the device time, for
+            payloads without one (`"ts"`); see `TESAIoTMQTTClient`.
         snapshot_dir: Deprecated: the old name of `dataset` (a `DeprecationWarning`).
         snapshot_every: Deprecated: the old name of `flush_every` (a `DeprecationWarning`).
         **overrides: Settings fields to change, for example `topic=...`.
@@ -107,6 +107,7 @@ class Collector(Monitoring):
         numeric_strings: bool = True,
         naive_timezone: str | tzinfo | None = None,
         clock_skew: str | float | pd.Timedelta = "5min",
+        timestamp_property: str | None = None,
         snapshot_dir: str | Path | None = None,
         snapshot_every: str | float | pd.Timedelta | None = None,
         **overrides: Any,
@@ -123,6 +124,7 @@ class Collector(Monitoring):
             name="flush_every" if snapshot_every is None else "snapshot_every",
         )
         self._queue_size = queue_size
+        self._timestamp_property = timestamp_property
         self._dataset = Path(dataset) if dataset is not None else None
         self._watermark = Watermark()  # of resample(): finds late rows
         self._health = DeviceHealth()
@@ -173,14 +175,12 @@ class Collector(Monitoring):
             # Attached before connecting: rows may come before connect() returns (right
             # after the SUBACK, or a persistent session's queue right after the CONNACK).
             # Recordings made before start() keep their place before it.
-            dataset = Feed(
-                DatasetWriter(
-                    self._dataset, flush_every=self._flush_every, metadata=self._metadata()
-                )
+            dataset, durability = open_dataset(
+                self._dataset,
+                flush_every=self._flush_every,
+                metadata=self._metadata(),
+                settings=self.settings,
             )
-            if self.settings.persistent_session:  # acknowledge after the disk
-                folder = inbox_folder(self._dataset, self.settings.client_id)
-                durability = Durability(folder, feed=dataset)
             ingest.attach(dataset)
             self._dataset_feed = dataset
         try:
@@ -191,6 +191,7 @@ class Collector(Monitoring):
                 on_batch=ingest,
                 queue_size=self._queue_size,
                 inbox=durability.inbox if durability is not None else None,
+                timestamp_property=self._timestamp_property,
             )
             if durability is not None:
                 durability.client(client)
@@ -466,31 +467,13 @@ class Collector(Monitoring):
         sink_rows_dropped = self._sink_rows_dropped + sum(
             feed.sink.rows_dropped for feed in ingest.feeds
         )
-        alerts = ingest.alerts
         return CollectorStats(
+            **ingest.counters(),
             received=received,
-            messages=ingest.messages,
-            rejected=ingest.rejected,
             dropped=dropped,
             failed=failed,
             pending=pending,
-            rows=self._window.rows,
-            rows_total=self._window.appended,
-            rows_evicted=self._window.evicted,
-            rejects_by_reason=MappingProxyType(dict(ingest.rejects_by_reason)),
-            timestamp_fallbacks=ingest.timestamp_fallbacks,
-            truncated_messages=ingest.truncated_messages,
-            rows_cut=ingest.rows_cut,
-            clock_skew_rows=ingest.clock_skew_rows,
-            late_rows=self._watermark.late_rows,
-            retained=ingest.retained,
             failed_sinks=failed_sinks,
-            alert_events=alerts.events_total,
-            alert_events_dropped=alerts.events_dropped,
-            alert_callback_errors=alerts.callback_errors,
-            alert_rule_errors=alerts.rule_errors,
-            devices=self._health.devices,
-            devices_evicted=self._health.evicted,
             rate=self._housekeeper.rate() if client is not None else 0.0,
             mean_rate=received / elapsed if elapsed > 0 else 0.0,
             connected=bool(client is not None and client.connected),
@@ -539,7 +522,9 @@ class Collector(Monitoring):
             path = (self._dataset or Path.cwd()) / f"snapshot-{stamp}.parquet"
         return write_batches(self._window.batches(), path, metadata=self._metadata())
 
-    def record(self, path: str | Path, *, flush_every: float = 5.0) -> Recording:
+    def record(
+        self, path: str | Path, *, flush_every: str | float | pd.Timedelta = 5.0
+    ) -> Recording:
         """Record every row from now until the recording is stopped.
 
         Parts are flushed to `<path>.parts/` at least every `flush_every` seconds, so a
@@ -551,7 +536,8 @@ class Collector(Monitoring):
 
         Args:
             path: The Parquet file to produce.
-            flush_every: Seconds between flushes of parts.
+            flush_every: How often parts are flushed: a duration (`"5s"`, a Timedelta) or
+                seconds.
 
         Returns:
             The recording; call `stop()` on it (or use it as a context manager).
@@ -559,18 +545,16 @@ class Collector(Monitoring):
         Raises:
             FileExistsError: Another recording (in this or another process) writes to `path`,
                 or an unfinished one left `<path>.parts`.
+            ConfigError: `flush_every` is not a positive duration.
         """
-        metadata = self._metadata()
-        recorder = Recorder(path, flush_every=flush_every, metadata=metadata)
-        feed = Feed(recorder)
-        alerts = self._ingest.alerts
-        sidecar = RecordingAlerts(
-            alerts, alerts.capture(), recording=recorder.path, metadata=metadata
+        return begin_recording(
+            self._ingest,
+            path,
+            flush_every=duration_seconds(flush_every, name="flush_every"),
+            metadata=self._metadata(),
+            sidecars=self._recording_alerts,
+            detach=self._detach_recording,
         )
-        self._recording_alerts[feed] = sidecar
-        self._ingest.attach(feed)
-        logger.info("recording to %s", recorder.path)
-        return Recording(feed, recorder, detach=self._detach_recording, alerts=sidecar)
 
     def dashboard(self, **options: Any) -> Dashboard:
         """Return a live ipywidgets dashboard of this collector; see `tesaiot_data.dashboard`.

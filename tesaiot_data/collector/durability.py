@@ -23,9 +23,11 @@ from urllib.parse import quote
 from tesaiot_data.collector.ingest import Ingest
 from tesaiot_data.mqtt.client import TESAIoTMQTTClient
 from tesaiot_data.mqtt.inbox import DurableInbox
+from tesaiot_data.settings import Settings
+from tesaiot_data.sinks.dataset import DatasetWriter
 from tesaiot_data.sinks.feed import Feed
 
-__all__ = ["INBOX_FOLDER", "Durability", "inbox_folder"]
+__all__ = ["INBOX_FOLDER", "Durability", "inbox_folder", "open_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,31 @@ def inbox_folder(dataset: Path, client_id: str) -> Path:
         The folder; a client id is %-quoted so that any id is one safe name.
     """
     return dataset / INBOX_FOLDER / quote(client_id, safe="")
+
+
+def open_dataset(
+    dataset: Path, *, flush_every: float, metadata: dict[str, str], settings: Settings
+) -> tuple[Feed, Durability | None]:
+    """The auto-persist dataset's feed, and its durable inbox when acks wait for the disk.
+
+    Args:
+        dataset: The dataset folder.
+        flush_every: Seconds between its parts.
+        metadata: The `tesaiot.*` keys of its files.
+        settings: The session: a persistent one (`Settings.persistent_session`) makes the
+            dataset durable, with an inbox for `settings.client_id`.
+
+    Returns:
+        The feed to attach, and the `Durability` (None for a clean session).
+
+    Raises:
+        RecordingError: The folder cannot be written (see `DatasetWriter`).
+        ConfigError: The inbox is in use by another process or cannot be created.
+    """
+    feed = Feed(DatasetWriter(dataset, flush_every=flush_every, metadata=metadata))
+    if not settings.persistent_session:
+        return feed, None
+    return feed, Durability(inbox_folder(dataset, settings.client_id), feed=feed)
 
 
 class Durability:

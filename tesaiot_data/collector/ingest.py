@@ -14,6 +14,8 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -145,6 +147,30 @@ class Ingest:
         with self._lock:
             feeds, self._feeds = self._feeds, ()
         return feeds
+
+    def counters(self) -> dict[str, Any]:
+        """The counts of the path, its window and its monitors, as `CollectorStats` fields."""
+        window, alerts, health = self.window, self.alerts, self.health
+        return {
+            "messages": self.messages,
+            "rejected": self.rejected,
+            "rows": window.rows,
+            "rows_total": window.appended,
+            "rows_evicted": window.evicted,
+            "rejects_by_reason": MappingProxyType(dict(self.rejects_by_reason)),
+            "timestamp_fallbacks": self.timestamp_fallbacks,
+            "truncated_messages": self.truncated_messages,
+            "rows_cut": self.rows_cut,
+            "clock_skew_rows": self.clock_skew_rows,
+            "late_rows": self.watermark.late_rows,
+            "retained": self.retained,
+            "alert_events": alerts.events_total,
+            "alert_events_dropped": alerts.events_dropped,
+            "alert_callback_errors": alerts.callback_errors,
+            "alert_rule_errors": alerts.rule_errors,
+            "devices": health.devices,
+            "devices_evicted": health.evicted,
+        }
 
     def __call__(self, batch: Sequence[RawMessage]) -> None:
         """Ingest one batch of raw messages, in arrival order.

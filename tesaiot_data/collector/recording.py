@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
+from tesaiot_data.collector.ingest import Ingest
 from tesaiot_data.errors import RecordingError, disk_error
 from tesaiot_data.monitor.alerts import AlertCapture, AlertEngine
 from tesaiot_data.monitor.sidecar import alerts_sidecar, write_alerts
 from tesaiot_data.sinks.feed import Feed
 from tesaiot_data.sinks.recorder import Recorder
 
-__all__ = ["Recording", "RecordingAlerts"]
+__all__ = ["Recording", "RecordingAlerts", "begin_recording"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,3 +192,39 @@ class Recording:
     def __repr__(self) -> str:
         state = "recording" if self.active else "stopped"
         return f"<Recording {self.path} {state}, {self.rows} rows, {self.elapsed:.1f} s>"
+
+
+def begin_recording(
+    ingest: Ingest,
+    path: str | Path,
+    *,
+    flush_every: float,
+    metadata: Mapping[str, str],
+    sidecars: dict[Feed, RecordingAlerts],
+    detach: Callable[[Feed], None],
+) -> Recording:
+    """Start a recording of every later batch of `ingest` (`Collector.record`).
+
+    Args:
+        ingest: The collector's ingest path; the recording's feed is attached to it.
+        path: The Parquet file to produce.
+        flush_every: Seconds between flushes of parts.
+        metadata: The `tesaiot.*` keys of its files.
+        sidecars: The collector's alert captures by feed; this recording's is added.
+        detach: Takes the feed off the ingest path when the recording stops.
+
+    Returns:
+        The recording.
+
+    Raises:
+        FileExistsError: Another recording writes to `path`, or an unfinished one left
+            `<path>.parts`.
+    """
+    recorder = Recorder(path, flush_every=flush_every, metadata=metadata)
+    feed = Feed(recorder)
+    alerts = ingest.alerts
+    sidecar = RecordingAlerts(alerts, alerts.capture(), recording=recorder.path, metadata=metadata)
+    sidecars[feed] = sidecar
+    ingest.attach(feed)
+    logger.info("recording to %s", recorder.path)
+    return Recording(feed, recorder, detach=detach, alerts=sidecar)

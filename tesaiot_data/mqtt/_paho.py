@@ -350,3 +350,23 @@ def topic_of(message: mqtt.MQTTMessage) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("utf-8", "surrogateescape")
+
+
+def user_property(message: mqtt.MQTTMessage, name: str) -> str | None:
+    """The value of an MQTT 5 user property of a received message, or None.
+
+    Args:
+        message: What paho passed to `on_message`.
+        name: The property's name; the first pair with it wins.
+
+    Returns:
+        Its value, or None when the message has no such property (always on MQTT 3.1.1).
+    """
+    properties = getattr(message, "properties", None)
+    pairs = getattr(properties, "UserProperty", None) if properties is not None else None
+    if not pairs:
+        return None
+    for key, value in pairs:
+        if key == name:
+            return str(value)
+    return None

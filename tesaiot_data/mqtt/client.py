@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 
 from tesaiot_data.errors import ConnectError, ConnectTimeoutError, StreamError, TesaiotError
 from tesaiot_data.messages import RawMessage
-from tesaiot_data.mqtt._paho import PAHO_V2, disconnect_reason, topic_of
+from tesaiot_data.mqtt._paho import PAHO_V2, disconnect_reason, topic_of, user_property
 from tesaiot_data.mqtt.connection import (
     Backoff,
     ClientIdClash,
@@ -36,6 +36,7 @@ from tesaiot_data.mqtt.inbox import AckAfterDisk, DurableInbox
 from tesaiot_data.mqtt.stats import ClientStats, utc
 from tesaiot_data.mqtt.worker import READ_AHEAD, Worker
 from tesaiot_data.parse.payload import decode_payload, parse_topic
+from tesaiot_data.parse.timestamps import timestamp_ns
 from tesaiot_data.settings import BrokerURL, Settings
 
 __all__ = ["BatchHandler", "ClientStats", "TESAIoTMQTTClient"]
@@ -83,6 +84,9 @@ class TESAIoTMQTTClient:
             never acknowledged. The handler then learns how far the inbox's messages were
             handled from `handled_seq`. With paho-mqtt 1.6, which acknowledges on receipt,
             a warning says that a crash can lose the last few milliseconds of messages.
+        timestamp_property: The name of an MQTT 5 user property that carries the device
+            time (ISO 8601, UTC without a zone, or epoch s/ms/us/ns), for payloads without
+            a timestamp: it goes into `RawMessage.device_ns`. None (the default) reads none.
         **overrides: Settings fields to change, for example `topic="device/abc/telemetry/#"`.
     """
 
@@ -95,6 +99,7 @@ class TESAIoTMQTTClient:
         reconnect_initial: float = 1.0,
         reconnect_max: float = 60.0,
         inbox: DurableInbox | None = None,
+        timestamp_property: str | None = None,
         **overrides: Any,
     ) -> None:
         self.settings = settings = Settings.resolve(settings, **overrides)
@@ -125,6 +130,7 @@ class TESAIoTMQTTClient:
         self._network_thread: threading.Thread | None = None
         self._worker_thread: threading.Thread | None = None
         self._mqtt = self._make_paho_client()
+        self._timestamp_property = timestamp_property or None
         self._committer: AckAfterDisk | None = None
         self._handled_base: int | None = None
         if inbox is not None:
@@ -473,6 +479,10 @@ class TESAIoTMQTTClient:
         try:
             payload: bytes = message.payload  # type: ignore[assignment]  # always bytes off the wire
             raw = RawMessage(topic_of(message), payload, now, bool(message.retain))
+            if self._timestamp_property is not None:
+                stamp = user_property(message, self._timestamp_property)
+                if stamp is not None:
+                    raw = raw._replace(device_ns=timestamp_ns(stamp))
             if self._committer is not None:  # held until durable, never dropped
                 self._committer.arrive(raw, mid=message.mid, qos=message.qos, dup=message.dup)
                 return

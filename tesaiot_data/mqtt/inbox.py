@@ -14,8 +14,8 @@ benchmarks/README.md), an append plus `fdatasync` per group took p50 0.21-0.55 m
 sequence number of its first record (`00000000000000000001.seg`); a record is
 
     length (uint32 LE) | CRC-32 of the body (uint32 LE) | body
-    body = received_ns (int64 LE) | flags (uint8: 1 = retained) | topic length (uint16 LE)
-           | topic (UTF-8) | payload
+    body = received_ns (int64 LE) | flags (uint8: 1 = retained, 2 = device time follows)
+           | topic length (uint16 LE) | [device_ns (int64 LE)] | topic (UTF-8) | payload
 
 A record cut short by a crash, or whose CRC does not match, ends its segment: it was never
 fsynced, so it was never acknowledged, and the broker sends it again. `released` holds the
@@ -51,6 +51,8 @@ _SEGMENT_BYTES = 8 * 1024 * 1024  # a new segment once the current one is this b
 _HEADER = struct.Struct("<II")  # body length, CRC-32 of the body
 _BODY_HEAD = struct.Struct("<qBH")  # received_ns, flags, topic length
 _RETAIN = 1
+_DEVICE_TIME = 2
+_DEVICE_NS = struct.Struct("<q")
 _SUFFIX = ".seg"
 _RELEASED = "released"
 _LOCK = "lock"
@@ -75,10 +77,13 @@ def message_digest(topic: str, payload: bytes) -> int:
 
 def _encode(message: RawMessage) -> bytes:
     topic = message.topic.encode("utf-8", "surrogatepass")
+    flags = _RETAIN if message.retain else 0
+    device = b""
+    if message.device_ns is not None:
+        flags |= _DEVICE_TIME
+        device = _DEVICE_NS.pack(message.device_ns)
     body = (
-        _BODY_HEAD.pack(message.received_ns, _RETAIN if message.retain else 0, len(topic))
-        + topic
-        + message.payload
+        _BODY_HEAD.pack(message.received_ns, flags, len(topic)) + device + topic + message.payload
     )
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
@@ -86,9 +91,13 @@ def _encode(message: RawMessage) -> bytes:
 def _decode(body: bytes) -> RawMessage:
     received_ns, flags, topic_length = _BODY_HEAD.unpack_from(body)
     start = _BODY_HEAD.size
+    device_ns = None
+    if flags & _DEVICE_TIME:
+        (device_ns,) = _DEVICE_NS.unpack_from(body, start)
+        start += _DEVICE_NS.size
     topic = body[start : start + topic_length].decode("utf-8", "surrogatepass")
     payload = body[start + topic_length :]
-    return RawMessage(topic, payload, received_ns, bool(flags & _RETAIN))
+    return RawMessage(topic, payload, received_ns, bool(flags & _RETAIN), device_ns)
 
 
 class DurableInbox:

@@ -37,7 +37,9 @@ Rules that hold in every shape:
   seconds, 1e14 milliseconds, 1e17 microseconds, else nanoseconds). ISO and numeric strings
   convert exactly (digits past the nanosecond are dropped); JSON floats are rounded to the
   microsecond. A missing or unreadable timestamp, or one outside what `datetime64[ns]`
-  holds, falls back to the receive time, and the row is counted in `timestamp_fallbacks`.
+  holds, falls back to the device time the message carried outside its payload
+  (`RawMessage.device_ns`, an MQTT 5 user property) or else to the receive time, and then the
+  row is counted in `timestamp_fallbacks`.
 - Containers nested deeper than `MAX_DEPTH` are dropped, and a message gives at most
   `ParseOptions.max_rows_per_message` rows (default `MAX_ROWS_PER_MESSAGE`), the first ones in
   payload order; such messages are counted in `ColumnBatch.truncated_messages` and the rows
@@ -185,6 +187,7 @@ class _Writer:
         "clipped",
         "cut",
         "device",
+        "device_ns",
         "last_payloads",
         "limit",
         "metric",
@@ -219,6 +222,7 @@ class _Writer:
         self.limit = 0
         self.cut = 0
         self.clipped = False
+        self.device_ns: int | None = None  # the message's own device time, if it has one
 
     def feed(self, topic: str, payload: bytes, received_ns: int, retain: bool) -> None:
         batch = self.batch
@@ -365,7 +369,7 @@ class _Writer:
         rows = len(self.metric) - start
         if not rows:
             return
-        if stamp is None:
+        if stamp is None and (stamp := self.device_ns) is None:
             stamp = received_ns
             self.batch.timestamp_fallbacks += rows
         if rows == 1:
@@ -513,6 +517,11 @@ def _feed_all(writer: _Writer, messages: Iterable[RawMessage]) -> None:
             topic = message.topic
             payload = message.payload
             retain = message.retain
+            if message.device_ns is not None:  # a device time outside the payload: the walk
+                writer.device_ns = message.device_ns
+                feed(topic, payload, received_ns, retain)
+                writer.device_ns = None
+                continue
             if (
                 retain
                 or type(payload) is not bytes
