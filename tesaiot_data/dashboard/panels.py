@@ -2,7 +2,9 @@
 
 Pure functions of a DataFrame, like `format`: every string is escaped and cut short, and a
 column the collector does not (yet) give is left out, so the panels follow the collector's
-frames without breaking when a column is added.
+frames without breaking when a column is added. The device is read from `device_id`, the
+frames' name since 0.2; a frame with only `device` (its 0.1 name, still given as a deprecated
+copy) is read from that.
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ def _cell(text: str, *, css: str = "", title: str | None = None) -> str:
     return f"<td{attributes}>{html.escape(shown)}</td>"
 
 
+def _device_column(frame: pd.DataFrame) -> str | None:
+    """The column holding the device id: `device_id`, else the 0.1 `device`; None if neither."""
+    for column in ("device_id", "device"):
+        if column in frame.columns:
+            return column
+    return None
+
+
 def _device_cell(device: object) -> str:
     full = _text(device)
     return _cell(full[:SHORT_ID], title=full)
@@ -120,17 +130,18 @@ def health_table_html(health: pd.DataFrame, *, max_rows: int = MAX_TABLE_ROWS) -
     """Render `Collector.health()` as an HTML table, silent devices first.
 
     Args:
-        health: One row per device with `device` and some of `silent` (bool), `age_s`,
-            `msgs_per_s`, `usual_interval_s`, `clock_skew_s` (seconds), `reject_share`
-            (0..1) and `metrics`; other columns are left out.
+        health: One row per device with `device_id` (or the 0.1 `device`) and some of
+            `silent` (bool), `age_s`, `msgs_per_s`, `usual_interval_s`, `clock_skew_s`
+            (seconds), `reject_share` (0..1) and `metrics`; other columns are left out.
         max_rows: The most rows to show; the rest are counted below the table.
 
     Returns:
         The HTML; "no devices yet" for an empty frame.
     """
-    if health is None or health.empty or "device" not in health.columns:
+    device_column = None if health is None else _device_column(health)
+    if health is None or health.empty or device_column is None:
         return "<i>no devices yet</i>"
-    devices = health["device"].astype(str).to_numpy()
+    devices = health[device_column].astype(str).to_numpy()
     silent = (
         health["silent"].fillna(False).to_numpy(dtype=bool)
         if "silent" in health.columns
@@ -157,8 +168,9 @@ def alerts_table_html(alerts: pd.DataFrame, *, max_rows: int = MAX_ALERT_ROWS) -
     """Render `Collector.alerts()` as an HTML table, newest first.
 
     Args:
-        alerts: Rows with some of `time` (UTC timestamps), `rule`, `device`, `metric`,
-            `value` and `state` ("firing", "cleared", ...); other columns are left out.
+        alerts: Rows with some of `time` (UTC timestamps), `rule`, `device_id` (or the 0.1
+            `device`), `metric`, `value` and `state` ("firing", "cleared", ...); other
+            columns are left out.
         max_rows: The most rows to show; the rest are counted below the table.
 
     Returns:
@@ -170,13 +182,15 @@ def alerts_table_html(alerts: pd.DataFrame, *, max_rows: int = MAX_ALERT_ROWS) -
         order = np.argsort(-_ns_of(alerts["time"]), kind="stable")[:max_rows]
     else:
         order = np.arange(len(alerts))[::-1][:max_rows]
-    columns = [c for c in ("time", "rule", "device", "metric", "value", "state") if c in alerts]
+    device_column = _device_column(alerts)
+    wanted = ("time", "rule", device_column, "metric", "value", "state")
+    columns = [c for c in wanted if c is not None and c in alerts.columns]
     rows = []
     for values in _rows_of(alerts, order, columns):
         row = dict(zip(columns, values, strict=True))
         cells = []
         for column in columns:
-            if column == "device":
+            if column == device_column:
                 cells.append(_device_cell(row[column]))
                 continue
             _header, fmt, css = _ALERTS[column]
@@ -184,7 +198,7 @@ def alerts_table_html(alerts: pd.DataFrame, *, max_rows: int = MAX_ALERT_ROWS) -
         firing = str(row.get("state", "")).lower() == "firing"
         css_row = ' class="firing"' if firing else ""
         rows.append(f"<tr{css_row}>{''.join(cells)}</tr>")
-    header = ["device" if c == "device" else _ALERTS[c][0] for c in columns]
+    header = ["device" if c == device_column else _ALERTS[c][0] for c in columns]
     return _table(header, rows, len(alerts) - len(order), "alerts")
 
 
