@@ -151,8 +151,11 @@ class Replayer:
         max_speed: Publish as fast as the connection takes, ignoring the recorded pace.
         devices: Only these device ids.
         metrics: Only these metrics.
-        shift_to_now: Move every timestamp by one offset so that the first row's (in receive
-            order) is the time the replay (or, with `loop`, each pass) starts.
+        shift_to_now: Place the replay at the present: the first row's device time (in
+            receive order) becomes the time the replay (or, with `loop`, each pass) starts,
+            and each later row's device time follows the replay's clock, as its receive time
+            does (see `replay()`), so that a collector's clock-skew check stays quiet at any
+            speed. At speed 1 every row moves by one offset.
         qos: The QoS of every message, 0, 1 or 2.
         progress: Show a progress line on standard error: None when it is a terminal.
         loop: Start again from the first row after the last, until `stop()`.
@@ -208,6 +211,8 @@ class Replayer:
         self._thread: threading.Thread | None = None
         self._result: ReplayResult | None = None
         self._error: BaseException | None = None
+        # (shift, monotonic start, rows) of a first message the publish check delivered
+        self._sent_first: tuple[int, float, int] | None = None
 
     def __repr__(self) -> str:
         pace = "max speed" if self.max_speed else f"speed={self.speed:g}"
@@ -240,7 +245,8 @@ class Replayer:
             NotARecordingError: `source` is not a recording.
             TokenError: No settings were given, the environment has no valid token, and no
                 `username` and `password` were given.
-            AuthError: The broker refused the credentials.
+            AuthError: The broker refused the credentials, or refused the first message
+                (a read-only token; checked before anything else is published).
             TLSError: The broker's certificate could not be verified.
             ConnectError: The broker cannot be reached, or QoS 1/2 messages were not all
                 acknowledged within 30 s of the last publish.
@@ -260,7 +266,8 @@ class Replayer:
             NotARecordingError: `source` is not a recording.
             TokenError: No settings were given, the environment has no valid token, and no
                 `username` and `password` were given.
-            AuthError: The broker refused the credentials.
+            AuthError: The broker refused the credentials, or refused the first message
+                (a read-only token; checked before anything else is published).
             TLSError: The broker's certificate could not be verified.
             ConnectError: The broker cannot be reached.
             ConnectTimeoutError: The broker did not answer in time.
@@ -316,6 +323,8 @@ class Replayer:
     def _prepare(self) -> None:
         if self._plan is None:
             frame = load_recording(self.source, devices=self._devices, metrics=self._metrics)
+            if self.shift_to_now and not self.max_speed and self.speed != 1.0 and len(frame):
+                frame = _on_replay_clock(frame, self.speed)
             self._plan = MessagePlan(frame)
             del frame
             logger.info(
@@ -326,6 +335,26 @@ class Replayer:
             )
         if self._plan.rows and self._publisher is None:
             self._connect()
+            self._check_may_publish()
+
+    def _shift_ns(self, plan: MessagePlan) -> int:
+        return time.time_ns() - int(plan.timestamp[0]) if self.shift_to_now else 0
+
+    def _check_may_publish(self) -> None:
+        # The first message goes as the check: a read-only account fails here, before any
+        # message, and an allowed one has it delivered (the pass goes on from the second).
+        plan, publisher = self._plan, self._publisher
+        assert plan is not None
+        assert publisher is not None
+        shift = self._shift_ns(plan)
+        started = time.monotonic()
+        first = next(iter(plan.messages(shift_ns=shift)), None)
+        try:
+            if first is not None and publisher.check_may_publish(first.topic, first.payload):
+                self._sent_first = (shift, started, first.rows)
+        except BaseException:
+            self._disconnect()
+            raise
 
     def _run_background(self) -> None:
         try:
@@ -360,16 +389,27 @@ class Replayer:
                 delivered[0] += 1
                 delivered[1] += unconfirmed.popleft()
 
-        started = time.monotonic()
+        # From the first publish: the publish check's, when it delivered the first message.
+        started = time.monotonic() if self._sent_first is None else self._sent_first[1]
         try:
             while True:
                 passes += 1
                 first_received = int(plan.received[0])
-                shift = time.time_ns() - int(plan.timestamp[0]) if self.shift_to_now else 0
-                pass_started = time.monotonic()
-                pass_rows = 0
+                sent_first, self._sent_first = self._sent_first, None
+                shift, pass_started, pass_rows = sent_first or (
+                    self._shift_ns(plan),
+                    time.monotonic(),
+                    0,
+                )
                 counting = skipped if passes == 1 else None
-                for message in plan.messages(shift_ns=shift, skipped=counting):
+                messages = plan.messages(shift_ns=shift, skipped=counting)
+                if sent_first is not None:
+                    # The publish check delivered the first message: go on from the second.
+                    next(messages)
+                    delivered[0] += 1
+                    delivered[1] += pass_rows
+                    rows += pass_rows
+                for message in messages:
                     if not self.max_speed:
                         due = (message.received_ns - first_received) / _NS / self.speed
                         delay = pass_started + due - time.monotonic()
@@ -450,6 +490,21 @@ class Replayer:
             publisher.disconnect()
 
 
+def _on_replay_clock(frame: Any, speed: float) -> Any:
+    """The rows with device times paced like the replay: `t + (r - r0) * (1 / speed - 1)`.
+
+    Args:
+        frame: Rows in the canonical columns (`load_recording`'s frame).
+        speed: The replay's speed-up.
+
+    Returns:
+        A new frame whose `timestamp` moved with its row's receive time: the first received
+        row's is unchanged, a row received `d` after it moves by `d / speed - d`.
+    """
+    since_first = frame["received_at"] - frame["received_at"].min()
+    return frame.assign(timestamp=frame["timestamp"] + (since_first / speed - since_first))
+
+
 def replay(
     source: str | Path,
     *,
@@ -488,8 +543,12 @@ def replay(
         max_speed: Publish as fast as the connection takes.
         devices: Only these device ids.
         metrics: Only these metrics.
-        shift_to_now: Move every timestamp by one offset so that the first row's (in receive
-            order) is now.
+        shift_to_now: Place the replay at the present: device time `t` (receive time `r`)
+            becomes `now + (t - t0) + (r - r0) * (1 / speed - 1)`, the first row's (`t0`,
+            `r0`) now, and each row keeps its recorded distance from its receive time, so a
+            collector's `clock_skew` check (`stats.clock_skew_rows`) stays quiet at any
+            speed; a device clock that was off stays as off. At speed 1 (and with
+            `max_speed`, which has no pace) every row moves by one offset, spacing kept.
         qos: The QoS of every message; with 1 or 2 it returns once the broker acknowledged
             every message.
         progress: A progress line on standard error: None shows it when that is a terminal.
@@ -507,7 +566,8 @@ def replay(
         ConfigError: `speed` or `qos` is out of range, or a setting is bad.
         TokenError: `settings` is None, the environment has no valid token, and no
             `username` and `password` were given.
-        AuthError: The broker refused the credentials.
+        AuthError: The broker refused the credentials, or refused the first message (a
+            read-only token): checked before anything else is published.
         TLSError: The broker's certificate could not be verified.
         ConnectError: The broker cannot be reached, or QoS 1/2 messages were not all
             acknowledged within 30 s of the last publish.

@@ -20,10 +20,11 @@ from typing import TextIO
 from tesaiot_data import __version__
 from tesaiot_data.cli.console import one_line
 from tesaiot_data.cli.files import cmd_compact, cmd_inspect, cmd_query
-from tesaiot_data.cli.options import duration, positive_int
+from tesaiot_data.cli.options import duration, positive_int, settings_from_args
 from tesaiot_data.cli.publishing import cmd_demo, cmd_replay
 from tesaiot_data.cli.streaming import cmd_record, cmd_stream
-from tesaiot_data.errors import TesaiotError
+from tesaiot_data.errors import ConnectError, TesaiotError
+from tesaiot_data.mqtt.probe import scheme_hint
 from tesaiot_data.sinks.base import DEFAULT_MAX_PENDING_ROWS
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "build_parser", "main"]
@@ -237,7 +238,23 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (TesaiotError, OSError) as exc:  # OSError: FileNotFoundError, a full disk, ...
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(_with_scheme_hint(exc, args))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _with_scheme_hint(exc: BaseException, args: argparse.Namespace) -> BaseException:
+    """A connection the broker closed without a hint gets one naming the scheme that fits.
+
+    The subscriber reports a connection closed before the CONNACK (what `mqtts://` at a TLS
+    WebSocket port gives) without asking the port; the command line asks it here.
+    """
+    if type(exc) is not ConnectError or exc.hint is not None or "broker_url" not in args:
+        return exc
+    try:
+        url = settings_from_args(args).url
+    except TesaiotError:
+        return exc
+    hint = scheme_hint(url)
+    return exc if hint is None else ConnectError(str(exc), hint=hint)

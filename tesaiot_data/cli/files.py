@@ -79,7 +79,8 @@ def summary(path: Path, out: TextIO) -> None:
     print(_printable_frame(table.round(3)).to_string(), file=out)
     rejects = load_rejects(path)
     if len(rejects):
-        reasons = rejects["reason"].value_counts().to_dict()
+        counts = rejects["reason"].astype(str).value_counts()
+        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(counts.items()))
         print(printable(f"rejects by reason: {reasons}"), file=out)
 
 

@@ -25,9 +25,11 @@ from tesaiot_data.errors import ConfigError, ConnectError, TokenError
 from tesaiot_data.settings import Settings
 
 if TYPE_CHECKING:
+    from tesaiot_data.collector.recording import Recording
+    from tesaiot_data.collector.stats import CollectorStats
     from tesaiot_data.replay import ReplayResult
 
-__all__ = ["cmd_demo", "cmd_replay", "replay_summary", "write_env_file"]
+__all__ = ["cmd_demo", "cmd_replay", "demo_counts", "replay_summary", "write_env_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +156,17 @@ def _run_demo(
                 "the demo runs",
                 file=out,
             )
-        with Collector(settings, window="5min") as collector:
-            recording = collector.record(out_path)
+        collector = Collector(settings, window="5min")
+        # Recording from before the connection to after the disconnect: the file holds every
+        # row and reject the collector received, so the summary's counts are the file's.
+        recording = collector.record(out_path)
+        try:
+            collector.start()
+        except BaseException:
+            recording.stop()
+            out_path.unlink(missing_ok=True)  # an empty file of a demo that never ran
+            raise
+        try:
             watch(
                 collector,
                 duration=args.duration,
@@ -165,18 +176,15 @@ def _run_demo(
             )
             if stop.is_set():
                 logger.info("SIGTERM or SIGHUP received: stopping the demo as on Ctrl-C")
-            path = recording.stop()
+        finally:
+            collector.stop()  # every received message parsed, the recording closed with it
+        path = recording.stop()
         stats = collector.stats  # after stop(): every received message is accounted for
     finally:
         if env_out is not None and written is not None:
             _remove_if_same(env_out, written)  # its token dies with the broker
         demo.stop()
-    print(
-        f"\nreceived {stats.received:,} messages: {stats.messages:,} parsed into "
-        f"{stats.rows_total:,} rows, {stats.rejected} rejected {dict(stats.rejects_by_reason)}, "
-        f"{stats.dropped} dropped\n",
-        file=out,
-    )
+    print(f"\n{demo_counts(stats, recording)}\n", file=out)
     summary(path, out)
     print(
         "\nnext: the notebooks: .venv/bin/jupyter lab notebooks/\n"
@@ -186,6 +194,38 @@ def _run_demo(
         file=out,
     )
     return 0
+
+
+def demo_counts(stats: CollectorStats, recording: Recording) -> str:
+    """The demo's line of counts: what was received, and how much of it is in the recording.
+
+    Args:
+        stats: The collector's counters, once it stopped.
+        recording: The demo's recording, stopped.
+
+    Returns:
+        One line, for example `received 253 messages, none before the recording started or
+        after it stopped: 251 parsed into 302 rows, all 302 in the recording; 2 rejected
+        (not_json: 2), all 2 in its rejects file; 0 dropped`.
+    """
+    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(stats.rejects_by_reason.items()))
+    rows = _in_recording(stats.rows_total, recording.rows, "the recording")
+    rejects = _in_recording(stats.rejected, recording.rejects, "its rejects file")
+    whole = stats.rows_total == recording.rows and stats.rejected == recording.rejects
+    when = ", none before the recording started or after it stopped" if whole else ""
+    return (
+        f"received {plural(stats.received, 'message')}{when}: {stats.messages:,} parsed into "
+        f"{plural(stats.rows_total, 'row')}, {rows}; {stats.rejected:,} rejected"
+        f"{f' ({reasons})' if reasons else ''}{f', {rejects}' if stats.rejected else ''}; "
+        f"{stats.dropped:,} dropped"
+    )
+
+
+def _in_recording(received: int, recorded: int, where: str) -> str:
+    if received == recorded:
+        return f"all {recorded:,} in {where}" if received != 1 else f"it in {where}"
+    # Only a recording that failed (see its error above) misses some.
+    return f"{recorded:,} of them in {where}, {received - recorded:,} not"
 
 
 def write_env_file(path: Path, settings: Settings) -> os.stat_result:

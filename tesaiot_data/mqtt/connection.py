@@ -36,6 +36,7 @@ from tesaiot_data.mqtt._paho import (
     session_present,
     set_connect_timeout,
 )
+from tesaiot_data.mqtt.probe import scheme_hint
 from tesaiot_data.settings import SESSION_NEVER_EXPIRES, BrokerURL, Settings
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "ClientIdClash",
     "PahoClient",
     "client_for",
+    "closed_before_connack",
     "configured_client",
     "connack_refusal",
     "connect_arguments",
@@ -61,8 +63,13 @@ TOKEN_HINT = (
 """The hint of an AuthError for a refused platform token."""
 
 _TLS_HINT = (
-    "pass ca_certs=... (or set CA_CERT_PATH) to the CA that signed the broker's certificate; "
-    "insecure=True skips verification (not for production)"
+    "set CA_CERT_PATH (ca_certs=..., --ca-certs FILE) to the CA that signed the broker's "
+    "certificate; MQTT_INSECURE=true (insecure=True, --insecure) skips verification (not for "
+    "production)"
+)
+_SCHEME_HINT = (
+    "is the port right for the scheme? wss:// and ws:// are MQTT over WebSocket (with and "
+    "without TLS), mqtts:// and mqtt:// MQTT over TCP (MQTT_BROKER_URL, --broker-url)"
 )
 # Two clients with one client id take the session from each other: the broker closes the
 # older connection whenever the other one (re)connects. We warn after _CLASH_COUNT
@@ -118,7 +125,8 @@ class Backoff:
         try:
             client.reconnect()
         except Exception as exc:  # every failure here is retried; the cause is logged
-            logger.warning("reconnect to %s failed: %s", url, connect_error(exc, url))
+            error = connect_error(exc, url, diagnose=False)
+            logger.warning("reconnect to %s failed: %s", url, error)
             return False
         return True
 
@@ -454,12 +462,38 @@ def suback_refusal(
     )
 
 
-def connect_error(exc: BaseException, url: BrokerURL) -> TesaiotError:
+def closed_before_connack(url: BrokerURL, rc: object, *, diagnose: bool = True) -> ConnectError:
+    """The error of a connection the broker closed before its CONNACK, with a hint.
+
+    That is what a port of another protocol does (for example `mqtts://` at a TLS WebSocket
+    port: TLS works, then the MQTT CONNECT is not HTTP), so the port is asked what it speaks.
+
+    Args:
+        url: The broker.
+        rc: What paho's loop returned, for the message.
+        diagnose: Ask the port which scheme it serves (up to four short connections).
+
+    Returns:
+        A ConnectError whose hint names the scheme that fits, when the port tells.
+    """
+    found = scheme_hint(url) if diagnose else None
+    return ConnectError(
+        f"{url} closed the connection before accepting it ({rc})", hint=found or _SCHEME_HINT
+    )
+
+
+def connect_error(exc: BaseException, url: BrokerURL, *, diagnose: bool = True) -> TesaiotError:
     """The typed error, with a hint, for an exception raised while connecting to `url`.
+
+    A failure that a wrong scheme for the port explains (a TLS handshake that fails, a
+    WebSocket upgrade refused, a connection reset) asks the port what it speaks
+    (`tesaiot_data.mqtt.probe`), and the hint names the scheme that fits.
 
     Args:
         exc: What paho or the socket raised.
         url: The broker.
+        diagnose: Ask the port which scheme it serves (up to four short connections, only
+            for those failures); False for a quick answer, as on a reconnect.
 
     Returns:
         `exc` itself when it is already a TesaiotError; else a TLSError, ConnectError or
@@ -473,36 +507,45 @@ def connect_error(exc: BaseException, url: BrokerURL) -> TesaiotError:
             f"{getattr(exc, 'verify_message', None) or exc}",
             hint=_TLS_HINT,
         )
+    found = scheme_hint(url) if diagnose and _may_be_the_scheme(exc) else None
     if isinstance(exc, ssl.SSLError):
         return TLSError(
             f"TLS handshake with {url.host}:{url.port} failed: {exc}",
-            hint=f"is {url.port} a TLS port? use {'ws' if url.scheme == 'wss' else 'mqtt'}:// "
-            "for a plain one",
+            hint=found
+            or f"is {url.port} a TLS port? use {'ws' if url.scheme == 'wss' else 'mqtt'}:// "
+            "for a plain one (MQTT_BROKER_URL, --broker-url)",
         )
     if isinstance(exc, socket.gaierror):
         return ConnectError(
             f"cannot resolve {url.host!r}: {exc.strerror}",
-            hint="check the host in MQTT_BROKER_URL",
+            hint="check the host in MQTT_BROKER_URL (--broker-url)",
         )
     if isinstance(exc, TimeoutError | socket.timeout):
         return ConnectTimeoutError(
             f"{url.host}:{url.port} did not answer in time",
-            hint="check MQTT_BROKER_URL and that a firewall does not block the port",
+            hint="check MQTT_BROKER_URL (--broker-url) and that a firewall does not block the port",
         )
     if isinstance(exc, ConnectionRefusedError):
         return ConnectError(
             f"{url.host}:{url.port} refused the connection",
-            hint="check the port in MQTT_BROKER_URL (the platform uses 8085 for wss)",
+            hint="check the port in MQTT_BROKER_URL (--broker-url; the platform uses 8085 for wss)",
         )
     if type(exc).__name__ == "WebsocketConnectionError":
         return ConnectError(
             f"{url} did not accept the WebSocket upgrade: {exc}",
-            hint="check the path in MQTT_BROKER_URL (the platform uses /mqtt) "
+            hint=found
+            or "check the path in MQTT_BROKER_URL (--broker-url; the platform uses /mqtt) "
             "and that the port serves MQTT over WebSocket",
         )
     if isinstance(exc, OSError | ValueError):
-        return ConnectError(
-            f"cannot connect to {url}: {exc}",
-            hint="is the port right for the scheme (wss:// for WebSocket, mqtt:// for TCP)?",
-        )
+        return ConnectError(f"cannot connect to {url}: {exc}", hint=found or _SCHEME_HINT)
     return ConnectError(f"cannot connect to {url}: {exc!r}")
+
+
+def _may_be_the_scheme(exc: BaseException) -> bool:
+    """Whether a wrong scheme for the port may explain `exc` (then the port is asked)."""
+    if isinstance(exc, socket.gaierror | TimeoutError | socket.timeout | ConnectionRefusedError):
+        return False
+    return isinstance(exc, OSError | ValueError) or type(exc).__name__ == (
+        "WebsocketConnectionError"
+    )

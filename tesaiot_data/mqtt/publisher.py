@@ -4,6 +4,11 @@ The replay publishes through a `Publisher`, which turns paho's network loop itse
 publishing thread (with paho's own loop thread, every publish from another thread wakes it
 through a socket pair, which costs more than the publish). `publish_message` is the one
 reading of what paho answers to a publish, shared with the demo fleet.
+
+Under MQTT 3.1.1 a broker drops a message its ACL denies without telling the publisher, so
+a read-only token would "replay" a whole recording into nothing. `Publisher.check_may_publish`
+sends the first message over a short MQTT 5 connection at QoS 1 and reads the broker's
+answer (PUBACK reason code 135, Not authorized, or a closed connection) before the rest go.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from tesaiot_data.errors import ConnectError, ConnectTimeoutError
-from tesaiot_data.mqtt._paho import PahoClient, reason_code
-from tesaiot_data.mqtt.connection import client_for, connack_refusal, connect_error
+from tesaiot_data.errors import AuthError, ConnectError, ConnectTimeoutError
+from tesaiot_data.mqtt._paho import PahoClient, reason_code, reason_text
+from tesaiot_data.mqtt.connection import (
+    client_for,
+    closed_before_connack,
+    configured_client,
+    connack_refusal,
+    connect_error,
+)
 from tesaiot_data.settings import BrokerURL, Settings
 
-__all__ = ["NO_TOKEN", "PUBLISH_HINT", "Publisher", "publish_message"]
+__all__ = ["NO_TOKEN", "PUBLISH_HINT", "READ_ONLY_HINT", "Publisher", "publish_message"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +40,19 @@ NO_TOKEN = "tesa_mqtt_none_" + "0" * 32
 """Stands in for the platform token when publishing with a username and password; never sent."""
 PUBLISH_HINT = "check that this account may publish (the platform's tokens only read)"
 """The hint of a ConnectError for a message paho refused."""
+READ_ONLY_HINT = (
+    "a platform token (and the demo broker's token) only reads: publish as an account that "
+    "may, with --username and its password in MQTT_PASSWORD (environment or --env-file), or "
+    "username=... and password=... in Python"
+)
+"""The hint of the AuthError raised when the broker refuses to take a message."""
 
 _BACKLOG = 5_000  # messages handed to paho but not yet written (QoS 0) or acknowledged
 _INFLIGHT = 100  # QoS 1/2 messages awaiting their acknowledgement at once
 _LOOP_EVERY = 20  # messages published between two turns of the network loop
 _LOOP_TIMEOUT = 0.1  # seconds one turn of the network loop may wait
 _RECONNECT_DELAY = 1.0
+_CHECK_SUFFIX = "-check"  # the check's own client id: the publishing connection keeps its own
 _TOKEN_HINT = "check the token (MQTT_API_TOKEN) or the username and password that publish"
 
 
@@ -105,7 +123,8 @@ class Publisher:
         self.qos = qos
         self._username = username
         self._password = password
-        self._who = username or settings.masked_token
+        account = username or settings.username
+        self._who = f"the account {account}" if account else f"token {settings.masked_token}"
         self._halt = halt or threading.Event()
         self.published = 0
         self.completed = 0
@@ -156,13 +175,95 @@ class Publisher:
                 rc = client.loop(timeout=_LOOP_TIMEOUT)
             self._raise_refusal()
             if not self._connack:
-                raise ConnectError(f"{url} closed the connection before accepting it ({rc})")
+                raise closed_before_connack(url, rc)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 client.disconnect()
             raise connect_error(exc, url) from None
         self._client = client
         self._reconnect_at = None
+
+    def check_may_publish(self, topic: str, payload: bytes) -> bool:
+        """Publish one message at QoS 1 over a short MQTT 5 connection; raise if refused.
+
+        A broker that speaks MQTT 5 answers a message its ACL denies with PUBACK reason code
+        135 (Not authorized); some close the connection instead. Either is raised, before
+        anything else was published. The check connects as the publisher does (same
+        credentials) with the client id `<client_id>-check`, so it may run while the
+        publishing connection is up.
+
+        Args:
+            topic: The first message's topic.
+            payload: Its payload: the message is delivered when allowed (as its first one).
+
+        Returns:
+            True when the broker acknowledged the message (it is delivered); False when the
+            broker cannot tell (no MQTT 5, no answer in time): then nothing was delivered,
+            and the message is to be published as usual.
+
+        Raises:
+            AuthError: The broker refused the message, or closed the connection after it:
+                the account (a read-only token) may not publish there.
+        """
+        settings, url = self.settings, self.url
+        answer: dict[str, Any] = {}
+        try:
+            client = configured_client(
+                url,
+                client_id=self.client_id + _CHECK_SUFFIX,
+                username=self._username or settings.username or settings.token,
+                password=settings.token if self._password is None else self._password,
+                ca_certs=settings.ca_certs,
+                insecure=settings.insecure,
+                connect_timeout=settings.connect_timeout,
+                protocol="5",
+            )
+            client.on_connect = lambda *args: answer.setdefault("connack", args[3])
+            # paho 1.6 passes no reason code to on_publish: success, or a closed connection
+            client.on_publish = lambda *args: answer.setdefault(
+                "puback", args[3] if len(args) > 3 else 0
+            )
+            client.connect(url.host, url.port, keepalive=settings.keepalive)
+        except Exception as exc:  # the publishing connection works: this is only a check
+            logger.info("replay: could not check that %s may publish: %s", self._who, exc)
+            return False
+        try:
+            if not self._turn(client, answer, "connack") or reason_code(answer["connack"]):
+                logger.info(
+                    "replay: %s did not take an MQTT 5 connection; publishing without checking "
+                    "that %s may publish",
+                    url,
+                    self._who,
+                )
+                return False
+            publish_message(client, topic, payload, 1)
+            if self._turn(client, answer, "puback"):
+                code = reason_code(answer["puback"])
+                if code < 0x80:
+                    return True
+                raise self._read_only(topic, reason_text(answer["puback"]))
+            if "closed" in answer:
+                raise self._read_only(topic, "the broker closed the connection")
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+
+    def _turn(self, client: PahoClient, answer: dict[str, Any], key: str) -> bool:
+        """Turn `client`'s loop until `answer` holds `key`; False on a closed connection."""
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while key not in answer and time.monotonic() < deadline and not self._halt.is_set():
+            if client.loop(timeout=_LOOP_TIMEOUT) != mqtt.MQTT_ERR_SUCCESS:
+                answer["closed"] = True
+                break
+        return key in answer
+
+    def _read_only(self, topic: str, why: str) -> AuthError:
+        return AuthError(
+            f"{self.url} does not let {self._who} publish to {topic!r} ({why}): it is "
+            "read-only here; nothing was replayed",
+            hint=READ_ONLY_HINT,
+        )
 
     def publish(self, topic: str, payload: bytes) -> bool:
         """Publish one message at the publisher's QoS; turns the network loop now and then.
@@ -228,7 +329,9 @@ class Publisher:
                 client.reconnect()
             except Exception as exc:  # retried; the cause is logged
                 logger.warning(
-                    "replay: reconnect to %s failed: %s", self.url, connect_error(exc, self.url)
+                    "replay: reconnect to %s failed: %s",
+                    self.url,
+                    connect_error(exc, self.url, diagnose=False),
                 )
                 self._reconnect_at = time.monotonic() + _RECONNECT_DELAY
                 return
@@ -275,9 +378,7 @@ class Publisher:
     def _raise_refusal(self) -> None:
         if self._refused is None:
             return
-        refused = connack_refusal(
-            self._refused, broker=self.url, who=f"the account {self._who}", hint=_TOKEN_HINT
-        )
+        refused = connack_refusal(self._refused, broker=self.url, who=self._who, hint=_TOKEN_HINT)
         if refused is not None:
             raise refused
 
