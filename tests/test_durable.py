@@ -167,6 +167,33 @@ def test_acks_follow_the_fsync_in_arrival_order_and_redeliveries_are_not_stored_
     assert values(recovered(tmp_path)) == [0, 1, 2, 3, 1]
 
 
+def test_what_arrived_on_a_lost_connection_is_kept_but_never_acked_on_the_next(
+    tmp_path: Path,
+) -> None:
+    inbox = DurableInbox(tmp_path)
+    delivered: list[RawMessage] = []
+    acks: list[int] = []
+    committer = AckAfterDisk(
+        inbox,
+        deliver=delivered.extend,
+        ack=lambda mid, _qos: acks.append(mid),
+        can_take=lambda: True,
+    )
+    committer.arrive(message(0), mid=1, qos=1, dup=False)
+    committer.arrive(message(1), mid=2, qos=1, dup=False)
+    committer.connection_lost()  # mids 1 and 2 belonged to the old connection
+    assert acks == []
+    assert values(delivered) == [0, 1]
+    # the resumed session resends both (DUP) under new ids: acked, not stored again
+    committer.arrive(message(0), mid=1, qos=1, dup=True)
+    committer.arrive(message(1), mid=5, qos=1, dup=True)
+    committer.commit()
+    assert acks == [1, 5]
+    assert values(delivered) == [0, 1]
+    assert committer.redelivered == 2
+    inbox.close()
+
+
 def test_a_full_inbox_holds_the_acks_and_says_so_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

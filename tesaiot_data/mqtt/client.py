@@ -3,8 +3,8 @@
 paho's network thread appends each message to the worker's queue (`mqtt.worker`) and the
 worker thread hands batches of it to `on_batch` or to `process_telemetry()`. With a durable
 inbox (`mqtt.inbox`), the network thread first writes each group to it and acknowledges the
-group only after the fsync. How the connection is
-built, secured and its failures typed lives in `tesaiot_data.mqtt.connection`.
+group only after the fsync. How the connection is built, secured and its failures typed
+lives in `tesaiot_data.mqtt.connection`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tesaiot_data.mqtt.connection import (
     Backoff,
     ClientIdClash,
     client_for,
+    closed_before_connack,
     connect_arguments,
     connect_error,
     suback_refusal,
@@ -299,7 +300,13 @@ class TESAIoTMQTTClient:
         Returns:
             True if the worker caught up, False on timeout.
         """
-        return self._worker.wait_idle(timeout)
+        deadline = time.monotonic() + timeout
+        committer = self._committer
+        while committer is not None and committer.waiting:  # not yet durable, so not queued
+            if time.monotonic() >= deadline or self._network_done.is_set():
+                return False
+            self._stopping.wait(0.005)
+        return self._worker.wait_idle(max(0.0, deadline - time.monotonic()))
 
     def process_telemetry(self, device_id: str, sensor_type: str, data: Any) -> None:
         """Handle one telemetry message; override this. The default logs it at INFO level.
@@ -399,7 +406,7 @@ class TESAIoTMQTTClient:
             if self._ever_connected:
                 self._needs_reconnect = True
             else:  # closed before the first CONNACK: let connect() report it
-                self._fail(ConnectError(f"{self._url} closed the connection ({rc})"))
+                self._fail(closed_before_connack(self._url, rc))
 
     def _loop_failed(self, exc: Exception) -> None:
         """Handle an exception out of paho's loop (a malformed packet, a bug): never die of it."""
@@ -547,6 +554,8 @@ class TESAIoTMQTTClient:
         self._ready.set()
 
     def _connection_lost(self, reason: object, *, by_broker: bool = True) -> None:
+        if self._committer is not None:
+            self._committer.connection_lost()
         was_connected = self._connected_at is not None
         self._connected_at = None
         stopping = self._stopping.is_set()

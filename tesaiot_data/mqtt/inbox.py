@@ -467,6 +467,25 @@ class AckAfterDisk:
                 self._ack(mid, qos)
         return len(group)
 
+    def connection_lost(self) -> None:
+        """Keep what arrived on a connection that is gone, without acknowledging it.
+
+        Its message ids belong to that connection: acknowledged on the next one, they would
+        acknowledge other messages. The broker resends them (DUP) on the resumed session;
+        the copies kept here are in the log by then, so those resends are acknowledged and
+        not stored twice. Should the log fail now, nothing is kept: the resends bring it.
+        """
+        group, self._arrived = self._arrived, []
+        stored = [message for message, _, _ in group if message is not None]
+        if not stored:
+            return
+        try:
+            self.inbox.append(stored)
+        except OSError as exc:
+            logger.warning("cannot write the durable inbox %s: %s", self.inbox.folder, exc)
+            return
+        self._deliver(stored)
+
     def _hold(self, why: str) -> int:
         if not self.held:
             logger.warning("holding %d messages unacknowledged: %s", len(self._arrived), why)
