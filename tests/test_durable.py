@@ -106,6 +106,17 @@ def test_a_release_deletes_whole_segments_only_and_is_kept_across_a_restart(
     assert (tmp_path / "released").read_text() == "2"
 
 
+def test_a_segment_released_before_a_crash_is_deleted_at_recovery(tmp_path: Path) -> None:
+    inbox = DurableInbox(tmp_path)
+    inbox.append([message(0), message(1)])
+    inbox.release(2)  # the segment is all released, then the process dies ...
+    inbox.append([message(2)])
+    inbox.close()
+    (tmp_path / "released").write_text("3")  # ... after its last rows were released too
+    assert recovered(tmp_path) == []
+    assert list(tmp_path.glob("*.seg")) == []
+
+
 def test_a_second_process_cannot_open_the_same_inbox(tmp_path: Path) -> None:
     first = DurableInbox(tmp_path)
     code = (

@@ -206,10 +206,13 @@ class DurableInbox:
                 if len(messages) >= batch:
                     yield seq, messages
                     messages = []
+            self._next_seq = max(self._next_seq, seq + 1)
+            if seq <= self._released:  # all of it was released before the crash
+                (self.folder / name).unlink(missing_ok=True)
+                continue
             size = (self.folder / name).stat().st_size
             with self._guard:
                 self._segments[first] = (seq, size)
-            self._next_seq = max(self._next_seq, seq + 1)
             if messages:
                 yield seq, messages
         if names:
