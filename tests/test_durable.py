@@ -524,3 +524,17 @@ def test_a_service_keeps_every_reading_across_a_broker_restart_with_persistence(
     assert running.wait(30) == 0, running.out.read_text()  # type: ignore[attr-defined]
     once = load_recording(root, dedupe=True)
     assert sorted(int(v) for v in once["value"]) == list(range(count))
+
+
+def test_a_wrong_session_option_makes_no_dataset_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tesaiot_data.cli import main  # noqa: PLC0415
+
+    monkeypatch.setenv("MQTT_API_TOKEN", "tesa_mqtt_test_" + "x" * 24)
+    monkeypatch.delenv("MQTT_CLIENT_ID", raising=False)
+    root = tmp_path / "never"
+    code = main(["record", "--dataset", str(root), "--session-expiry", "1h"])
+    assert code == 1
+    assert "MQTT_CLIENT_ID" in capsys.readouterr().err
+    assert not root.exists()  # the check of the options came first

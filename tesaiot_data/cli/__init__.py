@@ -193,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed of the fleet")
     demo.add_argument(
+        "--qos",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="the QoS the devices publish at (default 0); 1 lets a persistent session "
+        "get what was published while it was away",
+    )
+    demo.add_argument(
         "--out", type=Path, help="recording file (default recordings/demo-<time>.parquet)"
     )
     demo.add_argument(

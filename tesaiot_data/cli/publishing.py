@@ -144,7 +144,12 @@ def _run_demo(
             file=out,
         )
     settings = demo.start(
-        devices=args.devices, rate=args.rate, seed=args.seed, replay=args.replay, speed=args.speed
+        devices=args.devices,
+        rate=args.rate,
+        seed=args.seed,
+        qos=args.qos,
+        replay=args.replay,
+        speed=args.speed,
     )
     written: os.stat_result | None = None
     try:

@@ -104,13 +104,14 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
 def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
     """`record --dataset DIR`: a service appending to a hive dataset until stopped."""
     root: Path = args.dataset
+    settings = settings_from_args(args)  # a wrong option makes no folder
     prepare_dataset_folder(root)  # fail now, not at the first flush: error: ..., exit 1
     if not out.isatty() and args.verbose == 0:
         # A service's journal: the summaries and the connection's news, not paho's chatter.
         logging.getLogger("tesaiot_data").setLevel(logging.INFO)
     stop = threading.Event()
     collector = Collector(
-        settings_from_args(args),
+        settings,
         window="1min",
         max_rows=200_000,
         dataset=root,

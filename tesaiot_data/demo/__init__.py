@@ -83,6 +83,7 @@ def start(
     seed: int = 0,
     malformed: float = 0.01,
     silent_after: Mapping[str | int, float] | None = None,
+    qos: int = 0,
     replay: str | Path | None = None,
     speed: float = 1.0,
     loop: bool = True,
@@ -109,6 +110,9 @@ def start(
         silent_after: Devices that go silent, to see `health()` and silent alerts at work:
             device index (0 for the first) or id -> seconds after the fleet's start from
             which it sends nothing more (see `DeviceFleet`).
+        qos: The QoS the devices publish at. 0 (the default, as most sensors do) is never
+            queued by a broker for a subscriber that is away; 1 is, so a persistent session
+            (`session_expiry=`) gets what was published while it was down.
         replay: A recording (Parquet file, `.parts` folder or dataset folder) to replay
             instead of running the fleet; `devices`, `rate`, `seed`, `malformed` and
             `silent_after` then do nothing.
@@ -142,6 +146,7 @@ def start(
                         seed=seed,
                         malformed=malformed,
                         silent_after=silent_after,
+                        qos=qos,
                     ).start()
                 else:
                     replayer = _replayer(
