@@ -93,7 +93,7 @@ def _where(path: Path) -> str:
     # compaction replaced, no parts of a finished recording).
     files = recording_files(path)
     size = sum(f.stat().st_size for f in files if f.exists())
-    return f"folder:    {folder} ({len(files):,} Parquet files, {size:,} bytes)"
+    return f"folder:    {folder} ({plural(len(files), 'Parquet file')}, {size:,} bytes)"
 
 
 def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
