@@ -255,7 +255,7 @@ def test_inspect_of_an_unfinished_recording_describes_its_parts(tmp_path: Path) 
     buffer = io.StringIO()
     assert main(["inspect", str(recorder.path)], out=buffer) == 0
     report = buffer.getvalue()
-    assert f"folder:    {recorder.parts_dir} (1 Parquet files" in report
+    assert f"folder:    {recorder.parts_dir} (1 Parquet file," in report
     assert "rows:      30" in report
 
 
