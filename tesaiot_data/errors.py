@@ -15,6 +15,7 @@ __all__ = [
     "NotARecordingError",
     "QueryError",
     "RecordingError",
+    "StorageError",
     "StreamError",
     "SubscribeError",
     "TLSError",
@@ -136,13 +137,31 @@ class RecordingError(TesaiotError, OSError):
         self.rows_lost = rows_lost
 
 
+class StorageError(TesaiotError, OSError):
+    """An object store (S3, MinIO, GCS...) refused or could not be reached.
+
+    A missing bucket, credentials the store refuses, an endpoint that does not answer. The
+    message names the URL (never a secret) and the hint says what to check.
+
+    Args:
+        message: What went wrong.
+        hint: What the user can do about it.
+        url: The URL that failed, without its query or credentials.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, url: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+
+
 def disk_error(
     message: str,
     *,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | object,
     then: str | None = None,
     rows_on_disk: int = 0,
     rows_lost: int = 0,
+    cause: BaseException | None = None,
 ) -> RecordingError:
     """Return the `RecordingError` of a file that could not be written, with `DISK_HINT`.
 
@@ -155,14 +174,17 @@ def disk_error(
         then: What else the user can do, appended to the hint (where the rows on disk are).
         rows_on_disk: Rows that reached disk safely before the failure.
         rows_lost: Rows that never reached disk.
+        cause: The failure; an object store's (`StorageError`) gives its own hint instead
+            of the disk's.
 
     Returns:
         The error, to be raised (or returned) by the caller.
     """
+    first = cause.hint if isinstance(cause, StorageError) and cause.hint else DISK_HINT
     return RecordingError(
         message,
-        hint=DISK_HINT if then is None else f"{DISK_HINT}; {then}",
-        path=os.fspath(path),
+        hint=first if then is None else f"{first}; {then}",
+        path=os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path),
         rows_on_disk=rows_on_disk,
         rows_lost=rows_lost,
     )

@@ -50,6 +50,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tesaiot_data.errors import ConfigError, TokenError
+from tesaiot_data.files.store import StorePath, location
 from tesaiot_data.mqtt.publisher import NO_TOKEN, Publisher
 from tesaiot_data.parse.encode import SKIP_REASONS, MessagePlan, ReplayMessage, messages_of
 from tesaiot_data.readers.disk import load_recording
@@ -166,7 +167,7 @@ class Replayer:
 
     def __init__(
         self,
-        source: str | Path,
+        source: str | Path | StorePath,
         *,
         settings: Settings | None = None,
         broker_url: str | None = None,
@@ -190,7 +191,7 @@ class Replayer:
             raise ConfigError(f"speed={speed!r} is not finite", hint="use max_speed=True instead")
         if qos not in (0, 1, 2):
             raise ConfigError(f"qos={qos!r} must be 0, 1 or 2")
-        self.source = Path(source)
+        self.source = location(source)
         self._settings = settings
         self._broker_url = broker_url
         self._username = username
@@ -506,7 +507,7 @@ def _on_replay_clock(frame: Any, speed: float) -> Any:
 
 
 def replay(
-    source: str | Path,
+    source: str | Path | StorePath,
     *,
     settings: Settings | None = None,
     broker_url: str | None = None,

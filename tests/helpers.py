@@ -14,11 +14,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tesaiot_data.demo.broker import LocalBroker, PublisherConfig
+from tesaiot_data.files.store import Location
 from tesaiot_data.mqtt._paho import new_client, reason_code
 
 T = TypeVar("T")
 
 SUBACK_FAILURE = 0x80
+
+
+def local(path: Location) -> Path:
+    """The local `Path` a local path gives: narrows a `Location` for tests on local disk.
+
+    Raises:
+        AssertionError: `path` is a `StorePath` (an object-store location), not a local `Path`.
+    """
+    assert isinstance(path, Path), path
+    return path
 
 
 def wait_for(

@@ -24,6 +24,7 @@ from tesaiot_data.sinks.base import DEFAULT_MAX_PENDING_ROWS
 from tesaiot_data.sinks.dataset import DatasetWriter
 from tesaiot_data.sinks.recorder import Recorder
 from tests.frames import T0, make_frame
+from tests.helpers import local
 from tests.small_disk import remount_read_only, small_disk
 
 STEP_NS = 1_000_000
@@ -134,7 +135,7 @@ def test_a_recorder_whose_parts_folder_vanishes_keeps_the_newest_rows_and_says_s
     recorder = Recorder(tmp_path / "session.parquet", flush_every=0, max_pending_rows=25)
     recorder.add(rows(10, first=0))
     recorder.flush()
-    parts = recorder.parts_dir
+    parts = local(recorder.parts_dir)
     kept_part = next(parts.glob("part-*.parquet")).read_bytes()
     shutil.rmtree(parts)
     for first in range(10, 70, 20):

@@ -22,6 +22,7 @@ from tesaiot_data.files.metadata import iso_ns
 from tesaiot_data.schema import epoch_ns
 from tesaiot_data.sinks.dataset import DatasetWriter
 from tests.frames import assert_same_rows, make_frame, plain, raw_metadata
+from tests.helpers import local
 
 DAY = "date=2025-12-09"
 START = pd.Timestamp("2025-12-09T10:00", tz="UTC")
@@ -91,7 +92,7 @@ def test_compaction_interleaves_parts_of_any_time_unit_in_received_at_order(
     result = compact_dataset(root, before="2025-12-10")
 
     assert (result.partitions, result.parts, result.rows) == (1, 4, ROWS)
-    (merged,) = result.files
+    (merged,) = map(local, result.files)
     received = epoch_ns(pq.read_table(merged, columns=["received_at"]).column(0))
     assert bool(np.all(np.diff(received) >= 0))
     assert sorted(p.name for p in (root / DAY).iterdir()) == [merged.name]

@@ -24,6 +24,7 @@ from tesaiot_data.schema import COLUMNS
 from tesaiot_data.sinks.dataset import DatasetWriter
 from tesaiot_data.sinks.recorder import Recorder
 from tests.frames import assert_same_rows, make_frame, plain, reject
+from tests.helpers import local
 
 DAY = "date=2025-12-09"
 T = pd.Timestamp("2025-12-09T10:00", tz="UTC")
@@ -142,13 +143,13 @@ def test_query_reads_the_path_it_is_given_not_a_glob(
     running = []
     for folder, frame in ((name, mine), (neighbour, theirs)):
         if kind == "file":
-            sources[folder] = write_frame(frame, tmp_path / folder / "rec.parquet")
+            sources[folder] = local(write_frame(frame, tmp_path / folder / "rec.parquet"))
         elif kind == "dataset":
             write_frame(frame, tmp_path / folder / DAY / "part-1.parquet")
             sources[folder] = tmp_path / folder
         else:
             running.append(record(tmp_path / folder / "rec.parquet", frame, finish=False))
-            sources[folder] = running[-1].parts_dir
+            sources[folder] = local(running[-1].parts_dir)
     try:
         assert_readers_agree(sources[name], mine)
         assert_readers_agree(sources[neighbour], theirs)

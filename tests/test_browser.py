@@ -1,12 +1,19 @@
 """The dashboard in a real JupyterLab, driven by headless Chromium through Selenium.
 
 One module, one JupyterLab: notebook 01 (the demo broker, its fleet and a dashboard) runs in
-it up to the dashboard; then the chart must draw, take new points, zoom and keep its zoom
-while data arrive, the health table must list the fleet, and the browser console must stay
-free of errors. The rest of the notebook runs last (it stops the demo).
+it up to the dashboard, in a 1400x1000 window with the file browser open; then the chart must
+draw, take new points, zoom and keep its zoom while data arrive; the layout must keep the
+controls above the chart and the device x metric grid short enough that health and alerts
+show in the first 1,000 pixels; a text metric shows its states; and the browser console must
+stay free of errors. The rest of the notebook runs last (it stops the demo).
 
-Skipped where Chromium, chromedriver or selenium are missing. `TESAIOT_SCREENSHOT=1` saves
-the dashboard as docs/dashboard.png (the README's picture).
+Chromium, chromedriver and JupyterLab die with the test process, even when it is SIGKILLed
+(`tests/browser_driver.py`, `die_with_parent_preexec`), and the lab fixture checks that no
+server or kernel of its own is left when it ends.
+
+Skipped where Chromium, chromedriver or selenium are missing. A screenshot of the window is
+saved beside the test's files; `TESAIOT_SCREENSHOT=1` also saves it as docs/dashboard.png (the
+README's picture).
 """
 
 from __future__ import annotations
@@ -27,25 +34,37 @@ import pytest
 
 from tesaiot_data.demo.broker import free_port
 from tesaiot_data.demo.tied_process import die_with_parent_preexec
+from tests.browser_driver import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    WINDOW,
+    alive,
+    children,
+    command_line,
+    processes_using,
+    start_chromium,
+)
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+LINUX = Path("/proc/self/cmdline").is_file()
 
 try:
-    from selenium import webdriver
-    from selenium.common.exceptions import (
-        JavascriptException,
-        StaleElementReferenceException,
-        WebDriverException,
-    )
-    from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.remote.webelement import WebElement
-    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser_layout import (
+        FILE_BROWSER_SHOWN,
+        OPEN_FILE_BROWSER,
+        chart_state,
+        check_layout,
+        check_metric_switch,
+        over,
+        take_screenshot,
+        until,
+    )
 
     HAVE_SELENIUM = True
 except ImportError:  # pragma: no cover - the skip below says what to install
@@ -131,46 +150,65 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+        if LINUX:
+            # Neither the server nor a kernel it started (their command lines name the lab's
+            # folder: root_dir, the runtime dir of the kernel's connection file) is left.
+            wait_for(
+                lambda: not processes_using(str(root)),
+                timeout=30,
+                period=0.2,
+                message=f"JupyterLab and its kernels end: {processes_using(str(root))} left",
+            )
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Headless Chromium, its console log kept."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1100",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_script_timeout(30)
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Chromium in a 1400x1000 window, its console log kept; dies with the test."""
+    driver = start_chromium(profile=tmp_path_factory.mktemp("chromium"))
     try:
         yield driver
     finally:
         driver.quit()
 
 
-def _until(driver: Any, check: Any, *, timeout: float, message: str) -> Any:
-    """Poll `check(driver)` until it is truthy (JavaScript errors count as not yet)."""
-    return WebDriverWait(
-        driver,
-        timeout,
-        poll_frequency=0.25,
-        ignored_exceptions=(JavascriptException, StaleElementReferenceException),
-    ).until(check, message=message)
+@pytest.mark.skipif(not LINUX, reason="finds the browser's processes in /proc")
+def test_browser_dies_with_the_test_process(tmp_path: Path) -> None:
+    """A SIGKILLed test process leaves neither chromedriver nor Chromium behind."""
+    profile = tmp_path / "profile"
+    out = tmp_path / "driver.out"
+    with out.open("wb") as sink:
+        owner = subprocess.Popen(
+            [sys.executable, "-m", "tests.browser_driver", str(profile)],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        wait_for(
+            lambda: b"ready" in out.read_bytes() or owner.poll() is not None,
+            timeout=60,
+            period=0.1,
+            message="the browser starts",
+        )
+        assert owner.poll() is None, out.read_text()
+        browser_processes = [pid for pid in processes_using(str(profile)) if pid != owner.pid]
+        assert browser_processes, "no Chromium process uses the profile"
+        driver = [pid for pid in children(owner.pid) if "chromedriver" in command_line(pid)]
+        assert driver, "no chromedriver child"
+    finally:
+        owner.kill()
+        owner.wait()
 
+    def all_gone() -> bool:
+        return not processes_using(str(profile)) and not any(alive(pid) for pid in driver)
 
-def _chart_state(driver: Any) -> dict[str, str]:
-    state: dict[str, str] = driver.execute_script(
-        "const el = document.querySelector('.tesaiot-live');"
-        "return el ? Object.assign({}, el.dataset) : {};"
+    wait_for(
+        all_gone,
+        timeout=20,
+        period=0.1,
+        message="chromedriver and Chromium end with their owner",
     )
-    return state
 
 
 RUN_TO_DASHBOARD = """
@@ -216,19 +254,13 @@ return Array.from(document.querySelectorAll(error)).map((el) => el.textContent.s
 """
 
 
-def _over(driver: Any) -> WebElement:
-    """The chart's plot area, found afresh (JupyterLab may render a cell's output anew)."""
-    element: WebElement = driver.find_element(By.CSS_SELECTOR, ".tesaiot-live .u-over")
-    return element
-
-
 def _severe(driver: Any) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def test_dashboard_in_jupyterlab(lab: str, browser: Any, tmp_path: Path) -> None:
     try:
-        _check_dashboard(lab, browser)
+        _check_dashboard(lab, browser, tmp_path)
     except Exception:
         # What the page showed and logged: the timeout alone does not say why.
         browser.save_screenshot(str(tmp_path / "failure.png"))
@@ -238,35 +270,39 @@ def test_dashboard_in_jupyterlab(lab: str, browser: Any, tmp_path: Path) -> None
         raise
 
 
-def _check_dashboard(lab: str, driver: Any) -> None:
+def _check_dashboard(lab: str, driver: Any, tmp_path: Path) -> None:
     driver.get(lab)
-    _until(
+    until(
         driver,
         lambda d: d.execute_script(NOTEBOOK_READY),
         timeout=60,
         message="the notebook open with an idle kernel",
     )
+    # The notebook as a user sees it on a laptop: 1400x1000, the file browser open beside it.
+    assert driver.execute_script("return [window.innerWidth, window.innerHeight];") == list(WINDOW)
+    driver.execute_script(OPEN_FILE_BROWSER)
+    until(driver, lambda d: d.execute_script(FILE_BROWSER_SHOWN), timeout=10, message="files")
     first_unrun = driver.execute_script(RUN_TO_DASHBOARD)
     assert first_unrun > 5
 
     # The dashboard renders (no "Error displaying widget") and its chart takes points.
-    _until(
+    until(
         driver,
-        lambda d: int(_chart_state(d).get("points", "0")) > 0,
+        lambda d: int(chart_state(d).get("points", "0")) > 0,
         timeout=60,
         message="the live chart draws points",
     )
     page = driver.find_element(By.TAG_NAME, "body").text
     assert "Error displaying widget" not in page
     assert not driver.execute_script(ERROR_OUTPUTS)
-    state = _chart_state(driver)
+    state = chart_state(driver)
     assert state["zoomed"] == "0"
     assert int(state["devices"]) == 5
     updates, points = int(state["updates"]), int(state["points"])
-    state = _until(
+    state = until(
         driver,
         lambda d: (
-            (s := _chart_state(d))
+            (s := chart_state(d))
             and int(s["updates"]) >= updates + 2
             and int(s["points"]) > points
             and s
@@ -278,24 +314,24 @@ def _check_dashboard(lab: str, driver: Any) -> None:
     assert float(state["xMax"]) - float(state["xMin"]) == pytest.approx(61_200, rel=1e-6)
 
     # Zoom: a drag over the middle half of the plot.
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", _over(driver))
-    width = _over(driver).size["width"]
-    before = _chart_state(driver)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", over(driver))
+    width = over(driver).size["width"]
+    before = chart_state(driver)
     ActionChains(driver).move_to_element_with_offset(
-        _over(driver), -width // 4, 0
+        over(driver), -width // 4, 0
     ).click_and_hold().move_by_offset(width // 2, 0).release().perform()
-    zoomed = _until(
+    zoomed = until(
         driver,
-        lambda d: (s := _chart_state(d)).get("zoomed") == "1" and s,
+        lambda d: (s := chart_state(d)).get("zoomed") == "1" and s,
         timeout=5,
         message="zoomed",
     )
     span = float(zoomed["xMax"]) - float(zoomed["xMin"])
     assert span < 0.6 * (float(before["xMax"]) - float(before["xMin"]))
     # ... and the zoomed view stays put while new points arrive.
-    later = _until(
+    later = until(
         driver,
-        lambda d: (s := _chart_state(d)) and int(s["updates"]) >= int(zoomed["updates"]) + 2 and s,
+        lambda d: (s := chart_state(d)) and int(s["updates"]) >= int(zoomed["updates"]) + 2 and s,
         timeout=15,
         message="updates while zoomed",
     )
@@ -306,12 +342,12 @@ def _check_dashboard(lab: str, driver: Any) -> None:
     )
 
     # Shift+drag pans: the same span, earlier times, still zoomed.
-    ActionChains(driver).move_to_element(_over(driver)).key_down(
+    ActionChains(driver).move_to_element(over(driver)).key_down(
         Keys.SHIFT
     ).click_and_hold().move_by_offset(width // 4, 0).release().key_up(Keys.SHIFT).perform()
-    panned = _until(
+    panned = until(
         driver,
-        lambda d: (s := _chart_state(d)) and float(s["xMin"]) < float(zoomed["xMin"]) and s,
+        lambda d: (s := chart_state(d)) and float(s["xMin"]) < float(zoomed["xMin"]) and s,
         timeout=5,
         message="panned",
     )
@@ -319,8 +355,8 @@ def _check_dashboard(lab: str, driver: Any) -> None:
     assert float(panned["xMax"]) - float(panned["xMin"]) == pytest.approx(span, rel=1e-6)
 
     # Double-click follows the data again.
-    ActionChains(driver).double_click(_over(driver)).perform()
-    _until(driver, lambda d: _chart_state(d).get("zoomed") == "0", timeout=5, message="reset")
+    ActionChains(driver).double_click(over(driver)).perform()
+    until(driver, lambda d: chart_state(d).get("zoomed") == "0", timeout=5, message="reset")
 
     # The health table lists the fleet's five devices.
     # (read in one script: the table is replaced at every refresh)
@@ -328,7 +364,7 @@ def _check_dashboard(lab: str, driver: Any) -> None:
         "return Array.from(document.querySelectorAll('.tesaiot-health tr[data-device]'))"
         ".map((row) => row.dataset.device);"
     )
-    health_rows: list[str] = _until(
+    health_rows: list[str] = until(
         driver,
         lambda d: len(rows := d.execute_script(listed)) >= 5 and rows,
         timeout=20,
@@ -340,56 +376,42 @@ def _check_dashboard(lab: str, driver: Any) -> None:
 
     # Hovering the newest point shows its exact UTC time, full device id and value.
     def hover(d: Any) -> str:
-        probe = _chart_state(d).get("probe", "")
+        probe = chart_state(d).get("probe", "")
         if not probe:
             return ""
         x, y = (float(v) for v in probe.split(","))
-        over = _over(d)
-        size = over.size
+        area = over(d)
+        size = area.size
         ActionChains(d).move_to_element_with_offset(
-            over, int(x - size["width"] / 2), int(y - size["height"] / 2)
+            area, int(x - size["width"] / 2), int(y - size["height"] / 2)
         ).perform()
         tip = d.find_element(By.CSS_SELECTOR, ".tesaiot-live-tip")
         return str(tip.text) if tip.is_displayed() else ""
 
-    tip = _until(driver, hover, timeout=10, message="a tooltip on hovering the newest point")
+    tip = until(driver, hover, timeout=10, message="a tooltip on hovering the newest point")
     lines = tip.splitlines()
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC", lines[0]), tip
     assert lines[1] in devices, tip
     assert re.fullmatch(r"temperature = -?[\d.e+-]+ celsius", lines[2]), tip
 
     # A fired alert appears: the notebook sets a rule the demo fleet's pressure crosses.
-    _until(
+    until(
         driver,
         lambda d: d.find_elements(By.CSS_SELECTOR, ".tesaiot-alerts tr.firing"),
         timeout=30,
         message="a fired alert in the alerts table",
     )
 
-    if os.environ.get("TESAIOT_SCREENSHOT"):
-        # A tall window, the side bar closed: the whole dashboard in one picture.
-        driver.execute_script("window.jupyterapp.shell.collapseLeft();")
-        driver.set_window_size(1300, 2600)
-        dashboard = driver.find_element(By.CSS_SELECTOR, ".widget-vbox:has(.tesaiot-live)")
-        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", dashboard)
-        status = dashboard.find_element(By.CSS_SELECTOR, ".widget-label")
-        ActionChains(driver).move_to_element(status).perform()  # no tooltip in the picture
-        _until(
-            driver,
-            # some 20 s of data on the 1-minute axis
-            lambda d: int(_chart_state(d)["updates"]) >= int(later["updates"]) + 20,
-            timeout=40,
-            message="more updates before the picture",
-        )
-        (ROOT / "docs").mkdir(exist_ok=True)
-        dashboard.screenshot(str(ROOT / "docs" / "dashboard.png"))
+    check_layout(driver, devices)
+    check_metric_switch(driver)
+    take_screenshot(driver, tmp_path, since_updates=int(later["updates"]))
 
     severe = _severe(driver)
     assert not severe, f"browser console errors: {severe}"
 
     # The rest of the notebook runs through (it stops the collector and the demo).
     driver.execute_script(RUN_THE_REST, first_unrun)
-    _until(driver, lambda d: d.execute_script(LAST_CELL_DONE), timeout=60, message="notebook done")
+    until(driver, lambda d: d.execute_script(LAST_CELL_DONE), timeout=60, message="notebook done")
     assert not driver.execute_script(ERROR_OUTPUTS)
     try:
         severe = _severe(driver)

@@ -23,7 +23,7 @@ from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.files.parquet import write_frame, write_rejects
 from tesaiot_data.messages import Reject, RejectReason
 from tesaiot_data.sinks.recorder import Recorder
-from tests.helpers import wait_for
+from tests.helpers import local, wait_for
 from tests.small_disk import fill, small_disk
 
 CLI = [sys.executable, "-m", "tesaiot_data.cli"]
@@ -165,7 +165,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 def _not_a_recording(kind: str, folder: Path) -> Path:
     if kind == "rejects-sidecar":
         recording = write_frame(_frame(), folder / "s.parquet")
-        return write_rejects([_reject()], recording.with_name("s.rejects.parquet"))
+        return local(write_rejects([_reject()], recording.with_name("s.rejects.parquet")))
     if kind == "csv":
         path = folder / "s.csv"
         path.write_text("timestamp,device_id,value\n2025-12-10T00:00:00Z,dev-1,21.5\n")

@@ -25,7 +25,7 @@ from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.demo.flood import fleet_packets, flood
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.schema import COLUMNS
-from tests.helpers import wait_for
+from tests.helpers import local, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -145,7 +145,7 @@ def test_snapshot_writes_the_window_and_reads_back_equal(
     fleet_factory(devices=3, qos=1).publish(120)
     wait_for(lambda: collector.stats.messages + collector.stats.rejected == 120)
     frame = collector.frame()
-    path = collector.snapshot(tmp_path / "snap.parquet")
+    path = local(collector.snapshot(tmp_path / "snap.parquet"))
     back = load_recording(path)
     pd.testing.assert_frame_equal(
         back.astype({c: str for c in ("device_id", "sensor_type", "metric", "unit", "value_text")}),

@@ -20,7 +20,7 @@ from tesaiot_data.files.layout import read_consistent
 from tesaiot_data.schema import ARROW_SCHEMA
 from tesaiot_data.sinks.dataset import DatasetWriter
 from tests.frames import assert_same_rows, leftovers, make_frame, raw_metadata
-from tests.helpers import wait_for
+from tests.helpers import local, wait_for
 
 TOPIC = {"topic": "device/+/telemetry/#"}
 # T0 (2025-12-09T23:59:58) plus 4,000 rows 1 ms apart: two closed days, split at midnight.
@@ -62,13 +62,15 @@ def test_each_closed_day_becomes_one_file_with_the_same_rows_in_time_order(
     assert result.bytes_before == before_bytes
     assert 0 < result.bytes_after < result.bytes_before
     assert [p.parent.name for p in result.files] == ["date=2025-12-09", "date=2025-12-10"]
-    assert sorted(files_of(root)) == sorted(p.relative_to(root).as_posix() for p in result.files)
+    assert sorted(files_of(root)) == sorted(
+        local(p).relative_to(root).as_posix() for p in result.files
+    )
     assert all(p.name.startswith("compacted-") for p in result.files)
     assert leftovers(root) == []
     back = load_recording(root)
     assert_same_rows(back, frame)
     assert back["received_at"].is_monotonic_increasing
-    for file in result.files:
+    for file in map(local, result.files):
         assert pq.read_schema(file).remove_metadata().equals(ARROW_SCHEMA)
         meta = read_metadata(file)
         assert meta["topic"] == TOPIC["topic"]

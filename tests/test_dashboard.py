@@ -39,7 +39,7 @@ from tesaiot_data.dashboard.live_chart import LiveChart, decimate
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.messages import RawMessage
 from tesaiot_data.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import local, wait_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -237,7 +237,7 @@ def test_record_names_its_file_when_clicked_not_when_the_dashboard_was_made(
     assert recording is not None
     dash.record_button.value = False
 
-    path = Path(recording.path)
+    path = local(recording.path)
     assert path.parent == Path("recordings")
     stamp = datetime.strptime(path.name, "session-%Y%m%dT%H%M%S.parquet")
     assert stamp.replace(tzinfo=timezone.utc) >= clicked

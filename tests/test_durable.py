@@ -350,11 +350,12 @@ def test_a_service_sigkilled_three_times_under_a_qos1_stream_loses_no_reading(
     stream = Stream(fresh_broker.publisher(), count=count, rate=rate)
     try:
         for at in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
-            wait_for(lambda at=at: stream.published >= at * count, timeout=60)
+            kill_at = at * count
+            wait_for(lambda: stream.published >= kill_at, timeout=60)  # noqa: B023
             running.kill()  # SIGKILL: no handler runs, nothing is flushed
             running.wait()
-            down_until = stream.published + int(rng.uniform(1, 3) * rate)  # 1-3 s down
-            wait_for(lambda d=down_until: stream.published >= min(d, count), timeout=60)
+            down_until = min(stream.published + int(rng.uniform(1, 3) * rate), count)  # 1-3 s
+            wait_for(lambda: stream.published >= down_until, timeout=60)  # noqa: B023
             running = service(fresh_broker, *args)
         stream.finish()
     finally:

@@ -22,6 +22,7 @@ from tesaiot_data import (
 )
 from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
+from tesaiot_data.messages import RawMessage
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
 from tesaiot_data.sinks.dataset import DatasetWriter
 from tests.frames import assert_same_rows, make_frame, plain
@@ -201,10 +202,22 @@ def test_receive_times_of_another_process_either_side_of_the_seam(
     assert history["received_at"].is_monotonic_increasing
 
 
-def test_history_needs_a_dataset(settings: Settings) -> None:
-    with pytest.raises(ConfigError, match=r"Collector\(dataset=") as info:
-        Collector(settings).history()
-    assert "record --dataset" in str(info.value)
+def test_history_without_a_dataset_is_the_live_window_with_a_note(settings: Settings) -> None:
+    collector = Collector(settings)
+    now = time.time_ns()
+    collector.ingest(
+        [
+            RawMessage("device/h1/telemetry/t", b'{"value": %d}' % n, now - n * 60_000_000_000)
+            for n in (2, 1, 0)  # received 2 and 1 minutes ago, and now, in arrival order
+        ]
+    )
+    with pytest.warns(UserWarning, match=r"live window only.*record --dataset") as caught:
+        recent = collector.history(since="90s")
+    assert caught[0].filename == __file__  # the note points at the user's line
+    assert sorted(recent["value"]) == [0.0, 1.0]
+    assert_same_rows(recent, collector.frame(since="90s"))
+    with pytest.raises(ConfigError, match="since"):
+        collector.history(since="soon")  # a wrong time is still an error
 
 
 def test_history_reads_only_the_days_in_range(settings: Settings, tmp_path: Path) -> None:

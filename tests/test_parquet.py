@@ -42,6 +42,7 @@ from tests.frames import (
     reject,
     with_unused_categories,
 )
+from tests.helpers import local
 
 # --- write_frame ---------------------------------------------------------------------------
 
@@ -261,7 +262,7 @@ def test_leftover_temp_files_are_ignored(tmp_path: Path) -> None:
     frame = make_frame(30)
     writer = DatasetWriter(tmp_path / "ds")
     writer.add(frame)
-    (written,) = writer.flush()
+    (written,) = map(local, writer.flush())
     (written.parent / f".{written.name}.deadbeef.tmp").write_bytes(b"garbage")
     (tmp_path / "ds" / ".part-x.parquet.1234.tmp").write_bytes(b"garbage")
     assert_same_rows(load_recording(tmp_path / "ds"), frame)
@@ -276,13 +277,13 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, pd.Dat
     frame = make_frame(6000, start=T0, step_ns=1_000_000, devices=50, metrics=4)
     batches = np.array_split(np.arange(len(frame)), 5)
     if request.param == "file":
-        return write_frame(frame, tmp_path / "all.parquet"), frame
+        return local(write_frame(frame, tmp_path / "all.parquet")), frame
     if request.param == "parts":
         recorder = Recorder(tmp_path / "rec.parquet")
         for chunk in batches:
             recorder.add(frame.iloc[chunk])
             recorder.flush()
-        return recorder.parts_dir, frame
+        return local(recorder.parts_dir), frame
     writer = DatasetWriter(tmp_path / "ds")
     for chunk in batches:
         writer.add(frame.iloc[chunk])
@@ -417,7 +418,7 @@ def test_load_rejects_when_none(tmp_path: Path) -> None:
 
 def test_write_rejects_and_reason_strings(tmp_path: Path) -> None:
     rejects = [reject(i) for i in range(3)]
-    path = write_rejects(rejects, tmp_path / "x.rejects.parquet", metadata={"k": "v"})
+    path = local(write_rejects(rejects, tmp_path / "x.rejects.parquet", metadata={"k": "v"}))
     table = pq.read_table(path)
     assert table.schema.field("reason").type == pa.dictionary(pa.int32(), pa.string())
     assert table.schema.field("payload").type == pa.binary()
@@ -442,11 +443,11 @@ def test_missing_device_id_is_refused(tmp_path: Path) -> None:
 
 
 def _rejects_sidecar(folder: Path) -> Path:
-    return write_rejects([reject(1), reject(2)], folder / "s.rejects.parquet")
+    return local(write_rejects([reject(1), reject(2)], folder / "s.rejects.parquet"))
 
 
 def _renamed_sidecar(folder: Path) -> Path:
-    return write_rejects([reject(1)], folder / "bad-messages.parquet")
+    return local(write_rejects([reject(1)], folder / "bad-messages.parquet"))
 
 
 def _csv(folder: Path) -> Path:
@@ -510,7 +511,7 @@ def test_columns_of_the_wrong_type_are_not_a_recording(tmp_path: Path) -> None:
 def test_a_stray_file_in_a_dataset_is_named(tmp_path: Path) -> None:
     writer = DatasetWriter(tmp_path / "ds")
     writer.add(make_frame(10))
-    (written,) = writer.flush()
+    (written,) = map(local, writer.flush())
     stray = written.with_name("part-zzz.parquet")
     _rejects_sidecar(tmp_path).replace(stray)
     for reader in (load_recording, read_metadata):
@@ -617,7 +618,7 @@ def test_files_carry_only_the_categories_their_rows_use(tmp_path: Path) -> None:
     with Recorder(tmp_path / "r.parquet") as recorder:
         recorder.add(frame)
         recorder.flush()
-        assert recorder.parts_dir.joinpath("part-000001.parquet").stat().st_size < 20_000
+        assert local(recorder.parts_dir).joinpath("part-000001.parquet").stat().st_size < 20_000
         recorder.add(with_unused_categories(20, 1_000))
     assert recorder.path.stat().st_size < 20_000
     assert_same_rows(load_recording(recorder.path), pd.concat([plain(frame)] * 2))

@@ -24,10 +24,12 @@ from tesaiot_data import (
 from tesaiot_data.cli import main
 from tesaiot_data.files.compaction import STEP_WRITTEN, compact_dataset
 from tesaiot_data.files.parquet import write_frame, write_rejects
+from tesaiot_data.files.store import Location
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
 from tesaiot_data.sinks.dataset import DatasetWriter
 from tesaiot_data.sinks.recorder import Recorder
 from tests.frames import UTC_NS, assert_same_rows, make_frame, reject
+from tests.helpers import local
 
 pytest.importorskip("duckdb", reason="DuckDB, the sql extra, is not installed")
 
@@ -58,7 +60,7 @@ def hourly_in_pandas(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def loaded(source: Path) -> pd.DataFrame:
+def loaded(source: Location) -> pd.DataFrame:
     """`load_recording(source)` at the precision DuckDB reads the times with.
 
     DuckDB 2 reads Parquet's UTC nanosecond times as TIMESTAMPTZ_NS; 1.x truncates them to
@@ -90,7 +92,7 @@ def dataset(tmp_path: Path) -> Path:
     writer.flush()
     writer.add(make_frame(1_000, start=pd.Timestamp("2025-12-10T01:30", tz="UTC"), seed=1))
     writer.close()
-    return writer.root
+    return local(writer.root)
 
 
 def test_select_star_over_a_file_is_load_recording(tmp_path: Path) -> None:

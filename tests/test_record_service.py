@@ -217,10 +217,11 @@ def test_out_and_dataset_are_exclusive(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_a_dataset_path_that_is_a_file_is_one_error_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    monkeypatch.setenv("MQTT_API_TOKEN", "tesa_mqtt_test_" + "x" * 24)  # options pass first
     # Checked before connecting: no broker needed, and no half-started service.
     assert main(["record", "--dataset", str(blocker)], out=io.StringIO()) == 1
     error = capsys.readouterr().err.strip().splitlines()

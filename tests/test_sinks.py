@@ -42,6 +42,7 @@ from tests.frames import (
     raw_metadata,
     reject,
 )
+from tests.helpers import local
 from tests.small_disk import fill, remount_read_only, small_disk
 
 # --- the sink protocol ---------------------------------------------------------------------
@@ -101,7 +102,8 @@ def test_sinks_take_the_windows_arrow_batches_across_dictionary_generations(
     back = load_recording(sink.path)
     assert back["value"].tolist() == [float(i) for i in range(6000)]
     assert back["device_id"].astype(str).tolist() == [f"dev-{i}" for i in range(6000)]
-    files = [sink.path] if kind == "recorder" else sorted(sink.path.rglob("part-*.parquet"))
+    where = local(sink.path)
+    files = [where] if kind == "recorder" else sorted(where.rglob("part-*.parquet"))
     assert len(files) > 1 or kind == "recorder"
     for path in files:  # every file names only the devices of its own rows
         table = pq.read_table(path)
@@ -229,7 +231,7 @@ def test_recorder_rejects_validation(tmp_path: Path) -> None:
 def test_recorder_stop_is_idempotent_and_ignores_late_batches(tmp_path: Path) -> None:
     recorder = Recorder(tmp_path / "r.parquet")
     recorder.add(make_frame(10))
-    first = recorder.stop()
+    first = local(recorder.stop())
     mtime = first.stat().st_mtime_ns
     assert recorder.stop() == first
     assert first.stat().st_mtime_ns == mtime
@@ -410,8 +412,8 @@ def test_dataset_writer_splits_by_utc_date(tmp_path: Path) -> None:
     for chunk in np.array_split(np.arange(len(frame)), 7):
         writer.add(frame.iloc[chunk])
         if chunk[0] % 2 == 0:
-            written += writer.flush()
-    written += writer.flush()
+            written += map(local, writer.flush())
+    written += map(local, writer.flush())
     assert writer.flush() == []
     assert writer.rows_written == len(frame)
 
@@ -490,7 +492,7 @@ def test_counts_and_error_of_a_recorder_whose_folder_was_removed(tmp_path: Path)
     recorder.add(make_frame(10))
     recorder.flush()
     assert recorder.rows_on_disk == 10
-    shutil.rmtree(recorder.parts_dir)  # a clean-up script, or the user, removes it
+    shutil.rmtree(local(recorder.parts_dir))  # a clean-up script, or the user, removes it
     recorder.add(make_frame(7, seed=1))
     with pytest.raises(FileNotFoundError) as caught:
         recorder.flush()

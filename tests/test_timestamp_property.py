@@ -20,7 +20,9 @@ from tests.helpers import wait_for
 pytestmark = pytest.mark.skipif(not PAHO_V2, reason="user properties need paho-mqtt 2")
 
 
-def publish_v5(broker: LocalBroker, messages: list[tuple[str, dict, str | None]]) -> None:
+def publish_v5(
+    broker: LocalBroker, messages: list[tuple[str, dict[str, object], str | None]]
+) -> None:
     """Publish JSON payloads at QoS 1 over MQTT 5, each with a `ts` user property if given."""
     from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
     from paho.mqtt.properties import Properties  # noqa: PLC0415
@@ -32,7 +34,7 @@ def publish_v5(broker: LocalBroker, messages: list[tuple[str, dict, str | None]]
     client.loop_start()
     try:
         for topic, body, stamp in messages:
-            properties = Properties(PacketTypes.PUBLISH)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if stamp is not None:
                 properties.UserProperty = ("ts", stamp)
             info = client.publish(topic, json.dumps(body), qos=1, properties=properties)

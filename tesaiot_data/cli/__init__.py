@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     connection_options(record)
     session_options(record)
     target = record.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", type=Path, help="the Parquet file to write")
+    target.add_argument(
+        "--out", type=str, help="the Parquet file to write (or an s3://bucket/key.parquet URL)"
+    )
     target.add_argument(
         "--dataset",
-        type=Path,
+        type=str,
         help="append to this hive dataset folder (date=YYYY-MM-DD/part-*.parquet) until "
         "Ctrl-C or SIGTERM; several recorders may share it",
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TextIO
 
 import pandas as pd
@@ -19,6 +18,7 @@ from tesaiot_data.cli.console import printable
 from tesaiot_data.collector.stats import plural
 from tesaiot_data.files.compaction import compact_dataset
 from tesaiot_data.files.layout import recording_files
+from tesaiot_data.files.store import Location, location
 from tesaiot_data.readers.disk import load_recording, load_rejects, read_metadata
 from tesaiot_data.readers.sql import query
 
@@ -44,7 +44,7 @@ def _printable_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def summary(path: Path, out: TextIO) -> None:
+def summary(path: Location, out: TextIO) -> None:
     """Print what a recording holds: span, devices, metrics and per-metric figures.
 
     Args:
@@ -84,7 +84,7 @@ def summary(path: Path, out: TextIO) -> None:
         print(printable(f"rejects by reason: {reasons}"), file=out)
 
 
-def _where(path: Path) -> str:
+def _where(path: Location) -> str:
     """The first summary line: the file and its size, or the folder and what it holds."""
     if path.is_file():
         return f"file:      {path} ({path.stat().st_size:,} bytes)"
@@ -98,7 +98,7 @@ def _where(path: Path) -> str:
 
 def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
     """`inspect PATH`: print the summary of a recording."""
-    summary(Path(args.path), out)
+    summary(location(args.path), out)
     return 0
 
 

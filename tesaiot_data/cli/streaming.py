@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TextIO
 
 from tesaiot_data.cli.console import (
@@ -29,6 +28,7 @@ from tesaiot_data.cli.options import settings_from_args
 from tesaiot_data.collector import Collector, Recording
 from tesaiot_data.collector.stats import status_line
 from tesaiot_data.errors import TesaiotError
+from tesaiot_data.files.store import location
 from tesaiot_data.mqtt.client import TESAIoTMQTTClient
 from tesaiot_data.settings import Settings
 from tesaiot_data.sinks.dataset import DatasetWriter, prepare_dataset_folder
@@ -103,7 +103,7 @@ def cmd_record(args: argparse.Namespace, out: TextIO) -> int:
 
 def _record_dataset(args: argparse.Namespace, out: TextIO) -> int:
     """`record --dataset DIR`: a service appending to a hive dataset until stopped."""
-    root: Path = args.dataset
+    root = location(args.dataset)
     settings = settings_from_args(args)  # a wrong option makes no folder
     prepare_dataset_folder(root)  # fail now, not at the first flush: error: ..., exit 1
     if not out.isatty() and args.verbose == 0:

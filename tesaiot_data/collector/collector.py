@@ -32,6 +32,7 @@ from tesaiot_data.collector.monitoring import Monitoring, warn_unknown_metrics
 from tesaiot_data.collector.recording import Recording, RecordingAlerts, begin_recording
 from tesaiot_data.collector.stats import CollectorStats
 from tesaiot_data.files.parquet import write_batches
+from tesaiot_data.files.store import Location, StorePath, location
 from tesaiot_data.monitor.alerts import AlertEngine
 from tesaiot_data.monitor.health import DeviceHealth
 from tesaiot_data.mqtt.client import ClientStats, TESAIoTMQTTClient
@@ -100,7 +101,7 @@ class Collector(Monitoring):
         *,
         window: str | pd.Timedelta | None = "15min",
         max_rows: int = 1_000_000,
-        dataset: str | Path | None = None,
+        dataset: str | Path | StorePath | None = None,
         flush_every: str | float | pd.Timedelta | None = None,
         queue_size: int = 200_000,
         max_rows_per_message: int = MAX_ROWS_PER_MESSAGE,
@@ -108,7 +109,7 @@ class Collector(Monitoring):
         naive_timezone: str | tzinfo | None = None,
         clock_skew: str | float | pd.Timedelta = "5min",
         timestamp_property: str | None = None,
-        snapshot_dir: str | Path | None = None,
+        snapshot_dir: str | Path | StorePath | None = None,
         snapshot_every: str | float | pd.Timedelta | None = None,
         **overrides: Any,
     ) -> None:
@@ -125,7 +126,7 @@ class Collector(Monitoring):
         )
         self._queue_size = queue_size
         self._timestamp_property = timestamp_property
-        self._dataset = Path(dataset) if dataset is not None else None
+        self._dataset = location(dataset) if dataset is not None else None
         self._watermark = Watermark()  # of resample(): finds late rows
         self._health = DeviceHealth()
         self._ingest = Ingest(
@@ -328,7 +329,7 @@ class Collector(Monitoring):
         *,
         devices: Iterable[str] | str | None = None,
         metrics: Iterable[str] | str | None = None,
-        dataset: str | Path | None = None,
+        dataset: str | Path | StorePath | None = None,
     ) -> pd.DataFrame:
         """Return the rows on disk and in the window as one DataFrame, each row once.
 
@@ -502,7 +503,7 @@ class Collector(Monitoring):
 
     # ---------------------------------------------------------------- writes
 
-    def snapshot(self, path: str | Path | None = None) -> Path:
+    def snapshot(self, path: str | Path | StorePath | None = None) -> Location:
         """Write the current window to one Parquet file now.
 
         The window's rows go to disk as Arrow record batches, without a DataFrame.

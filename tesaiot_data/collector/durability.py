@@ -17,10 +17,12 @@ mark (at most one flush's rows, removed by `load_recording(..., dedupe=True)`).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from urllib.parse import quote
 
 from tesaiot_data.collector.ingest import Ingest
+from tesaiot_data.files.store import Location, StorePath
 from tesaiot_data.mqtt.client import TESAIoTMQTTClient
 from tesaiot_data.mqtt.inbox import DurableInbox
 from tesaiot_data.settings import Settings
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 INBOX_FOLDER = ".inbox"
 
 
-def inbox_folder(dataset: Path, client_id: str) -> Path:
+def inbox_folder(dataset: Location, client_id: str) -> Path:
     """The durable inbox of `client_id` in `dataset`: `<dataset>/.inbox/<client id, quoted>`.
 
     Args:
@@ -46,11 +48,22 @@ def inbox_folder(dataset: Path, client_id: str) -> Path:
     Returns:
         The folder; a client id is %-quoted so that any id is one safe name.
     """
+    if isinstance(dataset, StorePath):
+        # The inbox is fsynced segments, never objects: a store's dataset keeps it on local
+        # disk, one folder per dataset URL and client.
+        state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return (
+            state
+            / "tesaiot-data"
+            / "inbox"
+            / quote(str(dataset), safe="")
+            / quote(client_id, safe="")
+        )
     return dataset / INBOX_FOLDER / quote(client_id, safe="")
 
 
 def open_dataset(
-    dataset: Path, *, flush_every: float, metadata: dict[str, str], settings: Settings
+    dataset: Location, *, flush_every: float, metadata: dict[str, str], settings: Settings
 ) -> tuple[Feed, Durability | None]:
     """The auto-persist dataset's feed, and its durable inbox when acks wait for the disk.
 

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from tesaiot_data.collector.ingest import Ingest
 from tesaiot_data.errors import RecordingError, disk_error
+from tesaiot_data.files.store import Location, StorePath
 from tesaiot_data.monitor.alerts import AlertCapture, AlertEngine
 from tesaiot_data.monitor.sidecar import alerts_sidecar, write_alerts
 from tesaiot_data.sinks.feed import Feed
@@ -43,7 +44,7 @@ class RecordingAlerts:
         engine: AlertEngine,
         capture: AlertCapture,
         *,
-        recording: Path,
+        recording: Location,
         metadata: Mapping[str, str],
     ) -> None:
         self._engine = engine
@@ -118,7 +119,7 @@ class Recording:
         self._elapsed: float | None = None
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Location:
         """Where the recording's file is (complete once stopped)."""
         return self._recorder.path
 
@@ -152,7 +153,7 @@ class Recording:
         """Why the last write failed (for example a full disk), or None while all is well."""
         return self._feed.error or self._recorder.error
 
-    def stop(self) -> Path:
+    def stop(self) -> Location:
         """Stop recording and write the single Parquet file. Idempotent.
 
         Returns:
@@ -196,7 +197,7 @@ class Recording:
 
 def begin_recording(
     ingest: Ingest,
-    path: str | Path,
+    path: str | Path | StorePath,
     *,
     flush_every: float,
     metadata: Mapping[str, str],

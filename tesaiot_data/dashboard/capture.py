@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from tesaiot_data.dashboard.format import default_recording_path, format_elapsed
+from tesaiot_data.files.store import StorePath
 
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, Recording
@@ -54,7 +55,7 @@ class Capture:
         self._on_started = on_started
         self._recording: Recording | None = None
         self._lock = threading.RLock()  # start/stop from a click or the timer thread
-        self.saved_path: Path | None = None
+        self.saved_path: Path | StorePath | None = None
         # Empty: Record names the file when clicked (see `format.default_recording_path`).
         self.record_name = widgets.Text(
             value="",
@@ -152,7 +153,7 @@ class Capture:
         try:
             path = Path(_clicked("snapshot"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            path = self._collector.snapshot(path)
+            self._collector.snapshot(path)  # a local file: the path given
         except Exception as exc:
             logger.exception("snapshot failed")
             self.record_label.value = f"snapshot failed: {exc}"

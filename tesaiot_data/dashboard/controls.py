@@ -112,7 +112,7 @@ class Controls:
         self.device_selector = widgets.SelectMultiple(
             options=_labelled(self._device_options),
             value=tuple(devices or ()),
-            description="devices",
+            description="",  # ipywidgets 8 shows a select's tooltip only without a description
             rows=12,
             tooltip=_device_tooltip(self._device_options),
             layout=widgets.Layout(width="240px", flex="0 0 auto"),

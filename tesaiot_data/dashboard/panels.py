@@ -30,7 +30,8 @@ MAX_ALERT_ROWS = 20
 
 _ELLIPSIS = "\u2026"
 _STYLE = (
-    "<style>.tesaiot-panel{border-collapse:collapse;font-size:12px;font-family:monospace}"
+    "<style>.tesaiot-panel{border-collapse:collapse;line-height:1.4;font-size:12px;"
+    "font-family:monospace}"
     ".tesaiot-panel th,.tesaiot-panel td{padding:2px 8px;text-align:left;"
     "border-bottom:1px solid #ddd}.tesaiot-panel td.num{text-align:right}"
     ".tesaiot-panel tr.silent td,.tesaiot-panel tr.firing td{color:#b00020}"

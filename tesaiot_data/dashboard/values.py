@@ -39,7 +39,8 @@ MAX_GRID_CELL_CHARS = 24
 MAX_STATE_ROWS = 30
 
 _STYLE = (
-    "<style>.tesaiot-grid{border-collapse:collapse;font-size:12px;font-family:monospace}"
+    "<style>.tesaiot-grid{border-collapse:collapse;line-height:1.4;font-size:12px;"
+    "font-family:monospace}"
     ".tesaiot-grid th,.tesaiot-grid td{padding:2px 8px;border-bottom:1px solid #ddd;"
     "white-space:nowrap}.tesaiot-grid th{text-align:left;vertical-align:bottom}"
     ".tesaiot-grid td.num{text-align:right}.tesaiot-grid th small{font-weight:400;"

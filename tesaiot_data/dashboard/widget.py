@@ -40,6 +40,7 @@ from tesaiot_data.dashboard.live_feed import LiveFeed
 from tesaiot_data.dashboard.monitor_panels import MonitorPanels
 from tesaiot_data.dashboard.rows import CollectorRows
 from tesaiot_data.dashboard.values import latest_grid_html, text_states_html
+from tesaiot_data.files.store import StorePath
 
 if TYPE_CHECKING:
     from tesaiot_data.collector import Collector, CollectorStats, Recording
@@ -290,7 +291,7 @@ class Dashboard(widgets.VBox):
         return self._off_axis
 
     @property
-    def saved_path(self) -> Path | None:
+    def saved_path(self) -> Path | StorePath | None:
         """The file the last recording was saved to."""
         return self._capture.saved_path
 

@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,6 +72,14 @@ from tesaiot_data.files.metadata import (
     key_values,
 )
 from tesaiot_data.files.parquet import fsync_dir, merge_files
+from tesaiot_data.files.store import (
+    Location,
+    StorePath,
+    check_bucket,
+    filesystem_path,
+    location,
+    translated,
+)
 from tesaiot_data.schema import ARROW_SCHEMA
 
 __all__ = ["CompactionResult", "compact_dataset"]
@@ -106,14 +114,14 @@ class CompactionResult:
     rows: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
-    files: tuple[Path, ...] = ()
+    files: tuple[Location, ...] = ()
 
 
 def compact_dataset(
-    root: str | Path,
+    root: str | Path | StorePath,
     *,
     before: TimeLike | date | None = None,
-    on_step: Callable[[str, Path], None] | None = None,
+    on_step: Callable[[str, Any], None] | None = None,
 ) -> CompactionResult:
     """Merge the files of each closed date partition of a dataset into one file.
 
@@ -153,19 +161,21 @@ def compact_dataset(
         OSError: A file could not be written or deleted (disk full, no permission); the
             partitions merged so far stay merged, the others as they were.
     """
-    root = Path(root)
+    root = location(root)
     if not root.is_dir():
         if root.exists():
             raise NotARecordingError(
                 f"{root} is not a dataset folder",
                 hint="pass the folder a DatasetWriter or a collector's dataset= writes",
             )
+        check_bucket(root)
         raise FileNotFoundError(f"no dataset folder at {root}")
     check_utf8_path(root)
     cutoff = _cutoff_day(before)
     merged: list[_Merged] = []
     with _exclusive(root):
-        for folder in sorted(root.iterdir()):
+        folders: list[Location] = list(root.iterdir())
+        for folder in sorted(folders, key=lambda folder: folder.name):
             day = partition_day(folder.name)
             if day is None or day >= cutoff:
                 continue
@@ -195,7 +205,7 @@ def compact_dataset(
 
 @dataclass(frozen=True, slots=True)
 class _Merged:
-    path: Path
+    path: Location
     inputs: int
     rows: int
     bytes_before: int
@@ -217,7 +227,11 @@ def _cutoff_day(before: TimeLike | date | None) -> date:
 
 
 @contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
+def _exclusive(root: Location) -> Iterator[None]:
+    if isinstance(root, StorePath):
+        # A store has no locks: run one compaction of a dataset at a time (see the README).
+        yield
+        return
     # An OS lock, not a marker file: it goes with the process, even on kill -9.
     # O_NOFOLLOW: a link planted at the lock's name is refused, its target never created.
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -252,7 +266,9 @@ def _lock(handle: IO[bytes]) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _compact_partition(folder: Path, on_step: Callable[[str, Path], None] | None) -> _Merged | None:
+def _compact_partition(
+    folder: Location, on_step: Callable[[str, Any], None] | None
+) -> _Merged | None:
     current, replaced = partition_files(folder)
     links = [path for path in current if path.is_symlink()]
     if links:
@@ -281,14 +297,14 @@ def _compact_partition(folder: Path, on_step: Callable[[str, Path], None] | None
     return _Merged(target, len(current), rows, bytes_before, target.stat().st_size)
 
 
-def _delete(paths: Sequence[Path], folder: Path) -> None:
+def _delete(paths: Sequence[Location], folder: Location) -> None:
     # Parts before compacted files: a compacted file that lists parts goes last.
     for path in sorted(paths, key=lambda p: p.name.startswith(COMPACTED_PREFIX)):
         path.unlink(missing_ok=True)
     fsync_dir(folder)
 
 
-def _merge(files: Sequence[Path], target: Path, *, replaces: Sequence[str]) -> int:
+def _merge(files: Sequence[Location], target: Location, *, replaces: Sequence[str]) -> int:
     """Write `files` to `target` in `received_at` order, atomically; return the rows."""
     footers = [_footer(path) for path in files]
     bounds = [_received_bounds(path, footer) for path, footer in zip(files, footers, strict=True)]
@@ -318,9 +334,11 @@ def _merge(files: Sequence[Path], target: Path, *, replaces: Sequence[str]) -> i
     return rows
 
 
-def _footer(path: Path) -> pq.FileMetaData:
+def _footer(path: Location) -> pq.FileMetaData:
+    filesystem, where = filesystem_path(path)
     try:
-        return pq.read_metadata(path)
+        with translated(path):
+            return pq.read_metadata(where, filesystem=filesystem)
     except pa.ArrowInvalid as exc:
         raise NotARecordingError(
             f"{path} is not a Parquet file, or only part of one: {exc}",
@@ -328,7 +346,7 @@ def _footer(path: Path) -> pq.FileMetaData:
         ) from exc
 
 
-def _received_bounds(path: Path, footer: pq.FileMetaData) -> tuple[int, int] | None:
+def _received_bounds(path: Location, footer: pq.FileMetaData) -> tuple[int, int] | None:
     """First and last `received_at` of a file in epoch ns, whatever unit the file stores."""
     try:
         return footer_time_range(path, footer, "received_at")

@@ -35,14 +35,23 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timezone
-from pathlib import Path
-from typing import TypeVar
+from pathlib import Path, PurePath
+from typing import TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tesaiot_data.errors import NotARecordingError
 from tesaiot_data.files.metadata import PREFIX, REPLACES_KEY
+from tesaiot_data.files.store import (
+    Location,
+    StorePath,
+    check_bucket,
+    filesystem_path,
+    scan,
+    translated,
+    walk,
+)
 from tesaiot_data.schema import COLUMNS
 
 __all__ = [
@@ -96,6 +105,8 @@ _HOST_MAX = 32  # characters of the host name kept in a part file's name
 # How many times a dataset read starts again when a compaction changed the files under it.
 _READ_ATTEMPTS = 10
 _T = TypeVar("_T")
+# A Path stays a Path, a StorePath a StorePath.
+_L = TypeVar("_L", bound=Location)
 # Why a listing leaves a file or folder out (the end of its warning).
 _LINKED = "symbolic links to folders are not entered (move the files into a real folder)"
 _FINISHED = (
@@ -124,24 +135,24 @@ _USE_LOAD_REJECTS = (
 # --- names -----------------------------------------------------------------------------------
 
 
-def parts_dir(path: Path) -> Path:
+def parts_dir(path: _L) -> _L:
     """Return the folder of an unfinished recording's part files, `<path>.parts`."""
-    return path.with_name(path.name + _PARTS_SUFFIX)
+    return cast(_L, path.with_name(path.name + _PARTS_SUFFIX))
 
 
-def is_parts_dir(path: Path) -> bool:
+def is_parts_dir(path: Location) -> bool:
     """Return whether `path` is named as a recording's parts folder (`<file>.parts`)."""
     return path.name.endswith(_PARTS_SUFFIX)
 
 
-def rejects_sidecar(path: Path) -> Path:
+def rejects_sidecar(path: _L) -> _L:
     """Return the rejects file beside a recording, `<stem>.rejects.parquet`."""
-    return path.with_name(path.stem + REJECTS_SUFFIX)
+    return cast(_L, path.with_name(path.stem + REJECTS_SUFFIX))
 
 
-def alerts_sidecar(path: Path) -> Path:
+def alerts_sidecar(path: _L) -> _L:
     """Return the alerts file beside a recording, `<stem>.alerts.parquet`."""
-    return path.with_name(path.stem + ALERTS_SUFFIX)
+    return cast(_L, path.with_name(path.stem + ALERTS_SUFFIX))
 
 
 def recording_part_name(number: int) -> str:
@@ -154,13 +165,13 @@ def rejects_part_name(number: int) -> str:
     return f"rejects-{number:06d}.parquet"
 
 
-def temporary_path(path: Path) -> Path:
+def temporary_path(path: _L) -> _L:
     """Return a new hidden temporary name beside `path`, `.<name>.<8 hex>.tmp`.
 
     Never matched by the readers' `part-*.parquet` globs, and skipped by pyarrow.dataset
     discovery, which ignores names starting with "." or "_".
     """
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    return cast(_L, path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"))
 
 
 def utc_stamp(moment: datetime) -> str:
@@ -217,7 +228,7 @@ def utc_day(ns: int) -> date:
     return datetime.fromtimestamp(ns // 10**9, tz=timezone.utc).date()
 
 
-def sorted_parts(paths: Iterable[Path]) -> list[Path]:
+def sorted_parts(paths: Iterable[_L]) -> list[_L]:
     """Return part files in the order they were written.
 
     A recording's part-1000000 sorts after part-999999: shorter numbered names first. A
@@ -225,7 +236,7 @@ def sorted_parts(paths: Iterable[Path]) -> list[Path]:
     length of each writer's host name.
     """
 
-    def key(path: Path) -> tuple[str, int, str]:
+    def key(path: _L) -> tuple[str, int, str]:
         numbered = path.name.split("-", 1)[-1].removesuffix(".parquet").isdigit()
         return str(path.parent), len(path.name) if numbered else 0, path.name
 
@@ -235,7 +246,7 @@ def sorted_parts(paths: Iterable[Path]) -> list[Path]:
 # --- what is not a recording -------------------------------------------------------------------
 
 
-def rejects_error(path: Path) -> NotARecordingError:
+def rejects_error(path: Location) -> NotARecordingError:
     """Return the error for a rejects file read as telemetry."""
     return NotARecordingError(
         f"{path} holds a recording's rejected messages, not its telemetry",
@@ -243,7 +254,7 @@ def rejects_error(path: Path) -> NotARecordingError:
     )
 
 
-def not_parquet_error(path: Path, cause: BaseException) -> NotARecordingError:
+def not_parquet_error(path: Location, cause: BaseException) -> NotARecordingError:
     """Return the error for a file that is not Parquet (or only part of a Parquet file)."""
     return NotARecordingError(
         f"{path} is not a Parquet file, or only part of one (a half-copied file): {cause}",
@@ -251,7 +262,7 @@ def not_parquet_error(path: Path, cause: BaseException) -> NotARecordingError:
     )
 
 
-def not_telemetry_error(path: Path, message: str) -> NotARecordingError:
+def not_telemetry_error(path: Location, message: str) -> NotARecordingError:
     """Return the error for a file or folder that is not a telemetry recording."""
     return NotARecordingError(f"{path} {message}", hint=_WHAT_A_RECORDING_IS)
 
@@ -259,12 +270,12 @@ def not_telemetry_error(path: Path, message: str) -> NotARecordingError:
 # --- names that are not UTF-8 ----------------------------------------------------------------
 
 
-def escaped(path: Path | str) -> str:
+def escaped(path: PurePath | StorePath | str) -> str:
     r"""Return a path as printable text: bytes that are not UTF-8 as `\xff` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
-def _is_utf8(path: Path | str) -> bool:
+def _is_utf8(path: PurePath | StorePath | str) -> bool:
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
@@ -272,7 +283,7 @@ def _is_utf8(path: Path | str) -> bool:
     return True
 
 
-def check_utf8_path(path: Path) -> None:
+def check_utf8_path(path: Location) -> None:
     """Raise a `NotARecordingError` when `path`'s name is not UTF-8 (nothing can open it)."""
     if not _is_utf8(path.absolute()):
         raise NotARecordingError(
@@ -282,7 +293,7 @@ def check_utf8_path(path: Path) -> None:
         )
 
 
-def readable_files(paths: Iterable[Path], *, warn: bool = True) -> list[Path]:
+def readable_files(paths: Iterable[_L], *, warn: bool = True) -> list[_L]:
     """Return `paths` without those whose name is not UTF-8, each skipped named in a warning."""
     kept = []
     for path in paths:
@@ -301,8 +312,8 @@ def readable_files(paths: Iterable[Path], *, warn: bool = True) -> list[Path]:
 
 
 def partition_files(
-    folder: Path, names: Iterable[str] | None = None
-) -> tuple[list[Path], list[Path]]:
+    folder: Location, names: Iterable[str] | None = None
+) -> tuple[list[Location], list[Location]]:
     """Return the files of one dataset folder that hold its rows, and the ones replaced.
 
     A file is replaced when a compacted file in the same folder lists it in its
@@ -324,8 +335,7 @@ def partition_files(
         NotARecordingError: A compacted file is not Parquet or has a broken list.
     """
     if names is None:
-        with os.scandir(folder) as entries:
-            found = [folder / e.name for e in entries if _is_data_name(e.name) and e.is_file()]
+        found = [folder / name for name, is_file in scan(folder) if is_file and _is_data_name(name)]
         names = [path.name for path in readable_files(found)]
     names = list(names)
     compacted = sorted(name for name in names if name.startswith(COMPACTED_PREFIX))
@@ -342,7 +352,7 @@ def partition_files(
     return current, sorted(folder / name for name in names if name in replaced)
 
 
-def compacted_replaces(path: Path) -> frozenset[str]:
+def compacted_replaces(path: Location) -> frozenset[str]:
     """Return the names of the files a compacted file replaces (its `tesaiot.replaces`).
 
     Raises:
@@ -350,7 +360,10 @@ def compacted_replaces(path: Path) -> frozenset[str]:
         NotARecordingError: It is not Parquet, or its list is not a JSON list of names.
     """
     try:
-        raw = (pq.read_metadata(path).metadata or {}).get(f"{PREFIX}{REPLACES_KEY}".encode())
+        filesystem, where = filesystem_path(path)
+        with translated(path):
+            footer = pq.read_metadata(where, filesystem=filesystem)
+        raw = (footer.metadata or {}).get(f"{PREFIX}{REPLACES_KEY}".encode())
     except pa.ArrowInvalid as exc:
         raise not_parquet_error(path, exc) from exc
     if raw is None:
@@ -369,8 +382,8 @@ def compacted_replaces(path: Path) -> frozenset[str]:
 
 
 def read_consistent(
-    path: Path,
-    read: Callable[[list[Path]], _T],
+    path: _L,
+    read: Callable[[list[_L]], _T],
     *,
     days: tuple[date, date] | None = None,
 ) -> _T:
@@ -397,11 +410,11 @@ def read_consistent(
     """
     check_utf8_path(path)
     if not path.is_dir() or is_parts_dir(path):
-        return read(_recording_files(path))
+        return read(cast(list[_L], _recording_files(path)))  # a path's files are of its kind
     for attempt in range(1, _READ_ATTEMPTS + 1):
         listing = _dataset_listing(path, days)
         try:
-            result = read(_current_files(listing))
+            result = read(cast(list[_L], _current_files(listing)))
         except FileNotFoundError as exc:
             if attempt == _READ_ATTEMPTS:
                 raise
@@ -416,7 +429,7 @@ def read_consistent(
     )
 
 
-def recording_files(path: Path) -> list[Path]:
+def recording_files(path: Location) -> list[Location]:
     """Return the files that hold a recording's rows, in row order: the files readers read.
 
     For a dataset this is one listing, which a compaction may change at any moment; the
@@ -438,7 +451,7 @@ def recording_files(path: Path) -> list[Path]:
     return _recording_files(path)
 
 
-def _recording_files(path: Path) -> list[Path]:
+def _recording_files(path: Location) -> list[Location]:
     if path.is_file():
         if path.name.endswith(REJECTS_SUFFIX):
             raise rejects_error(path)
@@ -462,6 +475,7 @@ def _recording_files(path: Path) -> list[Path]:
             len(files),
         )
         return files
+    check_bucket(path)
     raise FileNotFoundError(
         f"no recording at {path}: not a Parquet file, a folder of recordings, a dataset "
         f"folder or a recording with a {parts.name} folder"
@@ -478,8 +492,8 @@ def _is_data_name(name: str) -> bool:
 
 
 def _dataset_listing(
-    root: Path, days: tuple[date, date] | None = None, *, warn: bool = True
-) -> dict[Path, list[str]]:
+    root: Location, days: tuple[date, date] | None = None, *, warn: bool = True
+) -> dict[Location, list[str]]:
     """Each folder under `root` that holds data files, and their names.
 
     Every visible Parquet file is a data file, whoever wrote it (a DuckDB or Spark
@@ -495,11 +509,10 @@ def _dataset_listing(
     With `days`, only the `date=YYYY-MM-DD` folders in that (inclusive) range are entered.
     Files whose path is not UTF-8 are left out, with a warning when `warn`.
     """
-    listing: dict[Path, list[str]] = {}
-    left_out: dict[str, list[Path]] = {}
+    listing: dict[Location, list[str]] = {}
+    left_out: dict[str, list[Location]] = {}
     hive = False
-    for top, subfolders, names in os.walk(root):
-        folder = Path(top)
+    for folder, subfolders, names in walk(root):
         hive = hive or any(partition_day(name) is not None for name in subfolders)
         entered = []
         for name in sorted(subfolders):
@@ -537,13 +550,19 @@ def _is_parquet(name: str) -> bool:
     return name.endswith(".parquet")
 
 
-def _in_partition(folder: Path, root: Path) -> bool:
-    return any(partition_day(name) is not None for name in folder.relative_to(root).parts)
+def _in_partition(folder: Location, root: Location) -> bool:
+    return any(partition_day(name) is not None for name in _relative(folder, root).parts)
 
 
-def _warn_once(root: Path, reason: str, paths: list[Path]) -> None:
+def _relative(path: Location, root: Location) -> PurePath:
+    if isinstance(path, StorePath) and isinstance(root, StorePath):
+        return path.relative_to(root)
+    return Path(str(path)).relative_to(Path(str(root)))
+
+
+def _warn_once(root: Location, reason: str, paths: list[Location]) -> None:
     # Once per process and set of files: history() and a dashboard list a dataset often.
-    shown = sorted(escaped(path.relative_to(root)) for path in paths)
+    shown = sorted(escaped(_relative(path, root)) for path in paths)
     key = (str(root), reason, *shown)
     if key in _WARNED:
         return
@@ -561,14 +580,16 @@ def _day_wanted(name: str, days: tuple[date, date]) -> bool:
     return day is None or days[0] <= day <= days[1]
 
 
-def _current_files(listing: Mapping[Path, list[str]]) -> list[Path]:
-    files: list[Path] = []
+def _current_files(listing: Mapping[Location, list[str]]) -> list[Location]:
+    files: list[Location] = []
     for folder in sorted(listing, key=str):
         files += partition_files(folder, listing[folder])[0]
     return files
 
 
-def _new_compacted_files(before: Mapping[Path, list[str]], after: Mapping[Path, list[str]]) -> bool:
+def _new_compacted_files(
+    before: Mapping[Location, list[str]], after: Mapping[Location, list[str]]
+) -> bool:
     for folder, names in after.items():
         seen = set(before.get(folder, ()))
         if any(name.startswith(COMPACTED_PREFIX) and name not in seen for name in names):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tesaiot_data._version import VERSION
+from tesaiot_data.files.store import Location, filesystem_path
 from tesaiot_data.schema import TIME_TYPE, epoch_ns
 
 __all__ = [
@@ -145,7 +145,7 @@ def iso_datetime(moment: datetime) -> str:
 
 
 def footer_time_range(
-    path: Path, footer: pq.FileMetaData, column: str = "received_at"
+    path: Location, footer: pq.FileMetaData, column: str = "received_at"
 ) -> tuple[int, int] | None:
     """Return the first and last time of a file's time column in epoch ns, from its footer.
 
@@ -184,7 +184,9 @@ def footer_time_range(
         stats = chunk.statistics
         stated = chunk.physical_type == "INT64" and stats is not None and stats.has_min_max
         if scale is None or not stated:
-            values = epoch_ns(pq.read_table(path, columns=[column]).column(0).cast(TIME_TYPE))
+            filesystem, where = filesystem_path(path)
+            table = pq.read_table(where, columns=[column], filesystem=filesystem)
+            values = epoch_ns(table.column(0).cast(TIME_TYPE))
             return (int(values.min()), int(values.max())) if values.size else None
         lows.append(int(stats.min_raw) * scale)
         highs.append(int(stats.max_raw) * scale)

@@ -14,7 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,15 @@ import pyarrow.parquet as pq
 from tesaiot_data._version import VERSION
 from tesaiot_data.files.layout import temporary_path
 from tesaiot_data.files.metadata import check_metadata, file_metadata, prefixed
+from tesaiot_data.files.store import (
+    Location,
+    StorePath,
+    check_bucket,
+    filesystem_path,
+    location,
+    translated,
+    write_object,
+)
 from tesaiot_data.schema import (
     ARROW_SCHEMA,
     REJECTS_SCHEMA,
@@ -58,6 +67,7 @@ __all__ = [
 
 PARQUET_COMPRESSION = "zstd"
 
+
 #: Rows per row group: small enough for row-group statistics to skip most of a file on a
 #: time filter.
 ROW_GROUP_ROWS = 128 * 1024
@@ -65,9 +75,20 @@ ROW_GROUP_ROWS = 128 * 1024
 # --- writing -------------------------------------------------------------------------------
 
 
+@overload
 def write_frame(
-    frame: pd.DataFrame, path: str | Path, *, metadata: Mapping[str, str] | None = None
-) -> Path:
+    frame: pd.DataFrame, path: Path, *, metadata: Mapping[str, str] | None = None
+) -> Path: ...
+@overload
+def write_frame(
+    frame: pd.DataFrame, path: str | StorePath, *, metadata: Mapping[str, str] | None = None
+) -> Location: ...
+def write_frame(
+    frame: pd.DataFrame,
+    path: str | Path | StorePath,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Location:
     """Write a telemetry frame to one Parquet file, atomically.
 
     The file has `ARROW_SCHEMA`, zstd compression and dictionary-encoded strings holding only
@@ -91,15 +112,26 @@ def write_frame(
         OSError: The file could not be written; an old file at `path` is left as it was.
     """
     caller = check_metadata(metadata)
-    return write_table(table_from_frame(frame), Path(path), metadata=caller)
+    return write_table(table_from_frame(frame), location(path), metadata=caller)
 
 
+@overload
+def write_batches(
+    batches: Sequence[pa.RecordBatch], path: Path, *, metadata: Mapping[str, str] | None = None
+) -> Path: ...
+@overload
 def write_batches(
     batches: Sequence[pa.RecordBatch],
-    path: str | Path,
+    path: str | StorePath,
     *,
     metadata: Mapping[str, str] | None = None,
-) -> Path:
+) -> Location: ...
+def write_batches(
+    batches: Sequence[pa.RecordBatch],
+    path: str | Path | StorePath,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Location:
     """Write Arrow record batches of telemetry to one Parquet file, atomically.
 
     The same file as `write_frame` makes, from batches such as `RollingWindow.batches()`
@@ -121,12 +153,15 @@ def write_batches(
     caller = check_metadata(metadata)
     conformed = [conform_batch(batch) for batch in batches]
     table = pa.Table.from_batches(conformed, schema=ARROW_SCHEMA).unify_dictionaries()
-    return write_table(table, Path(path), metadata=caller)
+    return write_table(table, location(path), metadata=caller)
 
 
 def write_rejects(
-    rejects: Sequence[Reject], path: str | Path, *, metadata: Mapping[str, str] | None = None
-) -> Path:
+    rejects: Sequence[Reject],
+    path: str | Path | StorePath,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Location:
     """Write rejected messages to a Parquet sidecar file, atomically.
 
     Columns: `received_at` (UTC), `topic`, `reason` (dictionary), `detail`, `payload` (the
@@ -145,7 +180,7 @@ def write_rejects(
         OSError: The file could not be written.
     """
     caller = check_metadata(metadata)
-    return write_table(rejects_table(rejects), Path(path), metadata=caller, time_column=None)
+    return write_table(rejects_table(rejects), location(path), metadata=caller, time_column=None)
 
 
 def table_from_frame(frame: pd.DataFrame) -> pa.Table:
@@ -223,14 +258,32 @@ def conform_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(batch.columns, schema=ARROW_SCHEMA)
 
 
+@overload
 def write_table(
     table: pa.Table,
     path: Path,
     *,
     metadata: Mapping[str, str],
+    time_column: str | None = ...,
+    make_parents: bool = ...,
+) -> Path: ...
+@overload
+def write_table(
+    table: pa.Table,
+    path: Location,
+    *,
+    metadata: Mapping[str, str],
+    time_column: str | None = ...,
+    make_parents: bool = ...,
+) -> Location: ...
+def write_table(
+    table: pa.Table,
+    path: Location,
+    *,
+    metadata: Mapping[str, str],
     time_column: str | None = "received_at",
     make_parents: bool = True,
-) -> Path:
+) -> Location:
     """Write `table` to a Parquet file atomically, with the computed `tesaiot.*` metadata.
 
     Args:
@@ -248,22 +301,22 @@ def write_table(
     """
     table = table.replace_schema_metadata(file_metadata(table, metadata, time_column))
 
-    def write(sink: IO[bytes]) -> None:
+    def write(sink: Any) -> None:
         pq.write_table(table, sink, compression=PARQUET_COMPRESSION, row_group_size=ROW_GROUP_ROWS)
 
     return atomic_write(path, write, make_parents=make_parents)
 
 
 def merge_files(
-    files: Sequence[Path],
-    path: Path,
+    files: Sequence[Location],
+    path: Location,
     *,
     schema: pa.Schema,
     metadata: Mapping[str, str],
     received_bounds: Sequence[tuple[int, int] | None] | None = None,
     delta_times: bool = False,
     make_parents: bool = True,
-) -> Path:
+) -> Location:
     """Stream Parquet `files` into one file at `path`, atomically, about a row group at a time.
 
     The one merge of the package: a recording's parts when it stops, and a dataset
@@ -296,10 +349,13 @@ def merge_files(
             name: "DELTA_BINARY_PACKED" for name in schema.names if name in TIME_COLUMNS
         }
 
-    def read(file: Path) -> pa.Table:
-        return pq.read_table(file, schema=schema).replace_schema_metadata(None)
+    def read(file: Location) -> pa.Table:
+        filesystem, where = filesystem_path(file)
+        with translated(file):
+            table = pq.read_table(where, schema=schema, filesystem=filesystem)
+        return table.replace_schema_metadata(None)
 
-    def write(sink: IO[bytes]) -> None:
+    def write(sink: Any) -> None:
         with pq.ParquetWriter(
             sink, schema.with_metadata(meta), compression=PARQUET_COMPRESSION, **options
         ) as writer:
@@ -314,15 +370,15 @@ def merge_files(
 
 
 def _overlapping_runs(
-    files: Sequence[Path], bounds: Sequence[tuple[int, int] | None]
-) -> list[list[Path]]:
+    files: Sequence[Location], bounds: Sequence[tuple[int, int] | None]
+) -> list[list[Location]]:
     """Group files, ordered by first `received_at`, into runs whose time ranges overlap.
 
     Only the files of one run need sorting together; a dataset written by one collector has
     runs of one file, so the merge holds one part at a time.
     """
     order = sorted(range(len(files)), key=lambda i: (bounds[i] or (-1, -1))[0])
-    runs: list[list[Path]] = []
+    runs: list[list[Location]] = []
     run_end: int | None = None
     for index in order:
         span = bounds[index]
@@ -422,12 +478,15 @@ def _used_dictionary(categorical: pd.Categorical, name: str, index_type: pa.Data
 
 
 def atomic_write(
-    path: Path, write: Callable[[IO[bytes]], None], *, make_parents: bool = True
-) -> Path:
+    path: Location, write: Callable[[Any], None], *, make_parents: bool = True
+) -> Location:
     """Write a file through `write` under a temporary name, then rename it into place.
 
     The file is fsynced before the rename and its folder after it, so after a crash `path`
     holds the old file or the whole new one, never a part.
+
+    On an object store, which has no rename, the object is written whole under a hidden
+    name and copied to `path` by the server (`store.write_object`); it has no folders to make.
 
     Args:
         path: The file to write; an old file there is replaced.
@@ -439,8 +498,10 @@ def atomic_write(
 
     Raises:
         OSError: The file could not be written; the temporary file is removed and an old
-            file at `path` is left as it was.
+            file at `path` is left as it was. A `StorageError` for a store that refused.
     """
+    if isinstance(path, StorePath):
+        return write_object(path, write)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     temp = temporary_path(path)
@@ -457,29 +518,38 @@ def atomic_write(
     return path
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Location) -> None:
     """Create `folder` if missing and prove a file can be made in it, leaving nothing behind.
 
     For a writer that should fail when it starts, not at its first flush minutes later: a
     read-only mount, a folder of another user, a path through a file. Root passes permission
     checks, so only a real file shows what the file system allows.
 
+    On an object store, a small probe object is written and deleted: a missing bucket,
+    credentials it refuses or an endpoint that does not answer fail here.
+
     Raises:
-        OSError: The folder cannot be made, or no file can be created in it.
+        OSError: The folder cannot be made, or no file can be created in it; a
+            `StorageError` for a store.
     """
+    if isinstance(folder, StorePath):
+        check_bucket(folder)  # errors name the folder, not the probe
+        probe = write_object(folder / f".tesaiot-probe-{os.getpid()}", lambda sink: None)
+        probe.unlink(missing_ok=True)
+        return
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".tesaiot-probe-", dir=folder)  # exclusive, 0600
     os.close(fd)
     os.unlink(name)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make the renames and deletions in `folder` durable (a no-op on Windows).
+def fsync_dir(folder: Location) -> None:
+    """Make the renames and deletions in `folder` durable (a no-op on Windows and stores).
 
     Raises:
         OSError: The folder cannot be opened or synced.
     """
-    if os.name == "nt":  # Windows cannot open a folder for fsync
+    if os.name == "nt" or isinstance(folder, StorePath):  # nothing to sync, or no way
         return
     fd = os.open(folder, os.O_RDONLY)
     try:

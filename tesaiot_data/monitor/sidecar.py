@@ -19,6 +19,7 @@ from tesaiot_data.errors import NotARecordingError
 from tesaiot_data.files.layout import ALERTS_SUFFIX, alerts_sidecar
 from tesaiot_data.files.metadata import check_metadata
 from tesaiot_data.files.parquet import write_table
+from tesaiot_data.files.store import Location, StorePath, filesystem_path, location, translated
 from tesaiot_data.monitor.events import AlertEvent, events_frame
 from tesaiot_data.schema import TIME_TYPE, epoch_ns
 
@@ -40,8 +41,8 @@ _COLUMNS_0_1 = ["time", "rule", "device", "metric", "value", "state"]
 
 
 def write_alerts(
-    events: Iterable[AlertEvent], path: Path, *, metadata: Mapping[str, str] | None = None
-) -> Path:
+    events: Iterable[AlertEvent], path: Location, *, metadata: Mapping[str, str] | None = None
+) -> Location:
     """Write alert events to a Parquet file atomically, in `ALERTS_SCHEMA`.
 
     Raises:
@@ -66,7 +67,7 @@ def write_alerts(
     return write_table(table, path, metadata=check_metadata(metadata), time_column="time")
 
 
-def load_alerts(path: str | Path) -> pd.DataFrame:
+def load_alerts(path: str | Path | StorePath) -> pd.DataFrame:
     """Read the alert events recorded beside a recording.
 
     Args:
@@ -79,10 +80,12 @@ def load_alerts(path: str | Path) -> pd.DataFrame:
         FileNotFoundError: There is no alerts file (the collector had no alert rules).
         NotARecordingError: The file is not an alerts file.
     """
-    path = Path(path)
+    path = location(path)
     if not path.name.endswith(ALERTS_SUFFIX):
         path = alerts_sidecar(path)
-    table = pq.read_table(path)
+    filesystem, where = filesystem_path(path)
+    with translated(path):
+        table = pq.read_table(where, filesystem=filesystem)
     if table.schema.names == _COLUMNS_0_1:  # written by 0.1: `device` was `device_id`
         table = table.rename_columns(ALERTS_SCHEMA.names)
     if table.schema.names != ALERTS_SCHEMA.names:

@@ -39,6 +39,7 @@ from tesaiot_data.files.layout import (
     utc_day,
 )
 from tesaiot_data.files.metadata import REPLACES_KEY, footer_time_range, iso_ns, key_values
+from tesaiot_data.files.store import Location, StorePath, filesystem_path, location, translated
 from tesaiot_data.schema import (
     ARROW_SCHEMA,
     COLUMNS,
@@ -69,7 +70,7 @@ _VALUE_COLUMNS = ("value", "value_text")
 
 
 def load_recording(
-    path: str | Path,
+    path: str | Path | StorePath,
     *,
     start: Any = None,
     end: Any = None,
@@ -119,11 +120,11 @@ def load_recording(
         ValueError: `start` or `end` is not a time.
     """
     expression = _filter_expression(start=start, end=end, devices=devices, metrics=metrics)
-    return _read_frame(Path(path), expression, dedupe=dedupe)
+    return _read_frame(location(path), expression, dedupe=dedupe)
 
 
 def read_rows(
-    path: str | Path,
+    path: str | Path | StorePath,
     *,
     received_since: int | None = None,
     received_until: int | None = None,
@@ -164,22 +165,23 @@ def read_rows(
         expression = condition if expression is None else expression & condition
     low = date.min if received_since is None else utc_day(received_since)
     high = date.max if received_until is None else utc_day(received_until - 1)
-    return _read_frame(Path(path), expression, days=(low, high))
+    return _read_frame(location(path), expression, days=(low, high))
 
 
 def _read_frame(
-    path: Path,
+    path: Location,
     expression: ds.Expression | None,
     *,
     dedupe: bool = False,
     days: tuple[date, date] | None = None,
 ) -> pd.DataFrame:
-    def read(files: list[Path]) -> pa.Table | None:
+    def read(files: list[Location]) -> pa.Table | None:
         if not files:
             return None
         dataset = recording_dataset(files)
         try:
-            return dataset.to_table(filter=expression)
+            with translated(path):
+                return dataset.to_table(filter=expression)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             # Columns of the right names but types that do not convert (text in `value`).
             raise not_telemetry_error(path, f"cannot be read as a recording: {exc}") from exc
@@ -196,7 +198,7 @@ def _read_frame(
     return frame.reset_index(drop=True)
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def read_metadata(path: str | Path | StorePath) -> dict[str, str]:
     """Return the `tesaiot.*` key-value metadata of a recording, keys without the prefix.
 
     For a folder (an unfinished recording, a folder of recordings or a dataset) it is
@@ -218,17 +220,17 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         NotARecordingError: `path`, or a file in its folder, is not a recording (a rejects
             sidecar, not Parquet, or Parquet without the telemetry columns).
     """
-    path = Path(path)
+    path = location(path)
     if path.is_file():
         return read_consistent(path, lambda files: _file_keys(files[0]))
     return read_consistent(path, _combined_metadata)
 
 
-def _file_keys(file: Path) -> dict[str, str]:
+def _file_keys(file: Location) -> dict[str, str]:
     return key_values(recording_footer(file).metadata, skip=frozenset({REPLACES_KEY}))
 
 
-def _combined_metadata(files: list[Path]) -> dict[str, str]:
+def _combined_metadata(files: list[Location]) -> dict[str, str]:
     combined: dict[str, str] = {}
     rows = 0
     spans: list[tuple[str, str]] = []
@@ -256,7 +258,7 @@ def _combined_metadata(files: list[Path]) -> dict[str, str]:
     return combined
 
 
-def load_rejects(path: str | Path) -> pd.DataFrame:
+def load_rejects(path: str | Path | StorePath) -> pd.DataFrame:
     """Read the rejected messages of a recording.
 
     Args:
@@ -273,8 +275,9 @@ def load_rejects(path: str | Path) -> pd.DataFrame:
             skipped with a warning).
         OSError: A rejects file cannot be read.
     """
-    path = Path(path)
+    path = location(path)
     check_utf8_path(path)
+    files: list[Location]
     if path.name.endswith(REJECTS_SUFFIX):
         if not path.is_file():
             raise FileNotFoundError(f"no rejects file at {path}")
@@ -293,8 +296,11 @@ def load_rejects(path: str | Path) -> pd.DataFrame:
         )
     if not files:
         return REJECTS_SCHEMA.empty_table().to_pandas()
-    dataset = ds.dataset([str(f) for f in files], schema=REJECTS_SCHEMA, format="parquet")
-    return dataset.to_table().to_pandas()
+    filesystem, _ = filesystem_path(files[0])
+    where = [filesystem_path(file)[1] for file in files]
+    dataset = ds.dataset(where, schema=REJECTS_SCHEMA, format="parquet", filesystem=filesystem)
+    with translated(path):
+        return dataset.to_table().to_pandas()
 
 
 def _utc_scalar(value: Any, name: str) -> pa.Scalar:
@@ -336,7 +342,7 @@ def _filter_expression(
     return expression
 
 
-def recording_dataset(files: Sequence[Path]) -> ds.FileSystemDataset:
+def recording_dataset(files: Sequence[Location]) -> ds.FileSystemDataset:
     """Return a dataset of `files` in that order, in the canonical schema, each checked.
 
     Whatever a file stores (int64 values of a pandas backfill, microsecond times, plain
@@ -350,14 +356,16 @@ def recording_dataset(files: Sequence[Path]) -> ds.FileSystemDataset:
             columns or has one of another kind (text in `value`); the message names it.
     """
     file_format = ds.ParquetFileFormat()
-    filesystem = pafs.LocalFileSystem()
+    # The files of one read are in one place: one filesystem, local or a store's.
+    filesystem = filesystem_path(files[0])[0] if files else pafs.LocalFileSystem()
     fragments = []
     for file in files:
         if file.name.endswith(REJECTS_SUFFIX):
             raise rejects_error(file)
-        fragment = file_format.make_fragment(str(file.absolute()), filesystem)
+        fragment = file_format.make_fragment(filesystem_path(file)[1], filesystem)
         try:
-            schema = fragment.physical_schema
+            with translated(file):
+                schema = fragment.physical_schema
         except pa.ArrowInvalid as exc:
             raise not_parquet_error(file, exc) from exc
         check_recording(file, schema.names)
@@ -366,7 +374,7 @@ def recording_dataset(files: Sequence[Path]) -> ds.FileSystemDataset:
     return ds.FileSystemDataset(fragments, ARROW_SCHEMA, file_format, filesystem)
 
 
-def _check_kinds(file: Path, schema: pa.Schema) -> None:
+def _check_kinds(file: Location, schema: pa.Schema) -> None:
     for field in ARROW_SCHEMA:
         index = schema.get_field_index(field.name)
         if index >= 0 and not _same_kind(schema.field(index).type, field.type):
@@ -398,7 +406,7 @@ def _same_kind(actual: pa.DataType, expected: pa.DataType) -> bool:
     )
 
 
-def recording_footer(path: Path) -> pq.FileMetaData:
+def recording_footer(path: Location) -> pq.FileMetaData:
     """Return the footer of a recording's file, checked to hold telemetry.
 
     Raises:
@@ -408,8 +416,10 @@ def recording_footer(path: Path) -> pq.FileMetaData:
     """
     if path.name.endswith(REJECTS_SUFFIX):
         raise rejects_error(path)
+    filesystem, where = filesystem_path(path)
     try:
-        footer = pq.read_metadata(path)
+        with translated(path):
+            footer = pq.read_metadata(where, filesystem=filesystem)
     except pa.ArrowInvalid as exc:
         raise not_parquet_error(path, exc) from exc
     schema = footer.schema.to_arrow_schema()
@@ -418,7 +428,7 @@ def recording_footer(path: Path) -> pq.FileMetaData:
     return footer
 
 
-def check_recording(path: Path, names: Sequence[str]) -> None:
+def check_recording(path: Location, names: Sequence[str]) -> None:
     """Raise unless a file with the columns `names` is a telemetry recording.
 
     Raises:

@@ -28,6 +28,7 @@ end only), so it is the source from `w` on, and the files are the source before 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -36,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from tesaiot_data.arguments import TimeLike, moment_ns, name_list
-from tesaiot_data.errors import ConfigError, disk_error
+from tesaiot_data.errors import disk_error
+from tesaiot_data.files.store import Location, StorePath, location
 from tesaiot_data.readers.disk import read_rows
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS, empty_frame, epoch_ns, text_categories
 from tesaiot_data.window.rolling import RollingWindow
@@ -70,8 +72,8 @@ def history_frame(
     until: TimeLike | None = None,
     devices: Iterable[str] | str | None = None,
     metrics: Iterable[str] | str | None = None,
-    dataset: str | Path | None = None,
-    own_dataset: str | Path | None = None,
+    dataset: str | Path | StorePath | None = None,
+    own_dataset: str | Path | StorePath | None = None,
     own_feed: DatasetFeed | None = None,
 ) -> pd.DataFrame:
     """Return the rows of a dataset and of a live window as one frame, each row once.
@@ -99,13 +101,11 @@ def history_frame(
         rows in `received_at` order, a fresh RangeIndex.
 
     Raises:
-        ConfigError: Neither `dataset` nor `own_dataset` is given, or `since` or `until`
-            is not a time or duration.
+        ConfigError: `since` or `until` is not a time or duration.
         FileNotFoundError: `dataset` was given and nothing is there.
         NotARecordingError: A file in the dataset is not a recording.
         RecordingError: The collector could not write its pending rows to its dataset.
     """
-    path, own = _which_dataset(dataset, own_dataset)
     device_list = name_list(devices)
     metric_list = name_list(metrics)
     now = time.time_ns()
@@ -113,6 +113,20 @@ def history_frame(
     end = moment_ns(until, name="until", now_ns=now)
     if start is not None and end is not None and end <= start:
         return empty_frame()
+    if dataset is None and own_dataset is None:
+        warnings.warn(
+            "history() has no dataset to read past rows from (no Collector(dataset=...) and "
+            "no dataset=), so it returns the live window only; pass dataset= the folder that "
+            "`tesaiot-data record --dataset` writes, or create the collector with "
+            "dataset='data/telemetry' to keep its rows",
+            UserWarning,
+            stacklevel=3,  # the user's collector.history(...) line
+        )
+        live, _ = window.read(
+            since_ns=start, until_ns=end, devices=device_list, metrics=metric_list
+        )
+        return _concat(empty_frame(), live)
+    path, own = _which_dataset(dataset, own_dataset)
 
     # The window first, then the flush: a row evicted before this read is on disk after it.
     live, watermark = window.read(
@@ -147,19 +161,14 @@ def history_frame(
     return _concat(stored, live)
 
 
-def _which_dataset(dataset: str | Path | None, own: str | Path | None) -> tuple[Path, bool]:
+def _which_dataset(
+    dataset: str | Path | StorePath | None, own: str | Path | StorePath | None
+) -> tuple[Location, bool]:
     if dataset is None:
-        if own is None:
-            raise ConfigError(
-                "history() reads past rows from a dataset on disk, and this collector has "
-                "no dataset of its own (Collector(dataset=...)) and no dataset= was given",
-                hint="create the collector with dataset='data/telemetry' to keep its "
-                "rows, or pass dataset= the folder that `tesaiot-data record --dataset` "
-                "writes",
-            )
-        return Path(own), True
-    path = Path(dataset)
-    return path, own is not None and path.resolve() == Path(own).resolve()
+        assert own is not None  # history_frame answers from the window without either
+        return location(own), True
+    path = location(dataset)
+    return path, own is not None and path.resolve() == location(own).resolve()
 
 
 def _earliest(a: int | None, b: int) -> int:

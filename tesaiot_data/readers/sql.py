@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from tesaiot_data.errors import ConfigError, MissingExtraError, QueryError
 from tesaiot_data.files.layout import read_consistent
+from tesaiot_data.files.store import Location, StorePath, location
 from tesaiot_data.readers.disk import recording_dataset
 from tesaiot_data.schema import CATEGORY_COLUMNS, COLUMNS
 
@@ -66,7 +67,7 @@ _WRITES_HINT = (
 
 
 def query(
-    source: str | Path,
+    source: str | Path | StorePath,
     sql: str,
     *,
     memory_limit: str | int | None = None,
@@ -135,9 +136,9 @@ def query(
     """
     duckdb = _import_duckdb()
     config = _config(memory_limit=memory_limit, threads=threads)
-    path = Path(source)
+    path = location(source)
 
-    def run(files: list[Path]) -> pa.Table:
+    def run(files: list[Location]) -> pa.Table:
         started = time.perf_counter()
         # The dataset load_recording reads: the files listed (never a glob DuckDB would
         # expand: `[`, `?` and `*` are legal in names), each cast to the canonical schema.
@@ -227,7 +228,7 @@ def _use_utc(connection: Any, duckdb: ModuleType) -> None:
         logger.debug("DuckDB has no ICU extension; time zone functions work in UTC")
 
 
-def _refuse_writes(connection: Any, sql: str, *, source: Path) -> None:
+def _refuse_writes(connection: Any, sql: str, *, source: Location) -> None:
     for statement in connection.extract_statements(sql):
         kind = getattr(statement.type, "name", str(statement.type))
         if kind in _WRITING:
@@ -239,7 +240,7 @@ def _refuse_writes(connection: Any, sql: str, *, source: Path) -> None:
             )
 
 
-def _lock(connection: Any, files: Sequence[Path]) -> None:
+def _lock(connection: Any, files: Sequence[Location]) -> None:
     # After the view exists: from here on DuckDB opens no file but the recording's own (the
     # view reads them through pyarrow; the SQL may read_parquet them by path) and its spill
     # folder, and no setting, this one included, can be changed back.
@@ -258,7 +259,9 @@ def _run(connection: Any, sql: str) -> pa.Table:
     return fetch()
 
 
-def _query_error(exc: Exception, duckdb: ModuleType, *, source: Path, locked: bool) -> QueryError:
+def _query_error(
+    exc: Exception, duckdb: ModuleType, *, source: Location, locked: bool
+) -> QueryError:
     message = " ".join(str(exc).split())
     if locked and (
         isinstance(exc, getattr(duckdb, "PermissionException", ()))

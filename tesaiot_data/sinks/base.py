@@ -30,6 +30,7 @@ import pyarrow as pa
 from tesaiot_data.errors import DISK_HINT
 from tesaiot_data.files.metadata import check_metadata, iso_ns, time_range_ns
 from tesaiot_data.files.parquet import conform_batch, table_from_frame
+from tesaiot_data.files.store import Location, StorePath, location
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,7 +70,8 @@ class Sink(ABC):
     a write succeeds again (or the sink closes).
 
     Args:
-        path: Where the sink writes (a file or a folder).
+        path: Where the sink writes (a file or a folder): a local path, or a URL of an object
+            store such as `s3://bucket/telemetry` (see `tesaiot_data.files.store`).
         flush_every: Seconds between the flushes that `flush_due` asks for.
         metadata: Extra string key-value pairs stored in every file.
         max_pending_rows: Rows (and, apart, rejected messages) kept in memory at most while
@@ -90,7 +92,7 @@ class Sink(ABC):
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | StorePath,
         *,
         flush_every: float,
         metadata: Mapping[str, str] | None = None,
@@ -100,7 +102,7 @@ class Sink(ABC):
             raise ValueError(f"flush_every={flush_every!r} must be >= 0 seconds")
         self._max_pending_rows = _checked_bound(max_pending_rows)
         self._metadata = check_metadata(metadata)
-        self.path = Path(path)
+        self.path: Location = location(path)
         self._flush_every = float(flush_every)
         self._lock = threading.Lock()  # guards the pending lists and counters
         self._write_lock = threading.Lock()  # one writer at a time, so files stay in order
@@ -242,7 +244,7 @@ class Sink(ABC):
         """
 
     @abstractmethod
-    def close(self) -> Path:
+    def close(self) -> Location:
         """Write the last rows and finish; later rows are dropped. Idempotent.
 
         Returns:
@@ -333,7 +335,7 @@ class Sink(ABC):
                 self.path,
                 f"{self._max_pending_rows:,}",
                 self._error or "none, the flushes do not keep up",
-                DISK_HINT,
+                getattr(self._error, "hint", None) or DISK_HINT,  # a store's own hint
             )
 
     def _say_dropped(self) -> None:

@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tesaiot_data.errors import disk_error
+from tesaiot_data.errors import StorageError, disk_error
 from tesaiot_data.files.layout import dataset_part_name, partition_name, utc_stamp, writer_tag
 from tesaiot_data.files.parquet import check_writable, write_table
+from tesaiot_data.files.store import Location, StorePath, location
 from tesaiot_data.schema import epoch_ns, used_categories
 from tesaiot_data.sinks.base import DEFAULT_MAX_PENDING_ROWS, Sink
 
@@ -31,18 +32,25 @@ logger = logging.getLogger(__name__)
 _NS_PER_DAY = 86_400 * 10**9
 
 
-def prepare_dataset_folder(root: Path) -> None:
+def prepare_dataset_folder(root: str | Path | StorePath) -> None:
     """Create a dataset folder if missing and prove that files can be written in it.
 
+    On an object store, a probe object is written and deleted under the prefix.
+
     Args:
-        root: The dataset folder.
+        root: The dataset folder, or a store's URL such as `s3://bucket/telemetry`.
 
     Raises:
         RecordingError: It cannot be made or written to (a read-only mount, no right, a
             path through a file); the message names the folder and the cause.
+        StorageError: A store's bucket is missing, its credentials are refused or its
+            endpoint does not answer; the message names the URL.
     """
+    root = location(root)
     try:
         check_writable(root)
+    except StorageError:
+        raise
     except OSError as exc:
         raise disk_error(f"cannot write to the dataset folder {root}: {exc}", path=root) from exc
 
@@ -66,7 +74,9 @@ class DatasetWriter(Sink):
     dropped, counted in `rows_dropped` and logged (see `Sink`).
 
     Args:
-        root: The dataset folder; created when missing, appended to when it exists.
+        root: The dataset folder; created when missing, appended to when it exists. Or
+            a prefix on an object store (`s3://bucket/telemetry`), where each file is
+            written as one whole object: a killed writer leaves none half-written.
         flush_every: Seconds between flushes that `flush_due` asks for.
         metadata: Extra string key-value pairs stored in every file.
         max_pending_rows: Rows kept in memory at most while the folder cannot be written;
@@ -87,7 +97,7 @@ class DatasetWriter(Sink):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | StorePath,
         *,
         flush_every: float = 60.0,
         metadata: Mapping[str, str] | None = None,
@@ -106,7 +116,7 @@ class DatasetWriter(Sink):
         """Rows written to the dataset so far (the same as `rows_on_disk`)."""
         return self._rows_on_disk
 
-    def flush(self) -> list[Path]:
+    def flush(self) -> list[Location]:
         """Write the rows pending since the last flush, one new file per UTC date.
 
         If writing one date's file fails, its rows (and those of the dates not yet written)
@@ -123,7 +133,7 @@ class DatasetWriter(Sink):
         with self._write_lock:
             return self._tracked(self._write_pending)
 
-    def close(self) -> Path:
+    def close(self) -> Location:
         """Write the pending rows; rows added later are dropped.
 
         Calling it again after a failure tries the pending rows again.
@@ -156,6 +166,7 @@ class DatasetWriter(Sink):
                     then="load_recording() reads what reached disk",
                     rows_on_disk=self._rows_on_disk,
                     rows_lost=lost,
+                    cause=exc,
                 ) from exc
         return self.path
 
@@ -163,7 +174,7 @@ class DatasetWriter(Sink):
         dropped = f", rows_dropped={self._rows_dropped}" if self._rows_dropped else ""
         return f"DatasetWriter({str(self.path)!r}, rows_written={self._rows_on_disk}{dropped})"
 
-    def _write_pending(self) -> list[Path]:
+    def _write_pending(self) -> list[Location]:
         batches, _ = self._take()
         if not batches:
             return []
@@ -173,7 +184,7 @@ class DatasetWriter(Sink):
             self._give_back(batches, ())
             raise
         stamp = self._next_stamp()
-        written: list[Path] = []
+        written: list[Location] = []
         for index, (day, table) in enumerate(by_day):
             path = self.path / partition_name(day) / dataset_part_name(stamp, self._tag)
             try:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from tesaiot_data.errors import DISK_HINT, RecordingError, disk_error
+from tesaiot_data.files.store import Location
 from tesaiot_data.messages import Reject
 from tesaiot_data.sinks.base import Sink
 from tesaiot_data.window.chunk import Chunk, to_batches
@@ -69,7 +69,7 @@ class Feed:
         self._drain_lock = threading.Lock()  # one drain at a time keeps batches in order
 
     @property
-    def where(self) -> Path:
+    def where(self) -> Location:
         """Where the sink writes (a file or a folder)."""
         return self.sink.path
 

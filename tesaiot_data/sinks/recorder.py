@@ -8,7 +8,6 @@ folder. If the process dies, `load_recording(path)` reads every flushed part.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from tesaiot_data.files.layout import (
 )
 from tesaiot_data.files.metadata import iso_datetime, iso_ns, time_range_ns
 from tesaiot_data.files.parquet import merge_files, rejects_table, write_table
+from tesaiot_data.files.store import Location, StorePath, remove_tree
 from tesaiot_data.schema import ARROW_SCHEMA, REJECTS_SCHEMA
 from tesaiot_data.sinks.base import DEFAULT_MAX_PENDING_ROWS, Sink
 
@@ -55,8 +55,12 @@ class Recorder(Sink):
     the oldest are dropped, counted in `rows_dropped` and logged (see `Sink`), and the
     final file holds the rows that were kept (its `tesaiot.rows` counts them).
 
+    On an object store (`s3://bucket/session.parquet`) each part and the final file are
+    written as whole objects (see `tesaiot_data.files.store`); the check that keeps a
+    second recorder off the parts is not atomic there (a store has no exclusive create).
+
     Args:
-        path: The recording's final Parquet file.
+        path: The recording's final Parquet file, or its URL on an object store.
         flush_every: Seconds between flushes that `flush_due` asks for.
         metadata: Extra string key-value pairs stored in every file of the recording.
         max_pending_rows: Rows kept in memory at most while no part can be written;
@@ -78,7 +82,7 @@ class Recorder(Sink):
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | StorePath,
         *,
         flush_every: float = 5.0,
         metadata: Mapping[str, str] | None = None,
@@ -103,8 +107,8 @@ class Recorder(Sink):
         self._stop_error: RecordingError | None = None
         self._merged = False  # the final file is written
         self._stopped = False
-        self._parts: list[tuple[Path, int]] = []  # each part file and its rows
-        self._reject_parts: list[Path] = []
+        self._parts: list[tuple[Location, int]] = []  # each part file and its rows
+        self._reject_parts: list[Location] = []
         self._first_ns: int | None = None
         self._last_ns: int | None = None
 
@@ -121,7 +125,7 @@ class Recorder(Sink):
         """Whether `stop` has run; it may have failed, see `error`. No rows are taken after."""
         return self._stopped
 
-    def flush(self) -> Path | None:
+    def flush(self) -> Location | None:
         """Write the pending rows as a new part file and the pending rejects as a rejects part.
 
         Rows are written as `<path>.parts/part-NNNNNN.parquet`, rejects as
@@ -141,7 +145,7 @@ class Recorder(Sink):
                 return None
             return self._tracked(self._write_pending)
 
-    def stop(self) -> Path:
+    def stop(self) -> Location:
         """Flush, merge all parts into the file at `path` and remove the parts folder.
 
         The parts are streamed into the final file a few at a time, never all in memory. Its
@@ -186,7 +190,7 @@ class Recorder(Sink):
             logger.info("recorded %d rows to %s", self._rows_on_disk, self.path)
             return self.path
 
-    def close(self) -> Path:
+    def close(self) -> Location:
         """Stop the recording: the same as `stop`.
 
         Returns:
@@ -223,7 +227,7 @@ class Recorder(Sink):
         elif sidecar.exists():
             logger.info("removing %s, the rejects of an earlier recording", sidecar)
             sidecar.unlink()
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        remove_tree(self.parts_dir)
 
     def _failure(self, cause: BaseException) -> RecordingError:
         then = None
@@ -242,9 +246,10 @@ class Recorder(Sink):
             then=then,
             rows_on_disk=self._rows_on_disk,
             rows_lost=self._rows - self._rows_on_disk,
+            cause=cause,
         )
 
-    def _write_pending(self) -> Path | None:
+    def _write_pending(self) -> Location | None:
         batches, rejects = self._take()
         part = None
         try:
@@ -261,7 +266,7 @@ class Recorder(Sink):
             raise
         return part
 
-    def _write_rows(self, batches: list[pa.RecordBatch]) -> Path:
+    def _write_rows(self, batches: list[pa.RecordBatch]) -> Location:
         table = pa.Table.from_batches(batches).unify_dictionaries()
         path = self.parts_dir / recording_part_name(len(self._parts) + 1)
         # No parents made: a parts folder someone removed must fail the flush, not start
