@@ -25,7 +25,8 @@ _MADE = re.compile(
 def _readme_outputs() -> list[str]:
     blocks = re.findall(r"```(?:bash|python)\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     found = {m["flag"] or m["call"] for block in blocks for m in _MADE.finditer(block)}
-    return sorted(name for name in found if not name.startswith(("/", "~")))  # in the clone
+    # in the clone: not absolute, not in the home folder, not an object store's URL
+    return sorted(n for n in found if not n.startswith(("/", "~")) and "://" not in n)
 
 
 def _ignored(paths: list[str]) -> set[str]:

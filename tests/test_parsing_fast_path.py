@@ -144,6 +144,7 @@ messages = st.builds(
     payloads(),
     st.one_of(st.just(RECEIVED_NS), st.integers(0, 2**62)),
     st.booleans(),
+    st.one_of(st.none(), st.just(RECEIVED_NS - 10**9)),  # a device time from a property
 )
 options = st.sampled_from(
     [
@@ -162,6 +163,7 @@ def reference(
     batch = ColumnBatch()
     writer = parsing._Writer(batch, options, last)
     for message in fed:
+        writer.device_ns = message.device_ns  # a device time from outside the payload
         writer.feed(message.topic, message.payload, message.received_ns, message.retain)
     return batch
 
@@ -220,9 +222,9 @@ def test_a_batch_equals_its_messages_parsed_alone(
     batch = parse_batch(fed, options=opts)
     alone = ColumnBatch()
     for message in fed:
-        parsing._Writer(alone, opts).feed(
-            message.topic, message.payload, message.received_ns, message.retain
-        )
+        writer = parsing._Writer(alone, opts)
+        writer.device_ns = message.device_ns
+        writer.feed(message.topic, message.payload, message.received_ns, message.retain)
     assert snapshot(batch) == snapshot(alone)
 
 

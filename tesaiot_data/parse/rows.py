@@ -517,8 +517,9 @@ def _feed_all(writer: _Writer, messages: Iterable[RawMessage]) -> None:
             topic = message.topic
             payload = message.payload
             retain = message.retain
-            if message.device_ns is not None:  # a device time outside the payload: the walk
-                writer.device_ns = message.device_ns
+            device_ns = message.device_ns
+            if device_ns is not None and type(device_ns) is int and _NS_MIN <= device_ns <= _NS_MAX:
+                writer.device_ns = device_ns  # a device time outside the payload: the walk
                 feed(topic, payload, received_ns, retain)
                 writer.device_ns = None
                 continue
