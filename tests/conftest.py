@@ -7,9 +7,13 @@ cannot pass without running the broker tests.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,7 +22,10 @@ from tesaiot_data.demo.broker import LocalBroker
 from tesaiot_data.demo.fleet import DeviceFleet
 from tesaiot_data.errors import RecordingError
 from tesaiot_data.settings import Settings
-from tests.helpers import Subscriber
+from tests.helpers import Subscriber, wait_for
+
+if TYPE_CHECKING:
+    from tesaiot_data.dashboard import Dashboard  # ipywidgets: only where a test makes one
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +113,59 @@ def collectors() -> Iterator[Callable[..., Collector]]:
     for collector in made:
         with contextlib.suppress(RecordingError):  # the tests that break one assert on it
             collector.stop()
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `tesaiot-data record ...` subprocesses; any still running is killed afterwards.
+
+    Call it as `services(broker, "--dataset", ...)`; it returns once the service subscribed.
+    The process's output is in `process.out`.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(broker: LocalBroker, *args: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "MQTT_API_TOKEN": broker.token,
+            "MQTT_BROKER_URL": broker.wss_url,
+            "CA_CERT_PATH": str(broker.ca_file),
+        }
+        out = tmp_path / f"service-{len(started)}.out"
+        with out.open("wb") as stdout:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tesaiot_data.cli", "record", *args],
+                env=env,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+            )
+        process.out = out  # type: ignore[attr-defined]
+        started.append(process)
+        wait_for(
+            lambda: "recording device/" in out.read_text() or process.poll() is not None,
+            timeout=60,
+            message="the service did not subscribe",
+        )
+        assert process.poll() is None, out.read_text()
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def dashboards() -> Iterator[Callable[..., Dashboard]]:
+    """Make dashboards of a collector; all are closed at teardown."""
+    made: list[Dashboard] = []
+
+    def make(collector: Collector, **options: object) -> Dashboard:
+        dashboard = collector.dashboard(**options)
+        made.append(dashboard)
+        return dashboard
+
+    yield make
+    for dashboard in made:
+        dashboard.close()

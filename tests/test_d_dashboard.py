@@ -8,7 +8,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
 import numpy as np
@@ -51,21 +51,6 @@ def _feed_fleet(collector: Collector) -> None:
         for state in ("normal", "normal", "anomaly", "normal"):
             messages.append(_message(device, "ai_prediction", {"value": state}))
     collector.ingest(messages)
-
-
-@pytest.fixture
-def dashboards() -> Iterator[Callable[..., Dashboard]]:
-    """Make dashboards of a collector; all are closed at teardown."""
-    made: list[Dashboard] = []
-
-    def make(collector: Collector, **options: object) -> Dashboard:
-        dashboard = collector.dashboard(**options)
-        made.append(dashboard)
-        return dashboard
-
-    yield make
-    for dashboard in made:
-        dashboard.close()
 
 
 Reading = tuple[str, str, float, "str | None", "str | None", float]

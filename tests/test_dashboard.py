@@ -54,21 +54,6 @@ def collector(settings: Settings, tmp_path: Path) -> Iterator[Collector]:
     running.stop()
 
 
-@pytest.fixture
-def dashboards() -> Iterator[Callable[..., Dashboard]]:
-    """Make dashboards of a collector; all are closed at teardown."""
-    made: list[Dashboard] = []
-
-    def make(collector: Collector, **options: object) -> Dashboard:
-        dashboard = collector.dashboard(**options)
-        made.append(dashboard)
-        return dashboard
-
-    yield make
-    for dashboard in made:
-        dashboard.close()
-
-
 def _devices_with(collector: Collector, metric: str) -> set[str]:
     frame = collector.frame(metrics=metric)
     return set(frame.loc[frame["value"].notna(), "device_id"].astype(str))

@@ -232,6 +232,13 @@ def test_a_full_inbox_holds_the_acks_and_says_so_once(
     inbox.close()
 
 
+def readings_in(root: Path) -> set[int]:
+    """The reading numbers (`value`) in the dataset at `root` so far."""
+    if not any(root.rglob("part-*.parquet")):
+        return set()
+    return {int(v) for v in load_recording(root)["value"]}
+
+
 # --- the service, SIGKILLed under a QoS 1 stream -------------------------------------------
 
 
@@ -288,45 +295,12 @@ class Stream:
         self._client.loop_stop()
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(broker: LocalBroker, *args: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "MQTT_API_TOKEN": broker.token,
-            "MQTT_BROKER_URL": broker.wss_url,
-            "CA_CERT_PATH": str(broker.ca_file),
-        }
-        out = tmp_path / f"service-{len(started)}.out"
-        with out.open("wb") as stdout:
-            process = subprocess.Popen(
-                [*CLI, "record", *args], env=env, stdout=stdout, stderr=subprocess.STDOUT
-            )
-        process.out = out  # type: ignore[attr-defined]
-        started.append(process)
-        wait_for(
-            lambda: "recording device/" in out.read_text() or process.poll() is not None,
-            timeout=60,
-            message="the service did not subscribe",
-        )
-        assert process.poll() is None, out.read_text()
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 @pytest.mark.broker
 @pytest.mark.skipif(not PAHO_V2, reason="paho-mqtt 1.6 cannot hold an acknowledgement")
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_a_service_sigkilled_three_times_under_a_qos1_stream_loses_no_reading(
     fresh_broker: LocalBroker,
-    service: Callable[..., subprocess.Popen[bytes]],
+    services: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
     protocol: str,
     capsys: pytest.CaptureFixture[str],
@@ -346,7 +320,7 @@ def test_a_service_sigkilled_three_times_under_a_qos1_stream_loses_no_reading(
         protocol,
     ]
     rng = random.Random(f"sigkill-{protocol}")
-    running = service(fresh_broker, *args)
+    running = services(fresh_broker, *args)
     stream = Stream(fresh_broker.publisher(), count=count, rate=rate)
     try:
         for at in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
@@ -356,20 +330,15 @@ def test_a_service_sigkilled_three_times_under_a_qos1_stream_loses_no_reading(
             running.wait()
             down_until = min(stream.published + int(rng.uniform(1, 3) * rate), count)  # 1-3 s
             wait_for(lambda: stream.published >= down_until, timeout=60)  # noqa: B023
-            running = service(fresh_broker, *args)
+            running = services(fresh_broker, *args)
         stream.finish()
     finally:
         stream.close()
 
-    def stored() -> set[int]:
-        if not any(root.rglob("part-*.parquet")):
-            return set()
-        return {int(v) for v in load_recording(root)["value"]}
-
     wait_for(
-        lambda: len(stored()) >= count,
+        lambda: len(readings_in(root)) >= count,
         timeout=60,
-        message=f"readings missing: {count - len(stored())} of {count}",
+        message=f"readings missing: {count - len(readings_in(root))} of {count}",
     )
     running.send_signal(signal.SIGTERM)
     assert running.wait(30) == 0, running.out.read_text()  # type: ignore[attr-defined]
@@ -487,7 +456,7 @@ def test_a_share_group_member_frozen_past_its_keepalive_loses_nothing_with_persi
 @pytest.mark.skipif(not PAHO_V2, reason="paho-mqtt 1.6 cannot hold an acknowledgement")
 def test_a_service_keeps_every_reading_across_a_broker_restart_with_persistence(
     fresh_broker: LocalBroker,
-    service: Callable[..., subprocess.Popen[bytes]],
+    services: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     count, rate = 3_000, 250.0
@@ -502,7 +471,7 @@ def test_a_service_keeps_every_reading_across_a_broker_restart_with_persistence(
         "--session-expiry",
         "1h",
     ]
-    running = service(fresh_broker, *args)
+    running = services(fresh_broker, *args)
     stream = Stream(fresh_broker.publisher(), count=count, rate=rate, persistent=True)
     try:
         wait_for(lambda: stream.published >= count // 3, timeout=60)
@@ -511,15 +480,10 @@ def test_a_service_keeps_every_reading_across_a_broker_restart_with_persistence(
     finally:
         stream.close()
 
-    def stored() -> set[int]:
-        if not any(root.rglob("part-*.parquet")):
-            return set()
-        return {int(v) for v in load_recording(root)["value"]}
-
     wait_for(
-        lambda: len(stored()) >= count,
+        lambda: len(readings_in(root)) >= count,
         timeout=90,
-        message=f"readings missing: {count - len(stored())} of {count}",
+        message=f"readings missing: {count - len(readings_in(root))} of {count}",
     )
     running.send_signal(signal.SIGTERM)
     assert running.wait(30) == 0, running.out.read_text()  # type: ignore[attr-defined]

@@ -56,12 +56,6 @@ def spaced(device: str, *, step_ns: int, count: int) -> pd.DataFrame:
     return to_canonical(frame)
 
 
-def saved(frame: pd.DataFrame, path: Path) -> Path:
-    """`frame` written as the recording at `path`."""
-    write_frame(frame, path)
-    return path
-
-
 @pytest.fixture
 def no_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No MQTT_* or CA_CERT_PATH from the environment; returns a dotenv path that is absent."""
@@ -127,7 +121,7 @@ def test_an_unverified_certificate_names_the_ca_certs_and_insecure_flags(
     if command == "record":
         argv = ["record", "--out", str(tmp_path / "r.parquet"), "--duration", "1s", *connection]
     else:
-        path = saved(spaced("tls-x", step_ns=10**6, count=2), tmp_path / "x.parquet")
+        path = write_frame(spaced("tls-x", step_ns=10**6, count=2), tmp_path / "x.parquet")
         argv = ["replay", str(path), *connection]
     code, _, error = run_cli(argv, capsys)  # the demo CA is in no system store
     assert code == 1
@@ -189,7 +183,7 @@ def test_a_scheme_that_does_not_fit_the_port_gets_a_hint_naming_the_right_one(
     if command == "record":
         argv = ["record", "--out", str(tmp_path / "r.parquet"), "--duration", "1s", *connection]
     else:
-        recording = saved(spaced("mix", step_ns=10**6, count=2), tmp_path / "m.parquet")
+        recording = write_frame(spaced("mix", step_ns=10**6, count=2), tmp_path / "m.parquet")
         argv = ["replay", str(recording), *connection]
     started = time.monotonic()
     code, _, error = run_cli(argv, capsys)
@@ -220,7 +214,7 @@ def test_cli_replay_with_a_read_only_token_fails_before_publishing(
 ) -> None:
     # A minute at the recorded pace: before the fix it ran the whole minute into nothing
     # (MQTT 3.1.1 brokers drop what the ACL denies without a word) and then exited 0.
-    path = saved(spaced("ro", step_ns=10**9, count=61), tmp_path / "minute.parquet")
+    path = write_frame(spaced("ro", step_ns=10**9, count=61), tmp_path / "minute.parquet")
     monkeypatch.setenv("MQTT_API_TOKEN", broker.token)
     argv = ["replay", str(path), "--broker-url", broker.wss_url, "--ca-certs", str(broker.ca_file)]
     started = time.monotonic()
@@ -245,7 +239,7 @@ def test_replay_with_a_read_only_token_raises_and_delivers_nothing(
     qos: int,
 ) -> None:
     device = f"ro-{uuid.uuid4().hex[:8]}"
-    path = saved(spaced(device, step_ns=10**9, count=30), tmp_path / "ro.parquet")
+    path = write_frame(spaced(device, step_ns=10**9, count=30), tmp_path / "ro.parquet")
     watcher = collectors(settings).start()
     with pytest.raises(AuthError, match="read-only") as info:
         replay(path, settings=broker.settings(), qos=qos, shift_to_now=True)
@@ -262,7 +256,7 @@ def test_an_account_that_may_publish_gets_its_first_message_delivered_once(
 ) -> None:
     # The check publishes the first message for real: it must not come twice, or go missing.
     device = f"ok-{uuid.uuid4().hex[:8]}"
-    path = saved(spaced(device, step_ns=50_000_000, count=5), tmp_path / "ok.parquet")
+    path = write_frame(spaced(device, step_ns=50_000_000, count=5), tmp_path / "ok.parquet")
     watcher = collectors(settings.replace(client_id=f"w-{uuid.uuid4().hex[:8]}")).start()
     publisher = broker.publisher()
     result = replay(

@@ -56,12 +56,6 @@ def recording(
     return to_canonical(frame)
 
 
-def saved(frame: pd.DataFrame, path: Path) -> Path:
-    """`frame` written as the recording at `path`."""
-    write_frame(frame, path)
-    return path
-
-
 def as_publisher(broker: LocalBroker) -> dict[str, Any]:
     publisher = broker.publisher()
     return {
@@ -93,7 +87,7 @@ def test_a_60x_replay_shifted_to_now_raises_no_clock_skew(
     # A minute recorded, replayed in one second: before the fix the last rows' device times
     # ran 59 s ahead of their arrival, and the collector blamed "a wrong device clock".
     device = f"skew-{uuid.uuid4().hex[:8]}"
-    path = saved(recording(device, step_ns=SECOND, count=61), tmp_path / "minute.parquet")
+    path = write_frame(recording(device, step_ns=SECOND, count=61), tmp_path / "minute.parquet")
     collector = collect(collectors, settings, clock_skew="5s").start()
     before = time.time_ns()
     result = replay(path, speed=60, shift_to_now=True, qos=1, **as_publisher(broker))
@@ -122,7 +116,7 @@ def test_a_device_clock_wrong_in_the_recording_stays_wrong_in_a_fast_replay(
     # when recorded is 30 s off when replayed, and the check counts its two rows.
     device = f"skew-{uuid.uuid4().hex[:8]}"
     frame = recording(device, step_ns=SECOND, count=31, skewed={10: 30 * SECOND})
-    path = saved(frame, tmp_path / "wrong-clock.parquet")
+    path = write_frame(frame, tmp_path / "wrong-clock.parquet")
     collector = collect(collectors, settings, clock_skew="10s").start()
     replay(path, speed=30, shift_to_now=True, qos=1, **as_publisher(broker))
     rows_of(collector, device, 62)
@@ -134,7 +128,7 @@ def test_at_speed_1_shift_to_now_moves_every_row_by_one_offset(
 ) -> None:
     device = f"skew-{uuid.uuid4().hex[:8]}"
     original = recording(device, step_ns=200_000_123, count=4, skewed={2: 7_000})
-    path = saved(original, tmp_path / "one.parquet")
+    path = write_frame(original, tmp_path / "one.parquet")
     collector = collect(collectors, settings).start()
     before = time.time_ns()
     replay(path, shift_to_now=True, qos=1, **as_publisher(broker))
@@ -152,7 +146,7 @@ def test_without_shift_to_now_a_fast_replay_keeps_the_recorded_times(
 ) -> None:
     device = f"skew-{uuid.uuid4().hex[:8]}"
     original = recording(device, step_ns=SECOND, count=5)
-    path = saved(original, tmp_path / "kept.parquet")
+    path = write_frame(original, tmp_path / "kept.parquet")
     collector = collect(collectors, settings).start()
     replay(path, speed=50, qos=1, **as_publisher(broker))
     frame = rows_of(collector, device, 10)

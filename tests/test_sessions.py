@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import struct
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,42 +141,6 @@ def test_the_reason_string_of_a_refused_mqtt5_connect_is_in_the_auth_error() -> 
 
 
 # --- the service: record --dataset with a persistent session --------------------------------
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start `tesaiot-data record ...` subprocesses; any still running is killed afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(broker: LocalBroker, *args: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "MQTT_API_TOKEN": broker.token,
-            "MQTT_BROKER_URL": broker.wss_url,
-            "CA_CERT_PATH": str(broker.ca_file),
-        }
-        out = tmp_path / f"service-{len(started)}.out"
-        with out.open("wb") as stdout:
-            process = subprocess.Popen(
-                [*CLI, "record", *args], env=env, stdout=stdout, stderr=subprocess.STDOUT
-            )
-        process.out = out  # type: ignore[attr-defined]
-        started.append(process)
-        wait_for(
-            lambda: (
-                "recording device/+/telemetry/#" in out.read_text() or process.poll() is not None
-            ),
-            timeout=30,
-            message="the service did not subscribe",
-        )
-        assert process.poll() is None, out.read_text()
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def rows_on_disk(root: Path) -> int:
