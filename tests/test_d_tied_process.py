@@ -128,4 +128,5 @@ def test_notebook_04s_recorder_dies_with_a_killed_kernel(
     assert not _gone(recorder)
     kernel.send_signal(signal.SIGKILL)  # no atexit, no last cell
     assert kernel.wait(10) == -signal.SIGKILL
-    wait_for(lambda: _gone(recorder), timeout=15, message="the recorder outlived its kernel")
+    # SIGTERM lets the recorder write its last rows and disconnect first: seconds on a busy CI
+    wait_for(lambda: _gone(recorder), timeout=60, message="the recorder outlived its kernel")
